@@ -1,0 +1,117 @@
+// Package usage defines the usage event: the one record per request that
+// reached the upstream, published by the gateway to NATS JetStream and
+// written by the meter to ClickHouse. The wire form is JSON; SchemaVersion
+// changes whenever a field changes meaning (adding a field does not).
+package usage
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// SchemaVersion is the version of Event this code writes.
+const SchemaVersion = 1
+
+// JetStream names. The stream holds Subject; consumers bind to it by name.
+const (
+	StreamName = "USAGE"
+	// Subject is where gateways publish events.
+	Subject = "qyai.usage.v1"
+	// SubjectFilter matches every usage subject of every version.
+	SubjectFilter = "qyai.usage.>"
+	// DeadLetterSubject receives events the meter cannot store, with the reason
+	// in the header DeadLetterReasonHeader. It is outside SubjectFilter.
+	DeadLetterSubject      = "qyai.deadletter.usage"
+	DeadLetterReasonHeader = "Qyai-Dead-Letter-Reason"
+)
+
+// Usage sources.
+const (
+	// SourceReported means the tokens are what the upstream reported.
+	SourceReported = "reported"
+	// SourceEstimated means the upstream never reported usage (e.g. the client
+	// hung up mid-stream) and the gateway estimated it.
+	SourceEstimated = "estimated"
+	// SourceNone means no tokens were generated or reported (e.g. an upstream error).
+	SourceNone = "none"
+)
+
+// Outcomes: how a request ended.
+const (
+	OutcomeCompleted       = "completed"
+	OutcomeClientCancelled = "client_cancelled"
+	OutcomeUpstreamError   = "upstream_error"
+	OutcomeTimeout         = "timeout"
+)
+
+// Event is one request's usage.
+type Event struct {
+	SchemaVersion int    `json:"v"`
+	ID            string `json:"id"` // unique; also the JetStream Nats-Msg-Id
+	RequestID     string `json:"request_id"`
+	// StartedAt is when the gateway received the request; it decides the
+	// billing month (UTC).
+	StartedAt  time.Time `json:"started_at"`
+	FinishedAt time.Time `json:"finished_at"`
+
+	KeyID     string `json:"key_id"`
+	KeyPrefix string `json:"key_prefix"`
+	Tier      string `json:"tier"`
+
+	Model         string `json:"model"`          // public id the client asked for
+	UpstreamModel string `json:"upstream_model"` // what was sent upstream
+	Thinking      bool   `json:"thinking"`
+	Stream        bool   `json:"stream"`
+
+	Status    int    `json:"status"` // HTTP status returned to the client
+	ErrorType string `json:"error_type,omitempty"`
+	Outcome   string `json:"outcome"`
+
+	PromptTokens     int64  `json:"prompt_tokens"`
+	CacheHitTokens   int64  `json:"cache_hit_tokens"`
+	CacheMissTokens  int64  `json:"cache_miss_tokens"`
+	CompletionTokens int64  `json:"completion_tokens"`
+	ReasoningTokens  int64  `json:"reasoning_tokens"`
+	UsageSource      string `json:"usage_source"`
+
+	LatencyMs int64 `json:"latency_ms"`
+	TTFTMs    int64 `json:"ttft_ms"` // time to first byte of the answer; 0 when none
+
+	Gateway string `json:"gateway"` // instance that served the request
+	TraceID string `json:"trace_id,omitempty"`
+}
+
+// ErrInvalid wraps every validation failure of Decode.
+var ErrInvalid = errors.New("invalid usage event")
+
+// Marshal encodes e.
+func (e *Event) Marshal() ([]byte, error) { return json.Marshal(e) }
+
+// Decode parses and validates an event from the wire.
+func Decode(b []byte) (Event, error) {
+	var e Event
+	if err := json.Unmarshal(b, &e); err != nil {
+		return Event{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return e, e.Validate()
+}
+
+// Validate reports the first problem that would make e unbillable.
+func (e *Event) Validate() error {
+	switch {
+	case e.SchemaVersion < 1 || e.SchemaVersion > SchemaVersion:
+		return fmt.Errorf("%w: schema version %d", ErrInvalid, e.SchemaVersion)
+	case e.ID == "":
+		return fmt.Errorf("%w: empty id", ErrInvalid)
+	case e.KeyID == "":
+		return fmt.Errorf("%w: empty key_id", ErrInvalid)
+	case e.StartedAt.IsZero():
+		return fmt.Errorf("%w: no started_at", ErrInvalid)
+	case e.PromptTokens < 0 || e.CompletionTokens < 0 || e.CacheHitTokens < 0 ||
+		e.CacheMissTokens < 0 || e.ReasoningTokens < 0:
+		return fmt.Errorf("%w: negative token count", ErrInvalid)
+	}
+	return nil
+}
