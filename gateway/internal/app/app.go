@@ -1,0 +1,233 @@
+// Package app wires the gateway together and runs it until its context
+// ends, then drains: readiness turns false, in-flight requests (streams
+// included) finish, and queued usage events are published.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/qyai/qyai/gateway/internal/auth"
+	authredis "github.com/qyai/qyai/gateway/internal/auth/redis"
+	"github.com/qyai/qyai/gateway/internal/catalog"
+	"github.com/qyai/qyai/gateway/internal/config"
+	"github.com/qyai/qyai/gateway/internal/httpapi"
+	"github.com/qyai/qyai/gateway/internal/proxy"
+	"github.com/qyai/qyai/gateway/internal/publish"
+	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
+)
+
+// Run starts the gateway and blocks until ctx ends and it has drained.
+func Run(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	validate := fs.Bool("validate", false, "check the configuration and exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(os.Getenv)
+	if err != nil {
+		fmt.Fprintf(stderr, "gateway: invalid configuration:\n%v\n", err)
+		return err
+	}
+	if *validate {
+		fmt.Fprintln(stderr, "gateway: configuration is valid")
+		return nil
+	}
+	log := newLogger(stderr, cfg.LogLevel)
+	if cfg.KeyPepper == config.DefaultKeyPepper {
+		log.Warn("KEY_PEPPER is not set: using the development pepper; set it in production")
+	}
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error("gateway stopped", "err", err)
+		return err
+	}
+	return nil
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})).With("service", "gateway")
+}
+
+func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	cat, err := catalog.NewHolder(cfg.ModelsFile)
+	if err != nil {
+		return err
+	}
+	adminURL, _ := url.Parse(cfg.AdminURL) // validated by config
+
+	rdb := goredis.NewClient(&goredis.Options{
+		Addr:         cfg.RedisAddr,
+		DialTimeout:  250 * time.Millisecond,
+		ReadTimeout:  cfg.RedisTimeout,
+		WriteTimeout: cfg.RedisTimeout,
+		PoolSize:     64,
+		MaxRetries:   -1, // a retry would double the latency budget; callers degrade instead
+	})
+	defer rdb.Close()
+
+	nc, err := nats.Connect(cfg.NATSURL,
+		nats.Name("qyai-gateway "+cfg.Instance),
+		nats.RetryOnFailedConnect(true), // start even when NATS is down; events wait
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", "err", err) }),
+		nats.ReconnectHandler(func(*nats.Conn) { log.Info("nats reconnected") }),
+	)
+	if err != nil {
+		return fmt.Errorf("connect to nats: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(4096),
+		jetstream.WithPublishAsyncTimeout(5*time.Second))
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+
+	verifier := auth.NewVerifier(authredis.NewStore(rdb, cfg.RedisTimeout), cfg.KeyPepper, cfg.KeyCacheTTL, time.Now)
+	pub := publish.New(js, cfg.PublishQueue, log)
+	metrics := newMetrics(pub)
+	ready := &atomic.Bool{}
+
+	ph := &proxy.Handler{
+		Catalog: cat,
+		Upstream: proxy.NewUpstream(proxy.UpstreamConfig{
+			BaseURL:          cfg.Upstream.BaseURL,
+			APIKey:           cfg.Upstream.APIKey,
+			ConnectTimeout:   cfg.Upstream.ConnectTimeout,
+			FirstByteTimeout: cfg.Upstream.FirstByteTimeout,
+			IdleTimeout:      cfg.Upstream.IdleTimeout,
+			MaxConns:         cfg.Upstream.MaxConns,
+			Retries:          2,
+		}),
+		Pub:      pub,
+		Metrics:  metrics,
+		Log:      log,
+		Instance: cfg.Instance,
+		MaxBody:  cfg.MaxBodyBytes,
+		Now:      time.Now,
+	}
+	handler := httpapi.New(httpapi.Deps{
+		Catalog: cat, Verifier: verifier, Proxy: ph, AdminURL: adminURL, Log: log,
+		Ready: ready, Metrics: metrics, Now: time.Now,
+	})
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+	var wg sync.WaitGroup
+	goWG := func(f func()) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f() }()
+	}
+	goWG(func() { ensureStream(bg, js, cfg.StreamReplicas, log) })
+	goWG(func() { authredis.Listen(bg, rdb, verifier, log) })
+	goWG(func() { reloadOnSignal(bg, cat, log) })
+
+	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
+	drainCtx, stopDrain := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopDrain()
+	pubDone := make(chan struct{})
+	go func() { defer close(pubDone); pub.Run(pubCtx, drainCtx) }()
+
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Serve(ln) }()
+	ready.Store(true)
+	log.Info("gateway listening", "addr", ln.Addr().String(), "upstream", cfg.Upstream.BaseURL, "instance", cfg.Instance)
+
+	select {
+	case <-ctx.Done():
+	case err := <-srvErr:
+		stopPub()
+		return fmt.Errorf("serve: %w", err)
+	}
+
+	// Drain: stop taking traffic, let in-flight requests finish, then
+	// publish the events they produced.
+	ready.Store(false)
+	log.Info("draining", "timeout", cfg.DrainTimeout)
+	deadline := time.Now().Add(cfg.DrainTimeout)
+	sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("in-flight requests did not finish before the drain deadline", "err", err)
+		_ = srv.Close()
+	}
+	stopPub()
+	time.AfterFunc(time.Until(deadline)+time.Second, stopDrain)
+	<-pubDone
+	st := pub.Stats()
+	log.Info("gateway stopped", "events_published", st.Published, "events_dropped", st.Dropped)
+	stopBG()
+	wg.Wait()
+	_ = nc.Drain()
+	if err := <-srvErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// ensureStream creates the usage stream, retrying until NATS answers.
+func ensureStream(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) {
+	backoff := 100 * time.Millisecond
+	for {
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := usagejs.EnsureStream(c, js, usagejs.StreamConfig{Replicas: replicas})
+		cancel()
+		if err == nil {
+			return
+		}
+		log.Warn("usage stream not ready; retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func reloadOnSignal(ctx context.Context, cat *catalog.Holder, log *slog.Logger) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGHUP)
+	defer signal.Stop(ch)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+			if err := cat.Reload(); err != nil {
+				log.Error("model catalog reload failed; keeping the current one", "err", err)
+			} else {
+				log.Info("model catalog reloaded", "models", len(cat.Get().Models()))
+			}
+		}
+	}
+}

@@ -1,0 +1,218 @@
+// Package httpapi is the gateway's HTTP surface: the route table, the
+// middleware every request passes (request id, timing, authentication) and
+// the one place that renders errors.
+package httpapi
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/qyai/qyai/gateway/internal/auth"
+	"github.com/qyai/qyai/gateway/internal/catalog"
+	"github.com/qyai/qyai/gateway/internal/proxy"
+	"github.com/qyai/qyai/pkg/apierr"
+	"github.com/qyai/qyai/pkg/apikey"
+)
+
+// Deps are what the routes need.
+type Deps struct {
+	Catalog  *catalog.Holder
+	Verifier *auth.Verifier
+	Proxy    *proxy.Handler
+	AdminURL *url.URL
+	Log      *slog.Logger
+	// Ready reports whether the gateway should receive traffic (false while draining).
+	Ready *atomic.Bool
+	// Metrics is rendered at GET /metrics; nil serves 404.
+	Metrics http.Handler
+	Now     func() time.Time
+}
+
+const (
+	ctxKey   = "qyai.key"
+	ctxStart = "qyai.start"
+	ctxReqID = "qyai.request_id"
+)
+
+// New returns the gateway's handler. The whole route table is here.
+func New(d Deps) http.Handler {
+	gin.SetMode(gin.ReleaseMode)
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.ContextWithFallback = true
+	r.Use(d.requestContext, recovery(d.Log))
+
+	r.GET("/healthz", func(c *gin.Context) { c.String(http.StatusOK, "ok") })
+	r.GET("/readyz", d.readyz)
+	if d.Metrics != nil {
+		r.GET("/metrics", gin.WrapH(d.Metrics))
+	}
+
+	v1 := r.Group("/v1")
+	v1.GET("/models", d.listModels)
+	v1.GET("/models/:id", d.getModel)
+	v1.POST("/chat/completions", d.authenticate, d.chat)
+	v1.GET("/dashboard/billing/usage", gin.WrapH(d.billingProxy()))
+
+	r.NoRoute(func(c *gin.Context) {
+		render(c, apierr.NotFound("Invalid URL ("+c.Request.Method+" "+c.Request.URL.Path+")").WithCode("unknown_url"))
+	})
+	r.NoMethod(func(c *gin.Context) {
+		render(c, apierr.New(http.StatusMethodNotAllowed, apierr.TypeInvalidRequest,
+			"Method "+c.Request.Method+" is not allowed on "+c.Request.URL.Path).WithCode("method_not_allowed"))
+	})
+	return r
+}
+
+// render writes an API error; it is the only place errors are written.
+func render(c *gin.Context, e *apierr.Error) {
+	if c.Writer.Written() {
+		return
+	}
+	e.Write(c.Writer)
+	c.Abort()
+}
+
+// requestContext assigns the request id and sets openai-processing-ms just
+// before the response headers go out, whatever writes them.
+func (d *Deps) requestContext(c *gin.Context) {
+	start := d.Now()
+	id := c.GetHeader("X-Request-Id")
+	if !validRequestID(id) {
+		id = newRequestID()
+	}
+	c.Set(ctxStart, start)
+	c.Set(ctxReqID, id)
+	c.Header("X-Request-Id", id)
+	c.Writer = &timingWriter{ResponseWriter: c.Writer, start: start, now: d.Now}
+	c.Next()
+}
+
+func validRequestID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		if !(ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '-' || ch == '_' || ch == '.' || ch == ':') {
+			return false
+		}
+	}
+	return true
+}
+
+func newRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "req_" + hex.EncodeToString(b[:])
+}
+
+type timingWriter struct {
+	gin.ResponseWriter
+	start time.Time
+	now   func() time.Time
+	done  bool
+}
+
+func (w *timingWriter) stamp() {
+	if !w.done && !w.ResponseWriter.Written() {
+		w.done = true
+		w.Header().Set("Openai-Processing-Ms", strconv.FormatInt(w.now().Sub(w.start).Milliseconds(), 10))
+	}
+}
+
+func (w *timingWriter) WriteHeader(code int)              { w.stamp(); w.ResponseWriter.WriteHeader(code) }
+func (w *timingWriter) WriteHeaderNow()                   { w.stamp(); w.ResponseWriter.WriteHeaderNow() }
+func (w *timingWriter) Write(b []byte) (int, error)       { w.stamp(); return w.ResponseWriter.Write(b) }
+func (w *timingWriter) WriteString(s string) (int, error) { w.stamp(); return w.ResponseWriter.WriteString(s) }
+func (w *timingWriter) Unwrap() http.ResponseWriter       { return w.ResponseWriter }
+
+func recovery(log *slog.Logger) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				log.Error("panic serving request", "path", c.Request.URL.Path, "panic", p)
+				render(c, apierr.Internal("an unexpected internal error occurred"))
+			}
+		}()
+		c.Next()
+	}
+}
+
+func (d *Deps) readyz(c *gin.Context) {
+	if d.Ready != nil && !d.Ready.Load() {
+		render(c, apierr.Unavailable("draining"))
+		return
+	}
+	c.String(http.StatusOK, "ready")
+}
+
+func (d *Deps) listModels(c *gin.Context) {
+	c.Data(http.StatusOK, "application/json", d.Catalog.Get().ListJSON())
+}
+
+func (d *Deps) getModel(c *gin.Context) {
+	b := d.Catalog.Get().ModelJSON(c.Param("id"))
+	if b == nil {
+		render(c, apierr.NotFound("The model `"+c.Param("id")+"` does not exist").WithParam("model").WithCode("model_not_found"))
+		return
+	}
+	c.Data(http.StatusOK, "application/json", b)
+}
+
+// authenticate verifies the bearer key and stores its record.
+func (d *Deps) authenticate(c *gin.Context) {
+	tok, err := auth.BearerToken(c.GetHeader("Authorization"))
+	if err != nil {
+		render(c, apierr.Unauthenticated("You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."))
+		return
+	}
+	rec, err := d.Verifier.Verify(c.Request.Context(), tok)
+	switch {
+	case errors.Is(err, auth.ErrUnavailable):
+		d.Log.Warn("key store unavailable", "err", err)
+		render(c, apierr.Unavailable("The service is temporarily unavailable; try again later."))
+		return
+	case err != nil:
+		render(c, apierr.Unauthenticated("Invalid API key provided"))
+		return
+	}
+	c.Set(ctxKey, rec)
+	c.Next()
+}
+
+func (d *Deps) chat(c *gin.Context) {
+	rec := c.MustGet(ctxKey).(*apikey.Record)
+	e := d.Proxy.Chat(c.Writer, c.Request, proxy.Request{
+		Key:       rec,
+		RequestID: c.GetString(ctxReqID),
+		Start:     c.MustGet(ctxStart).(time.Time),
+	})
+	if e != nil {
+		render(c, e)
+	}
+}
+
+// billingProxy forwards the public billing endpoint to admin, which
+// authenticates the caller's key itself.
+func (d *Deps) billingProxy() http.Handler {
+	rp := httputil.NewSingleHostReverseProxy(d.AdminURL)
+	rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
+		d.Log.Warn("billing proxy to admin failed", "err", err)
+		apierr.Unavailable("The billing service is temporarily unavailable; try again later.").Write(w)
+	}
+	return rp
+}

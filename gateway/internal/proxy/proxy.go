@@ -1,0 +1,274 @@
+// Package proxy forwards chat completions to the upstream provider: it
+// validates and rewrites the request, retries where that is safe (never
+// after the first byte reached the client), passes streams through event by
+// event, and emits exactly one usage event for every request that reached
+// the upstream.
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/qyai/qyai/gateway/internal/catalog"
+	"github.com/qyai/qyai/pkg/apierr"
+	"github.com/qyai/qyai/pkg/apikey"
+	"github.com/qyai/qyai/pkg/usage"
+)
+
+// Publisher takes usage events without blocking.
+type Publisher interface {
+	Publish(ev *usage.Event)
+}
+
+// Metrics counts what the proxy cannot tell the client.
+type Metrics interface {
+	UpstreamCredentialFailure(status int)
+}
+
+// Handler serves POST /v1/chat/completions.
+type Handler struct {
+	Catalog  *catalog.Holder
+	Upstream *Upstream
+	Pub      Publisher
+	Metrics  Metrics
+	Log      *slog.Logger
+	Instance string
+	MaxBody  int64
+	Now      func() time.Time
+}
+
+// Request is what the HTTP layer knows before the proxy starts.
+type Request struct {
+	Key       *apikey.Record
+	RequestID string
+	TraceID   string
+	Start     time.Time
+}
+
+// errIdle cancels an upstream request that went quiet.
+var errIdle = errors.New("upstream idle timeout")
+
+// Chat handles one chat completion. A returned error has not been written
+// yet (nothing reached the client); once streaming started, failures end
+// the stream instead.
+func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) *apierr.Error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBody))
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return apierr.New(http.StatusRequestEntityTooLarge, apierr.TypeInvalidRequest,
+				"request body is larger than the limit of "+itoa(h.MaxBody)+" bytes").WithCode("request_too_large")
+		}
+		return apierr.InvalidRequest("could not read the request body")
+	}
+	req, aerr := prepare(body, h.Catalog.Get())
+	if aerr != nil {
+		return aerr
+	}
+	if !in.Key.Allows(req.model.ID) {
+		return apierr.PermissionDenied("this API key may not use the model `" + req.model.ID + "`").WithParam("model").WithCode("model_not_allowed")
+	}
+
+	ev := &usage.Event{
+		SchemaVersion: usage.SchemaVersion,
+		ID:            newEventID(),
+		RequestID:     in.RequestID,
+		StartedAt:     in.Start.UTC(),
+		KeyID:         in.Key.ID,
+		KeyPrefix:     in.Key.KeyPrefix,
+		Tier:          in.Key.Tier,
+		Model:         req.model.ID,
+		UpstreamModel: req.model.Upstream,
+		Thinking:      req.thinking,
+		Stream:        req.stream,
+		Gateway:       h.Instance,
+		TraceID:       in.TraceID,
+		UsageSource:   usage.SourceNone,
+	}
+
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+
+	resp, fail := h.attempt(ctx, req.body)
+	if fail != nil {
+		if fail.reached {
+			ev.Status = fail.apiErr.Status
+			ev.ErrorType = fail.apiErr.Type
+			ev.Outcome = fail.outcome
+			if r.Context().Err() != nil {
+				ev.Outcome = usage.OutcomeClientCancelled
+				ev.Status = 499
+			}
+			h.finish(ev)
+		}
+		if fail.credentialStatus != 0 && h.Metrics != nil {
+			h.Metrics.UpstreamCredentialFailure(fail.credentialStatus)
+		}
+		return fail.apiErr
+	}
+	defer resp.Body.Close()
+
+	// The idle timer cancels the upstream read when the provider goes quiet
+	// between two chunks (or mid-body).
+	idle := h.Upstream.cfg.IdleTimeout
+	timer := time.AfterFunc(idle, func() { cancel(errIdle) })
+	defer timer.Stop()
+	body2 := &idleReader{r: resp.Body, timer: timer, idle: idle}
+
+	if req.stream {
+		h.stream(w, r, ctx, req, body2, ev)
+	} else {
+		h.unary(w, ctx, req, body2, ev)
+	}
+	h.finish(ev)
+	return nil
+}
+
+// attempt sends the request, retrying retryable failures with backoff.
+func (h *Handler) attempt(ctx context.Context, body []byte) (*http.Response, *attemptError) {
+	backoff := 50 * time.Millisecond
+	var fail *attemptError
+	for i := 0; ; i++ {
+		var resp *http.Response
+		resp, fail = h.Upstream.send(ctx, body)
+		if fail == nil {
+			return resp, nil
+		}
+		if !fail.retryable || i >= h.Upstream.cfg.Retries {
+			return nil, fail
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fail
+		case <-time.After(backoff):
+		}
+		backoff *= 4
+	}
+}
+
+func (h *Handler) unary(w http.ResponseWriter, ctx context.Context, req *chatRequest, body io.Reader, ev *usage.Event) {
+	b, err := io.ReadAll(io.LimitReader(body, 64<<20))
+	if err != nil {
+		ae := readFailure(ctx)
+		ev.Status, ev.ErrorType, ev.Outcome = ae.Status, ae.Type, outcomeOf(ctx)
+		ae.Write(w)
+		return
+	}
+	var parsed struct {
+		Usage *upstreamUsage `json:"usage"`
+	}
+	if json.Unmarshal(b, &parsed) == nil && parsed.Usage != nil {
+		parsed.Usage.apply(ev)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	ev.TTFTMs = h.Now().Sub(ev.StartedAt).Milliseconds()
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
+	ev.Status = http.StatusOK
+	ev.Outcome = usage.OutcomeCompleted
+	if ev.UsageSource == usage.SourceNone {
+		// A 200 without usage is a provider bug; bill an estimate rather than nothing.
+		estimate(ev, req.promptBytes, int64(len(b)/4))
+	}
+}
+
+func readFailure(ctx context.Context) *apierr.Error {
+	if errors.Is(context.Cause(ctx), errIdle) {
+		return apierr.Timeout("the upstream model provider stopped sending")
+	}
+	return apierr.Upstream("the connection to the upstream model provider broke")
+}
+
+func outcomeOf(ctx context.Context) string {
+	switch cause := context.Cause(ctx); {
+	case errors.Is(cause, errIdle):
+		return usage.OutcomeTimeout
+	case cause != nil:
+		return usage.OutcomeClientCancelled
+	}
+	return usage.OutcomeUpstreamError
+}
+
+func (h *Handler) finish(ev *usage.Event) {
+	ev.FinishedAt = h.Now().UTC()
+	ev.LatencyMs = ev.FinishedAt.Sub(ev.StartedAt).Milliseconds()
+	h.Pub.Publish(ev)
+}
+
+// upstreamUsage is DeepSeek's usage object (OpenAI's, plus cache counts).
+type upstreamUsage struct {
+	PromptTokens          int64 `json:"prompt_tokens"`
+	CompletionTokens      int64 `json:"completion_tokens"`
+	PromptCacheHitTokens  *int64 `json:"prompt_cache_hit_tokens"`
+	PromptCacheMissTokens *int64 `json:"prompt_cache_miss_tokens"`
+	PromptTokensDetails   *struct {
+		CachedTokens int64 `json:"cached_tokens"`
+	} `json:"prompt_tokens_details"`
+	CompletionTokensDetails *struct {
+		ReasoningTokens int64 `json:"reasoning_tokens"`
+	} `json:"completion_tokens_details"`
+}
+
+func (u *upstreamUsage) apply(ev *usage.Event) {
+	ev.UsageSource = usage.SourceReported
+	ev.PromptTokens = u.PromptTokens
+	ev.CompletionTokens = u.CompletionTokens
+	switch {
+	case u.PromptCacheHitTokens != nil:
+		ev.CacheHitTokens = *u.PromptCacheHitTokens
+	case u.PromptTokensDetails != nil:
+		ev.CacheHitTokens = u.PromptTokensDetails.CachedTokens
+	}
+	if u.PromptCacheMissTokens != nil {
+		ev.CacheMissTokens = *u.PromptCacheMissTokens
+	} else {
+		ev.CacheMissTokens = max(0, u.PromptTokens-ev.CacheHitTokens)
+	}
+	if u.CompletionTokensDetails != nil {
+		ev.ReasoningTokens = u.CompletionTokensDetails.ReasoningTokens
+	}
+}
+
+// estimate fills tokens the upstream never reported: about four bytes of
+// JSON per prompt token, and the completion tokens counted as they passed.
+func estimate(ev *usage.Event, promptBytes int, completion int64) {
+	ev.UsageSource = usage.SourceEstimated
+	ev.PromptTokens = int64(promptBytes / 4)
+	ev.CacheMissTokens = ev.PromptTokens
+	ev.CacheHitTokens = 0
+	ev.CompletionTokens = completion
+}
+
+type idleReader struct {
+	r     io.Reader
+	timer *time.Timer
+	idle  time.Duration
+}
+
+func (ir *idleReader) Read(p []byte) (int, error) {
+	n, err := ir.r.Read(p)
+	if n > 0 {
+		ir.timer.Reset(ir.idle)
+	}
+	return n, err
+}
+
+func newEventID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return uuid.NewString()
+	}
+	return id.String()
+}
+
+func itoa(n int64) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}

@@ -1,0 +1,234 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+
+	"github.com/qyai/qyai/gateway/internal/catalog"
+	"github.com/qyai/qyai/pkg/apierr"
+)
+
+// chatRequest is a validated chat completion request, ready for upstream.
+type chatRequest struct {
+	model        *catalog.Model
+	stream       bool
+	includeUsage bool // the client asked for the usage chunk
+	thinking     bool
+	body         []byte // what goes upstream
+	// promptBytes sizes the prompt, for estimates when upstream never reports.
+	promptBytes int
+}
+
+// Roles the upstream accepts in messages.
+var validRoles = map[string]bool{"system": true, "user": true, "assistant": true, "tool": true, "developer": true}
+
+type message struct {
+	Role             *string         `json:"role"`
+	ReasoningContent json.RawMessage `json:"reasoning_content"`
+	ToolCalls        json.RawMessage `json:"tool_calls"`
+}
+
+// prepare validates a client body against the public parameter table and
+// rewrites it for the upstream: the public model id becomes the upstream
+// name, the catalog's thinking mode is applied unless the client chose one,
+// usage is always requested on streams, and echoed reasoning_content is
+// dropped where the upstream would reject it. Fields the gateway does not
+// know (tools, response_format, seed, ...) pass through untouched.
+func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil || top == nil {
+		return nil, apierr.InvalidRequest("We could not parse the JSON body of your request. The body must be a JSON object (e.g. {\"model\": ..., \"messages\": [...]}).")
+	}
+	req := &chatRequest{}
+
+	var modelID string
+	if raw, ok := top["model"]; !ok || isNull(raw) {
+		return nil, apierr.InvalidRequest("you must provide a model parameter").WithParam("model")
+	} else if json.Unmarshal(raw, &modelID) != nil || modelID == "" {
+		return nil, apierr.InvalidRequest("model must be a non-empty string").WithParam("model")
+	}
+	req.model = cat.Lookup(modelID)
+	if req.model == nil {
+		return nil, apierr.NotFound(fmt.Sprintf("The model `%s` does not exist or you do not have access to it.", modelID)).
+			WithParam("model").WithCode("model_not_found")
+	}
+
+	rawMsgs, ok := top["messages"]
+	if !ok || isNull(rawMsgs) {
+		return nil, apierr.InvalidRequest("you must provide a messages parameter").WithParam("messages")
+	}
+	var msgs []message
+	if err := json.Unmarshal(rawMsgs, &msgs); err != nil {
+		return nil, apierr.InvalidRequest("messages must be an array of message objects, each with a role").WithParam("messages")
+	}
+	if len(msgs) == 0 {
+		return nil, apierr.InvalidRequest("messages must contain at least one message").WithParam("messages")
+	}
+	for i, m := range msgs {
+		p := fmt.Sprintf("messages[%d].role", i)
+		if m.Role == nil {
+			return nil, apierr.InvalidRequest(fmt.Sprintf("%s is required", p)).WithParam(p)
+		}
+		if !validRoles[*m.Role] {
+			return nil, apierr.InvalidRequest(fmt.Sprintf("%s must be one of system, user, assistant, tool, developer; got %q", p, *m.Role)).WithParam(p)
+		}
+	}
+	req.promptBytes = len(rawMsgs)
+
+	if e := checkNumber(top, "temperature", 0, 2); e != nil {
+		return nil, e
+	}
+	if e := checkNumber(top, "top_p", 0, 1); e != nil {
+		return nil, e
+	}
+	if e := checkNumber(top, "frequency_penalty", -2, 2); e != nil {
+		return nil, e
+	}
+	if e := checkNumber(top, "presence_penalty", -2, 2); e != nil {
+		return nil, e
+	}
+	maxOut := req.model.MaxOutputTokens
+	if maxOut <= 0 {
+		maxOut = math.MaxInt32
+	}
+	for _, f := range []string{"max_tokens", "max_completion_tokens"} {
+		if e := checkInteger(top, f, 1, maxOut); e != nil {
+			return nil, e
+		}
+	}
+	if e := checkStop(top["stop"]); e != nil {
+		return nil, e
+	}
+	if raw, ok := top["stream"]; ok && !isNull(raw) {
+		if json.Unmarshal(raw, &req.stream) != nil {
+			return nil, apierr.InvalidRequest("stream must be a boolean").WithParam("stream")
+		}
+	}
+
+	// Thinking: the client's own choice wins over the catalog's.
+	if raw, ok := top["thinking"]; ok && !isNull(raw) {
+		var th struct {
+			Type string `json:"type"`
+		}
+		if json.Unmarshal(raw, &th) != nil || (th.Type != "enabled" && th.Type != "disabled") {
+			return nil, apierr.InvalidRequest(`thinking must be {"type":"enabled"} or {"type":"disabled"}`).WithParam("thinking")
+		}
+		req.thinking = th.Type == "enabled"
+	} else if req.model.Thinking != "" {
+		top["thinking"] = json.RawMessage(`{"type":"` + req.model.Thinking + `"}`)
+		req.thinking = req.model.Thinking == catalog.ThinkingEnabled
+	}
+
+	if raw, ok := top["stream_options"]; ok && !isNull(raw) {
+		var so map[string]json.RawMessage
+		if json.Unmarshal(raw, &so) != nil {
+			return nil, apierr.InvalidRequest("stream_options must be an object").WithParam("stream_options")
+		}
+		if iu, ok := so["include_usage"]; ok && !isNull(iu) {
+			if json.Unmarshal(iu, &req.includeUsage) != nil {
+				return nil, apierr.InvalidRequest("stream_options.include_usage must be a boolean").WithParam("stream_options.include_usage")
+			}
+		}
+		if req.stream {
+			so["include_usage"] = json.RawMessage("true")
+			top["stream_options"], _ = json.Marshal(so)
+		} else {
+			// OpenAI rejects stream_options without stream; the upstream may
+			// too, and it means nothing here: drop it.
+			delete(top, "stream_options")
+		}
+	} else if req.stream {
+		top["stream_options"] = json.RawMessage(`{"include_usage":true}`)
+	}
+
+	if bytes.Contains(rawMsgs, []byte(`"reasoning_content"`)) {
+		cleaned, changed, err := stripReasoning(rawMsgs, msgs, req.thinking)
+		if err != nil {
+			return nil, apierr.InvalidRequest("messages could not be parsed").WithParam("messages")
+		}
+		if changed {
+			top["messages"] = cleaned
+		}
+	}
+
+	top["model"], _ = json.Marshal(req.model.Upstream)
+	out, err := json.Marshal(top)
+	if err != nil {
+		return nil, apierr.InvalidRequest("request body could not be re-encoded: " + err.Error())
+	}
+	req.body = out
+	return req, nil
+}
+
+// stripReasoning removes reasoning_content from assistant messages where the
+// upstream rejects it. DeepSeek needs it back only on assistant turns that
+// made tool calls in thinking mode (the model continues its reasoning after
+// the tool result); everywhere else it answers 400.
+func stripReasoning(raw json.RawMessage, msgs []message, thinking bool) (json.RawMessage, bool, error) {
+	var objs []map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &objs); err != nil {
+		return nil, false, err
+	}
+	changed := false
+	for i, m := range msgs {
+		if m.ReasoningContent == nil {
+			continue
+		}
+		keep := thinking && *m.Role == "assistant" && len(m.ToolCalls) > 0 && !isNull(m.ToolCalls)
+		if !keep {
+			delete(objs[i], "reasoning_content")
+			changed = true
+		}
+	}
+	if !changed {
+		return raw, false, nil
+	}
+	out, err := json.Marshal(objs)
+	return out, true, err
+}
+
+func isNull(raw json.RawMessage) bool { return len(raw) == 4 && string(raw) == "null" }
+
+func checkNumber(top map[string]json.RawMessage, field string, lo, hi float64) *apierr.Error {
+	raw, ok := top[field]
+	if !ok || isNull(raw) {
+		return nil
+	}
+	var v float64
+	if json.Unmarshal(raw, &v) != nil || math.IsNaN(v) || v < lo || v > hi {
+		return apierr.InvalidRequest(fmt.Sprintf("%s must be a number between %g and %g", field, lo, hi)).WithParam(field)
+	}
+	return nil
+}
+
+func checkInteger(top map[string]json.RawMessage, field string, lo, hi int64) *apierr.Error {
+	raw, ok := top[field]
+	if !ok || isNull(raw) {
+		return nil
+	}
+	var v float64
+	if json.Unmarshal(raw, &v) != nil || v != math.Trunc(v) || v < float64(lo) || v > float64(hi) {
+		return apierr.InvalidRequest(fmt.Sprintf("%s must be an integer between %d and %d", field, lo, hi)).WithParam(field)
+	}
+	return nil
+}
+
+func checkStop(raw json.RawMessage) *apierr.Error {
+	if raw == nil || isNull(raw) {
+		return nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return nil
+	}
+	var list []string
+	if json.Unmarshal(raw, &list) != nil {
+		return apierr.InvalidRequest("stop must be a string or an array of strings").WithParam("stop")
+	}
+	if len(list) > 4 {
+		return apierr.InvalidRequest("stop may contain at most 4 sequences").WithParam("stop")
+	}
+	return nil
+}

@@ -1,0 +1,204 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/qyai/qyai/gateway/internal/catalog"
+)
+
+const okMsgs = `"messages":[{"role":"user","content":"hi"}]`
+
+func TestPrepareValidation(t *testing.T) {
+	cat := catalog.Builtin()
+	tests := []struct {
+		name       string
+		body       string
+		wantStatus int
+		wantType   string
+		wantParam  string
+	}{
+		{"valid minimal", `{"model":"deepseek-v4-flash",` + okMsgs + `}`, 0, "", ""},
+		{"not json", `{"model":`, 400, "invalid_request_error", ""},
+		{"json array", `[1,2]`, 400, "invalid_request_error", ""},
+		{"json null", `null`, 400, "invalid_request_error", ""},
+		{"missing model", `{` + okMsgs + `}`, 400, "invalid_request_error", "model"},
+		{"model not a string", `{"model":42,` + okMsgs + `}`, 400, "invalid_request_error", "model"},
+		{"empty model", `{"model":"",` + okMsgs + `}`, 400, "invalid_request_error", "model"},
+		{"unknown model", `{"model":"gpt-5",` + okMsgs + `}`, 404, "not_found_error", "model"},
+		{"missing messages", `{"model":"deepseek-chat"}`, 400, "invalid_request_error", "messages"},
+		{"messages not array", `{"model":"deepseek-chat","messages":"hi"}`, 400, "invalid_request_error", "messages"},
+		{"empty messages", `{"model":"deepseek-chat","messages":[]}`, 400, "invalid_request_error", "messages"},
+		{"message without role", `{"model":"deepseek-chat","messages":[{"content":"x"}]}`, 400, "invalid_request_error", "messages[0].role"},
+		{"bad role", `{"model":"deepseek-chat","messages":[{"role":"user","content":"a"},{"role":"wizard","content":"x"}]}`, 400, "invalid_request_error", "messages[1].role"},
+		{"temperature too high", `{"model":"deepseek-chat",` + okMsgs + `,"temperature":2.5}`, 400, "invalid_request_error", "temperature"},
+		{"temperature negative", `{"model":"deepseek-chat",` + okMsgs + `,"temperature":-0.1}`, 400, "invalid_request_error", "temperature"},
+		{"temperature string", `{"model":"deepseek-chat",` + okMsgs + `,"temperature":"hot"}`, 400, "invalid_request_error", "temperature"},
+		{"temperature edge 2", `{"model":"deepseek-chat",` + okMsgs + `,"temperature":2}`, 0, "", ""},
+		{"top_p over 1", `{"model":"deepseek-chat",` + okMsgs + `,"top_p":1.01}`, 400, "invalid_request_error", "top_p"},
+		{"frequency_penalty", `{"model":"deepseek-chat",` + okMsgs + `,"frequency_penalty":-3}`, 400, "invalid_request_error", "frequency_penalty"},
+		{"presence_penalty", `{"model":"deepseek-chat",` + okMsgs + `,"presence_penalty":2.1}`, 400, "invalid_request_error", "presence_penalty"},
+		{"stop five", `{"model":"deepseek-chat",` + okMsgs + `,"stop":["a","b","c","d","e"]}`, 400, "invalid_request_error", "stop"},
+		{"stop four", `{"model":"deepseek-chat",` + okMsgs + `,"stop":["a","b","c","d"]}`, 0, "", ""},
+		{"stop string", `{"model":"deepseek-chat",` + okMsgs + `,"stop":"END"}`, 0, "", ""},
+		{"stop number", `{"model":"deepseek-chat",` + okMsgs + `,"stop":5}`, 400, "invalid_request_error", "stop"},
+		{"max_tokens zero", `{"model":"deepseek-chat",` + okMsgs + `,"max_tokens":0}`, 400, "invalid_request_error", "max_tokens"},
+		{"max_tokens fraction", `{"model":"deepseek-chat",` + okMsgs + `,"max_tokens":1.5}`, 400, "invalid_request_error", "max_tokens"},
+		{"max_tokens 384K", `{"model":"deepseek-chat",` + okMsgs + `,"max_tokens":393216}`, 0, "", ""},
+		{"max_tokens over 384K", `{"model":"deepseek-chat",` + okMsgs + `,"max_tokens":393217}`, 400, "invalid_request_error", "max_tokens"},
+		{"stream not bool", `{"model":"deepseek-chat",` + okMsgs + `,"stream":"yes"}`, 400, "invalid_request_error", "stream"},
+		{"bad thinking", `{"model":"deepseek-chat",` + okMsgs + `,"thinking":{"type":"maybe"}}`, 400, "invalid_request_error", "thinking"},
+		{"unknown fields pass", `{"model":"deepseek-chat",` + okMsgs + `,"tools":[{"type":"function","function":{"name":"f"}}],"seed":1,"user":"u","logprobs":true,"response_format":{"type":"json_object"}}`, 0, "", ""},
+		{"nulls are defaults", `{"model":"deepseek-chat",` + okMsgs + `,"temperature":null,"stop":null,"max_tokens":null}`, 0, "", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req, e := prepare([]byte(tc.body), cat)
+			if tc.wantStatus == 0 {
+				if e != nil {
+					t.Fatalf("unexpected error %v", e)
+				}
+				if req == nil || len(req.body) == 0 {
+					t.Fatal("no body")
+				}
+				return
+			}
+			if e == nil {
+				t.Fatalf("want %d %s, got success", tc.wantStatus, tc.wantType)
+			}
+			if e.Status != tc.wantStatus || e.Type != tc.wantType {
+				t.Errorf("got %d %s, want %d %s (%s)", e.Status, e.Type, tc.wantStatus, tc.wantType, e.Message)
+			}
+			if tc.wantParam != "" && (e.Param == nil || *e.Param != tc.wantParam) {
+				t.Errorf("param = %v, want %s", e.Param, tc.wantParam)
+			}
+		})
+	}
+}
+
+func decodeTop(t *testing.T, b []byte) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("upstream body is not JSON: %v: %s", err, b)
+	}
+	return m
+}
+
+func TestPrepareRewrites(t *testing.T) {
+	cat := catalog.Builtin()
+	tests := []struct {
+		name  string
+		body  string
+		check func(t *testing.T, r *chatRequest, up map[string]any)
+	}{
+		{"reasoner alias enables thinking", `{"model":"deepseek-reasoner",` + okMsgs + `}`, func(t *testing.T, r *chatRequest, up map[string]any) {
+			if up["model"] != "deepseek-v4-flash" || !r.thinking {
+				t.Errorf("model %v thinking %v", up["model"], r.thinking)
+			}
+			if th, _ := up["thinking"].(map[string]any); th["type"] != "enabled" {
+				t.Errorf("thinking = %v", up["thinking"])
+			}
+		}},
+		{"chat alias disables thinking", `{"model":"deepseek-chat",` + okMsgs + `}`, func(t *testing.T, r *chatRequest, up map[string]any) {
+			if th, _ := up["thinking"].(map[string]any); th["type"] != "disabled" || r.thinking {
+				t.Errorf("thinking = %v", up["thinking"])
+			}
+		}},
+		{"client thinking wins", `{"model":"deepseek-chat","thinking":{"type":"enabled"},` + okMsgs + `}`, func(t *testing.T, r *chatRequest, up map[string]any) {
+			if th, _ := up["thinking"].(map[string]any); th["type"] != "enabled" || !r.thinking {
+				t.Errorf("thinking = %v", up["thinking"])
+			}
+		}},
+		{"gpt-4o maps to flash, no thinking param", `{"model":"gpt-4o",` + okMsgs + `}`, func(t *testing.T, r *chatRequest, up map[string]any) {
+			if up["model"] != "deepseek-v4-flash" {
+				t.Errorf("model = %v", up["model"])
+			}
+			if _, ok := up["thinking"]; ok {
+				t.Errorf("thinking set: %v", up["thinking"])
+			}
+		}},
+		{"stream always asks usage", `{"model":"deepseek-v4-pro","stream":true,` + okMsgs + `}`, func(t *testing.T, r *chatRequest, up map[string]any) {
+			so, _ := up["stream_options"].(map[string]any)
+			if so["include_usage"] != true || r.includeUsage {
+				t.Errorf("stream_options = %v includeUsage %v", up["stream_options"], r.includeUsage)
+			}
+		}},
+		{"client include_usage remembered", `{"model":"deepseek-v4-pro","stream":true,"stream_options":{"include_usage":true},` + okMsgs + `}`, func(t *testing.T, r *chatRequest, up map[string]any) {
+			if !r.includeUsage {
+				t.Error("includeUsage not remembered")
+			}
+		}},
+		{"stream_options without stream dropped", `{"model":"deepseek-v4-pro","stream_options":{"include_usage":true},` + okMsgs + `}`, func(t *testing.T, r *chatRequest, up map[string]any) {
+			if _, ok := up["stream_options"]; ok {
+				t.Error("stream_options forwarded on a non-stream request")
+			}
+		}},
+		{"unknown fields untouched", `{"model":"deepseek-v4-pro",` + okMsgs + `,"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}],"response_format":{"type":"json_object"},"x_future":{"a":[1,2]}}`, func(t *testing.T, r *chatRequest, up map[string]any) {
+			for _, k := range []string{"tools", "response_format", "x_future"} {
+				if _, ok := up[k]; !ok {
+					t.Errorf("%s dropped", k)
+				}
+			}
+		}},
+		{"reasoning_content stripped from plain assistant turns", `{"model":"deepseek-reasoner","messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b","reasoning_content":"r"},{"role":"user","content":"c"}]}`, func(t *testing.T, r *chatRequest, up map[string]any) {
+			msgs := up["messages"].([]any)
+			if _, ok := msgs[1].(map[string]any)["reasoning_content"]; ok {
+				t.Error("reasoning_content kept on a turn without tool calls")
+			}
+		}},
+		{"reasoning_content kept on tool-call turns in thinking mode", `{"model":"deepseek-reasoner","messages":[{"role":"user","content":"a"},{"role":"assistant","content":"","reasoning_content":"r","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"42"}]}`, func(t *testing.T, r *chatRequest, up map[string]any) {
+			msgs := up["messages"].([]any)
+			if msgs[1].(map[string]any)["reasoning_content"] != "r" {
+				t.Error("reasoning_content dropped from a thinking tool-call turn")
+			}
+		}},
+		{"reasoning_content stripped from tool-call turns without thinking", `{"model":"deepseek-chat","messages":[{"role":"user","content":"a"},{"role":"assistant","content":"","reasoning_content":"r","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"42"}]}`, func(t *testing.T, r *chatRequest, up map[string]any) {
+			msgs := up["messages"].([]any)
+			if _, ok := msgs[1].(map[string]any)["reasoning_content"]; ok {
+				t.Error("reasoning_content kept without thinking")
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, e := prepare([]byte(tc.body), cat)
+			if e != nil {
+				t.Fatalf("prepare: %v", e)
+			}
+			tc.check(t, r, decodeTop(t, r.body))
+		})
+	}
+}
+
+// FuzzPrepare checks that no input makes request parsing panic, and that
+// every rejection is a 4xx with a JSON body, and every acceptance a JSON body.
+func FuzzPrepare(f *testing.F) {
+	for _, s := range []string{
+		`{"model":"deepseek-v4-flash",` + okMsgs + `}`,
+		`{"model":"deepseek-reasoner","stream":true,"stream_options":{"include_usage":false},` + okMsgs + `}`,
+		`{"model":"deepseek-chat","messages":[{"role":"assistant","content":"x","reasoning_content":"y","tool_calls":[]}],"thinking":{"type":"enabled"}}`,
+		`{"model":"gpt-4o","messages":[{"role":"user"}],"stop":["a"],"max_tokens":5,"temperature":0.5}`,
+		`{}`, `[]`, `null`, `{"model":null}`, `"x"`, strings.Repeat("[", 100),
+	} {
+		f.Add([]byte(s))
+	}
+	cat := catalog.Builtin()
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r, e := prepare(body, cat)
+		if e != nil {
+			if e.Status < 400 || e.Status >= 500 || e.Status == http.StatusInternalServerError {
+				t.Fatalf("status %d for %q", e.Status, body)
+			}
+			if !json.Valid(e.JSON()) {
+				t.Fatalf("error body not JSON")
+			}
+			return
+		}
+		if !json.Valid(r.body) {
+			t.Fatalf("upstream body not JSON for %q: %s", body, r.body)
+		}
+	})
+}

@@ -1,0 +1,176 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+
+	"github.com/qyai/qyai/pkg/usage"
+)
+
+var (
+	dataPrefix  = []byte("data:")
+	doneMarker  = []byte("[DONE]")
+	usageMarker = []byte(`"usage":{`)
+	emptyChoice = []byte(`"choices":[]`)
+)
+
+// stream relays an SSE response event by event. Each event is flushed as
+// soon as its terminating blank line arrives, comments (keep-alives)
+// included. Usage is always requested upstream; the usage chunk reaches the
+// client only when it asked for it (stream_options.include_usage).
+func (h *Handler) stream(w http.ResponseWriter, r *http.Request, ctx context.Context, req *chatRequest, body io.Reader, ev *usage.Event) {
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("Connection", "keep-alive")
+	hdr.Set("X-Accel-Buffering", "no")
+	rc := http.NewResponseController(w)
+
+	br := bufio.NewReaderSize(body, 32<<10)
+	var (
+		line     []byte
+		skipping bool // dropping the current event (a usage chunk the client did not ask for)
+		started  bool
+		chunks   int64 // content-bearing chunks, for estimates
+		sawDone  bool
+		writeErr error
+	)
+	write := func(b []byte) {
+		if writeErr != nil {
+			return
+		}
+		if !started {
+			started = true
+			ev.TTFTMs = h.Now().Sub(ev.StartedAt).Milliseconds()
+			w.WriteHeader(http.StatusOK)
+		}
+		_, writeErr = w.Write(b)
+	}
+	flush := func() {
+		if writeErr == nil && started {
+			writeErr = rc.Flush()
+		}
+	}
+
+	var readErr error
+	for {
+		line, readErr = readLine(br, line[:0])
+		if len(line) == 0 && readErr != nil {
+			break
+		}
+		trimmed := bytes.TrimRight(line, "\r\n")
+		switch {
+		case len(trimmed) == 0: // end of event
+			if skipping {
+				skipping = false
+				continue
+			}
+			write(line)
+			flush()
+		case trimmed[0] == ':': // comment, e.g. keep-alive
+			write(line)
+			flush()
+		case bytes.HasPrefix(trimmed, dataPrefix):
+			payload := bytes.TrimSpace(trimmed[len(dataPrefix):])
+			if bytes.Equal(payload, doneMarker) {
+				sawDone = true
+				write(line)
+				continue
+			}
+			if bytes.Contains(payload, usageMarker) {
+				var u struct {
+					Usage *upstreamUsage `json:"usage"`
+				}
+				if json.Unmarshal(payload, &u) == nil && u.Usage != nil {
+					u.Usage.apply(ev)
+					if !req.includeUsage {
+						if bytes.Contains(payload, emptyChoice) {
+							skipping = true
+							continue
+						}
+						line = stripUsage(payload)
+					}
+				}
+			} else if hasDelta(payload) {
+				chunks++
+			}
+			write(line)
+		default: // event:, id:, retry: fields pass through
+			write(line)
+		}
+		if writeErr != nil {
+			break
+		}
+	}
+	flush()
+
+	switch {
+	case writeErr != nil || r.Context().Err() != nil:
+		// The client hung up: stop the upstream at once.
+		ev.Outcome = usage.OutcomeClientCancelled
+		ev.Status = 499
+	case readErr != nil && !errors.Is(readErr, io.EOF):
+		ev.Outcome = outcomeOf(ctx)
+		if ev.Outcome == usage.OutcomeClientCancelled {
+			ev.Status = 499
+		} else {
+			ev.Status = readFailure(ctx).Status
+			ev.ErrorType = readFailure(ctx).Type
+		}
+	case !sawDone && ev.UsageSource == usage.SourceNone:
+		ev.Outcome = usage.OutcomeUpstreamError
+		ev.Status = http.StatusBadGateway
+		ev.ErrorType = "upstream_error"
+	default:
+		ev.Outcome = usage.OutcomeCompleted
+		ev.Status = http.StatusOK
+	}
+	if ev.Status != http.StatusOK && started && writeErr == nil && !sawDone {
+		// Tell an SDK that the stream failed rather than ending silently.
+		ae := readFailure(ctx)
+		write([]byte("data: " + string(ae.JSON()) + "\n\n"))
+		flush()
+	}
+	if ev.UsageSource == usage.SourceNone && chunks > 0 {
+		estimate(ev, req.promptBytes, chunks)
+	}
+}
+
+// readLine appends one line (with its newline) to buf, whatever its length.
+func readLine(br *bufio.Reader, buf []byte) ([]byte, error) {
+	for {
+		frag, err := br.ReadSlice('\n')
+		buf = append(buf, frag...)
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		return buf, err
+	}
+}
+
+// hasDelta reports whether a chunk carries generated text (content,
+// reasoning or tool-call arguments), so that a cut stream can be estimated.
+func hasDelta(payload []byte) bool {
+	for _, k := range [][]byte{[]byte(`"content":"`), []byte(`"reasoning_content":"`), []byte(`"arguments":"`)} {
+		if i := bytes.Index(payload, k); i >= 0 && i+len(k) < len(payload) && payload[i+len(k)] != '"' {
+			return true
+		}
+	}
+	return false
+}
+
+// stripUsage removes usage from a chunk that also carries choices.
+func stripUsage(payload []byte) []byte {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(payload, &m) != nil {
+		return append(append([]byte("data: "), payload...), '\n')
+	}
+	delete(m, "usage")
+	b, _ := json.Marshal(m)
+	return append(append([]byte("data: "), b...), '\n')
+}
