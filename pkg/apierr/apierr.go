@@ -32,9 +32,9 @@ const (
 
 // Error is an API error with its HTTP status.
 type Error struct {
-	Status  int    `json:"-"`
-	Message string `json:"message"`
-	Type    string `json:"type"`
+	Status  int     `json:"-"`
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
 	Param   *string `json:"param"`
 	Code    *string `json:"code"`
 	// Source tells whether we raised the error or relayed it from upstream.

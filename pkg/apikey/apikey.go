@@ -93,13 +93,13 @@ func DisplayPrefix(key string) string {
 
 // Record is a key as stored in Redis. It never holds the key itself.
 type Record struct {
-	ID           string    `json:"id"`
-	Hash         string    `json:"hash"`
-	KeyPrefix    string    `json:"key_prefix"`
-	Name         string    `json:"name"`
-	Tier         string    `json:"tier"`
-	RPM          int64     `json:"rpm"`
-	MonthlyLimit int64     `json:"monthly_limit"`
+	ID           string `json:"id"`
+	Hash         string `json:"hash"`
+	KeyPrefix    string `json:"key_prefix"`
+	Name         string `json:"name"`
+	Tier         string `json:"tier"`
+	RPM          int64  `json:"rpm"`
+	MonthlyLimit int64  `json:"monthly_limit"`
 	// TPM is an optional tokens-per-minute limit; 0 means none.
 	TPM       int64     `json:"tpm,omitempty"`
 	Models    []string  `json:"models"`

@@ -49,10 +49,10 @@ func TestBuiltin(t *testing.T) {
 
 func TestParseErrors(t *testing.T) {
 	tests := map[string]string{
-		"empty":          "models: []",
-		"no upstream":    "models: [{id: a}]",
-		"duplicate":      "models: [{id: a, upstream: b}, {id: a, upstream: b}]",
-		"bad thinking":   "models: [{id: a, upstream: b, thinking: maybe}]",
+		"empty":           "models: []",
+		"no upstream":     "models: [{id: a}]",
+		"duplicate":       "models: [{id: a, upstream: b}, {id: a, upstream: b}]",
+		"bad thinking":    "models: [{id: a, upstream: b, thinking: maybe}]",
 		"not yaml at all": "models: {",
 	}
 	for name, in := range tests {

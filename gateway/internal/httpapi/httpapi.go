@@ -131,11 +131,14 @@ func (w *timingWriter) stamp() {
 	}
 }
 
-func (w *timingWriter) WriteHeader(code int)              { w.stamp(); w.ResponseWriter.WriteHeader(code) }
-func (w *timingWriter) WriteHeaderNow()                   { w.stamp(); w.ResponseWriter.WriteHeaderNow() }
-func (w *timingWriter) Write(b []byte) (int, error)       { w.stamp(); return w.ResponseWriter.Write(b) }
-func (w *timingWriter) WriteString(s string) (int, error) { w.stamp(); return w.ResponseWriter.WriteString(s) }
-func (w *timingWriter) Unwrap() http.ResponseWriter       { return w.ResponseWriter }
+func (w *timingWriter) WriteHeader(code int)        { w.stamp(); w.ResponseWriter.WriteHeader(code) }
+func (w *timingWriter) WriteHeaderNow()             { w.stamp(); w.ResponseWriter.WriteHeaderNow() }
+func (w *timingWriter) Write(b []byte) (int, error) { w.stamp(); return w.ResponseWriter.Write(b) }
+func (w *timingWriter) WriteString(s string) (int, error) {
+	w.stamp()
+	return w.ResponseWriter.WriteString(s)
+}
+func (w *timingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func recovery(log *slog.Logger) gin.HandlerFunc {
 	return func(c *gin.Context) {

@@ -204,8 +204,8 @@ func (h *Handler) finish(ev *usage.Event) {
 
 // upstreamUsage is DeepSeek's usage object (OpenAI's, plus cache counts).
 type upstreamUsage struct {
-	PromptTokens          int64 `json:"prompt_tokens"`
-	CompletionTokens      int64 `json:"completion_tokens"`
+	PromptTokens          int64  `json:"prompt_tokens"`
+	CompletionTokens      int64  `json:"completion_tokens"`
 	PromptCacheHitTokens  *int64 `json:"prompt_cache_hit_tokens"`
 	PromptCacheMissTokens *int64 `json:"prompt_cache_miss_tokens"`
 	PromptTokensDetails   *struct {
