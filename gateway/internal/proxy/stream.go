@@ -17,6 +17,7 @@ var (
 	doneMarker  = []byte("[DONE]")
 	usageMarker = []byte(`"usage":{`)
 	emptyChoice = []byte(`"choices":[]`)
+	nullUsage   = []byte(`,"usage":null`)
 )
 
 // stream relays an SSE response event by event. Each event is flushed as
@@ -96,8 +97,15 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, ctx context.Con
 						line = stripUsage(payload)
 					}
 				}
-			} else if hasDelta(payload) {
-				chunks++
+			} else {
+				if hasDelta(payload) {
+					chunks++
+				}
+				// Asking upstream for usage makes it add "usage":null to
+				// every chunk; a client that did not ask never sees it.
+				if !req.includeUsage && bytes.Contains(line, nullUsage) {
+					line = bytes.Replace(line, nullUsage, nil, 1)
+				}
 			}
 			write(line)
 		default: // event:, id:, retry: fields pass through

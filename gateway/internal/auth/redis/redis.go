@@ -53,6 +53,10 @@ type Invalidator interface{ Invalidate(id string) }
 // missed while the subscription was down.
 func Listen(ctx context.Context, rdb goredis.UniversalClient, inv Invalidator, log *slog.Logger) {
 	sub := rdb.Subscribe(ctx, apikey.ChangedChannel)
+	// Receive blocks in a socket read that ignores ctx: closing the
+	// subscription is what ends it.
+	stop := context.AfterFunc(ctx, func() { _ = sub.Close() })
+	defer stop()
 	defer sub.Close()
 	for {
 		msg, err := sub.Receive(ctx)
