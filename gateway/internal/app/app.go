@@ -114,13 +114,14 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	ph := &proxy.Handler{
 		Catalog: cat,
 		Upstream: proxy.NewUpstream(proxy.UpstreamConfig{
-			BaseURL:          cfg.Upstream.BaseURL,
-			APIKey:           cfg.Upstream.APIKey,
+			Members:          members(cfg.Upstream.Members),
 			ConnectTimeout:   cfg.Upstream.ConnectTimeout,
 			FirstByteTimeout: cfg.Upstream.FirstByteTimeout,
 			IdleTimeout:      cfg.Upstream.IdleTimeout,
 			MaxConns:         cfg.Upstream.MaxConns,
-			Retries:          2,
+			Retries:          cfg.Upstream.Retries,
+			EjectAfter:       cfg.Upstream.EjectAfter,
+			Cooldown:         cfg.Upstream.Cooldown,
 		}),
 		Pub:      pub,
 		Metrics:  metrics,
@@ -160,7 +161,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
 	ready.Store(true)
-	log.Info("gateway listening", "addr", ln.Addr().String(), "upstream", cfg.Upstream.BaseURL, "instance", cfg.Instance)
+	log.Info("gateway listening", "addr", ln.Addr().String(), "upstreams", len(cfg.Upstream.Members), "instance", cfg.Instance)
 
 	select {
 	case <-ctx.Done():
@@ -192,6 +193,14 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 	return nil
+}
+
+func members(ms []config.Member) []proxy.Member {
+	out := make([]proxy.Member, len(ms))
+	for i, m := range ms {
+		out[i] = proxy.Member{BaseURL: m.BaseURL, APIKey: m.APIKey, Weight: m.Weight}
+	}
+	return out
 }
 
 // ensureStream creates the usage stream, retrying until NATS answers.

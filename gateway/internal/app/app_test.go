@@ -389,3 +389,39 @@ func TestClientCancelStopsUpstream(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestPoolFailover breaks one of two upstreams: every request still
+// succeeds (retried on the healthy member before any byte reached the
+// client) and the broken member is ejected after a few failures.
+func TestPoolFailover(t *testing.T) {
+	broken := upstreamsim.New(upstreamsim.Config{APIKey: "sk-upstream"})
+	bts := httptest.NewServer(broken)
+	t.Cleanup(bts.Close)
+	resp, err := http.Post(bts.URL+"/_sim/faults", "application/json", strings.NewReader(`{"status":500,"count":-1}`))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("set fault: %v %v", err, resp)
+	}
+	resp.Body.Close()
+
+	var h *harness
+	h = startGateway(t, func(c *config.Config) {
+		c.Upstream.Members = append([]config.Member{{BaseURL: bts.URL, APIKey: "sk-upstream", Weight: 1}}, c.Upstream.Members...)
+		c.Upstream.EjectAfter = 2
+		c.Upstream.Cooldown = time.Minute
+	})
+	key := h.addKey(t, "key_pool")
+	for i := range 20 {
+		r := h.post(t, key, fmt.Sprintf(`{"model":"deepseek-chat","messages":[{"role":"user","content":"n%d"}]}`, i))
+		if r.status != 200 {
+			t.Fatalf("request %d: %d %s", i, r.status, r.body)
+		}
+	}
+	if got := broken.Stats().Requests; got > 2 {
+		t.Errorf("broken member got %d requests; it should be ejected after 2 failures", got)
+	}
+	if got := h.sim.Stats().Completed; got != 20 {
+		t.Errorf("healthy member completed %d, want 20", got)
+	}
+	// Failed attempts on the broken member produced no usage: 20 events.
+	h.events(t, 20)
+}

@@ -36,16 +36,26 @@ type Config struct {
 	LogLevel       string        // LOG_LEVEL
 }
 
-// Upstream is the model provider.
+// Upstream is the model provider: one or more endpoints.
 type Upstream struct {
-	BaseURL string // UPSTREAM_BASE_URL
-	APIKey  string // UPSTREAM_API_KEY
+	Members []Member // UPSTREAM_BASE_URL, UPSTREAM_API_KEY, UPSTREAM_WEIGHTS (comma-separated lists)
+	// EjectAfter consecutive failures take a member out for Cooldown.
+	EjectAfter int           // UPSTREAM_EJECT_AFTER
+	Cooldown   time.Duration // UPSTREAM_COOLDOWN
+	Retries    int           // UPSTREAM_RETRIES
 	// ConnectTimeout bounds dialing; FirstByteTimeout the wait for response
 	// headers; IdleTimeout the gap between two stream chunks.
 	ConnectTimeout   time.Duration // UPSTREAM_CONNECT_TIMEOUT
 	FirstByteTimeout time.Duration // UPSTREAM_FIRST_BYTE_TIMEOUT
 	IdleTimeout      time.Duration // UPSTREAM_IDLE_TIMEOUT
 	MaxConns         int           // UPSTREAM_MAX_CONNS per host
+}
+
+// Member is one upstream endpoint.
+type Member struct {
+	BaseURL string
+	APIKey  string
+	Weight  int
 }
 
 // DefaultKeyPepper is used when KEY_PEPPER is unset, for local runs only.
@@ -64,8 +74,10 @@ func Load(getenv func(string) string) (Config, error) {
 		KeyPepper:    p.str("KEY_PEPPER", DefaultKeyPepper),
 		KeyCacheTTL:  p.dur("KEY_CACHE_TTL", 30*time.Second),
 		Upstream: Upstream{
-			BaseURL:          strings.TrimRight(p.str("UPSTREAM_BASE_URL", "https://api.deepseek.com"), "/"),
-			APIKey:           p.str("UPSTREAM_API_KEY", ""),
+			Members:          p.members(),
+			EjectAfter:       p.int("UPSTREAM_EJECT_AFTER", 3),
+			Cooldown:         p.dur("UPSTREAM_COOLDOWN", 10*time.Second),
+			Retries:          p.int("UPSTREAM_RETRIES", 2),
 			ConnectTimeout:   p.dur("UPSTREAM_CONNECT_TIMEOUT", 5*time.Second),
 			FirstByteTimeout: p.dur("UPSTREAM_FIRST_BYTE_TIMEOUT", 120*time.Second),
 			IdleTimeout:      p.dur("UPSTREAM_IDLE_TIMEOUT", 60*time.Second),
@@ -100,10 +112,23 @@ func (c Config) Validate() error {
 	if c.NATSURL == "" {
 		add("nats", "NATS_URL is empty")
 	}
-	for name, raw := range map[string]string{"UPSTREAM_BASE_URL": c.Upstream.BaseURL, "ADMIN_URL": c.AdminURL} {
+	checkURL := func(name, raw string) {
 		if u, err := url.Parse(raw); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			add("urls", "%s %q is not an http(s) URL", name, raw)
 		}
+	}
+	checkURL("ADMIN_URL", c.AdminURL)
+	if len(c.Upstream.Members) == 0 {
+		add("upstream", "UPSTREAM_BASE_URL is empty")
+	}
+	for _, m := range c.Upstream.Members {
+		checkURL("UPSTREAM_BASE_URL", m.BaseURL)
+		if m.Weight < 1 {
+			add("upstream", "UPSTREAM_WEIGHTS must be positive integers")
+		}
+	}
+	if c.Upstream.EjectAfter < 1 || c.Upstream.Cooldown <= 0 || c.Upstream.Retries < 0 {
+		add("upstream", "UPSTREAM_EJECT_AFTER must be >= 1, UPSTREAM_COOLDOWN positive, UPSTREAM_RETRIES >= 0")
 	}
 	if c.KeyPepper == "" {
 		add("keys", "KEY_PEPPER is empty")
@@ -137,6 +162,49 @@ func (p *parser) str(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// members reads the upstream pool: UPSTREAM_BASE_URL is a comma-separated
+// list of base URLs; UPSTREAM_API_KEY is one key for all, or one per URL;
+// UPSTREAM_WEIGHTS is empty (all 1) or one weight per URL.
+func (p *parser) members() []Member {
+	urls := splitList(p.str("UPSTREAM_BASE_URL", "https://api.deepseek.com"))
+	keys := splitList(p.getenv("UPSTREAM_API_KEY"))
+	weights := splitList(p.getenv("UPSTREAM_WEIGHTS"))
+	if len(keys) > 1 && len(keys) != len(urls) {
+		p.err = errors.Join(p.err, fmt.Errorf("UPSTREAM_API_KEY: %d keys for %d base URLs (give one, or one per URL)", len(keys), len(urls)))
+	}
+	if len(weights) > 0 && len(weights) != len(urls) {
+		p.err = errors.Join(p.err, fmt.Errorf("UPSTREAM_WEIGHTS: %d weights for %d base URLs", len(weights), len(urls)))
+	}
+	out := make([]Member, len(urls))
+	for i, u := range urls {
+		out[i] = Member{BaseURL: strings.TrimRight(u, "/"), Weight: 1}
+		switch {
+		case len(keys) == 1:
+			out[i].APIKey = keys[0]
+		case i < len(keys):
+			out[i].APIKey = keys[i]
+		}
+		if i < len(weights) {
+			w, err := strconv.Atoi(weights[i])
+			if err != nil {
+				p.err = errors.Join(p.err, fmt.Errorf("UPSTREAM_WEIGHTS: %q is not an integer", weights[i]))
+			}
+			out[i].Weight = w
+		}
+	}
+	return out
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func (p *parser) int(name string, def int) int {

@@ -14,15 +14,28 @@ func TestLoad(t *testing.T) {
 		check   func(t *testing.T, c Config)
 	}{
 		{name: "defaults", check: func(t *testing.T, c Config) {
-			if c.Addr != "127.0.0.1:8080" || c.Upstream.BaseURL != "https://api.deepseek.com" || c.RedisTimeout != 50*time.Millisecond {
+			if c.Addr != "127.0.0.1:8080" || c.Upstream.Members[0].BaseURL != "https://api.deepseek.com" || c.RedisTimeout != 50*time.Millisecond {
 				t.Errorf("unexpected defaults: %+v", c)
 			}
 		}},
 		{name: "trailing slash trimmed", env: map[string]string{"UPSTREAM_BASE_URL": "http://127.0.0.1:8090/"}, check: func(t *testing.T, c Config) {
-			if c.Upstream.BaseURL != "http://127.0.0.1:8090" {
-				t.Errorf("base url %q", c.Upstream.BaseURL)
+			if c.Upstream.Members[0].BaseURL != "http://127.0.0.1:8090" {
+				t.Errorf("base url %q", c.Upstream.Members[0].BaseURL)
 			}
 		}},
+		{name: "pool with one key", env: map[string]string{"UPSTREAM_BASE_URL": "http://a:1, http://b:2", "UPSTREAM_API_KEY": "k", "UPSTREAM_WEIGHTS": "3,1"}, check: func(t *testing.T, c Config) {
+			want := []Member{{"http://a:1", "k", 3}, {"http://b:2", "k", 1}}
+			if len(c.Upstream.Members) != 2 || c.Upstream.Members[0] != want[0] || c.Upstream.Members[1] != want[1] {
+				t.Errorf("members %+v", c.Upstream.Members)
+			}
+		}},
+		{name: "pool with a key per member", env: map[string]string{"UPSTREAM_BASE_URL": "http://a:1,http://b:2", "UPSTREAM_API_KEY": "k1,k2"}, check: func(t *testing.T, c Config) {
+			if c.Upstream.Members[0].APIKey != "k1" || c.Upstream.Members[1].APIKey != "k2" {
+				t.Errorf("members %+v", c.Upstream.Members)
+			}
+		}},
+		{name: "pool list mismatch", env: map[string]string{"UPSTREAM_BASE_URL": "http://a:1,http://b:2", "UPSTREAM_API_KEY": "k1,k2,k3", "UPSTREAM_WEIGHTS": "1"},
+			wantErr: []string{"UPSTREAM_API_KEY", "UPSTREAM_WEIGHTS"}},
 		{name: "every problem reported", env: map[string]string{
 			"REDIS_TIMEOUT": "soon", "MAX_BODY_BYTES": "12", "UPSTREAM_BASE_URL": "ftp://x", "STREAM_REPLICAS": "9",
 		}, wantErr: []string{"REDIS_TIMEOUT", "MAX_BODY_BYTES", "UPSTREAM_BASE_URL", "STREAM_REPLICAS"}},

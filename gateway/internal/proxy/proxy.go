@@ -131,13 +131,21 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) *apie
 	return nil
 }
 
-// attempt sends the request, retrying retryable failures with backoff.
+// attempt sends the request, retrying retryable failures with backoff on
+// another pool member. Nothing has reached the client yet, so a retry is
+// invisible to it; a retryable failure means the upstream did no billable
+// work (connection refused, 429, 5xx).
 func (h *Handler) attempt(ctx context.Context, body []byte) (*http.Response, *attemptError) {
 	backoff := 50 * time.Millisecond
 	var fail *attemptError
+	var last *poolMember
 	for i := 0; ; i++ {
+		m := h.Upstream.pool.pick(last)
+		last = m
 		var resp *http.Response
-		resp, fail = h.Upstream.send(ctx, body)
+		resp, fail = h.Upstream.send(ctx, m, body)
+		// Only provider-side trouble counts against a member's health.
+		h.Upstream.pool.report(m, fail == nil || !fail.retryable && fail.outcome != usage.OutcomeTimeout)
 		if fail == nil {
 			return resp, nil
 		}

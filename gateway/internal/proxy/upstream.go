@@ -14,10 +14,10 @@ import (
 	"github.com/qyai/qyai/pkg/apierr"
 )
 
-// UpstreamConfig is one upstream provider endpoint.
+// UpstreamConfig is the upstream provider: a pool of endpoints sharing
+// one connection pool and one set of timeouts.
 type UpstreamConfig struct {
-	BaseURL          string
-	APIKey           string
+	Members          []Member
 	ConnectTimeout   time.Duration
 	FirstByteTimeout time.Duration
 	IdleTimeout      time.Duration
@@ -25,12 +25,14 @@ type UpstreamConfig struct {
 	// Retries is how many more attempts a retryable failure (connection
 	// refused, 429, 5xx) gets before the client sees an error.
 	Retries int
+	// EjectAfter consecutive failures take a member out for Cooldown.
+	EjectAfter int
+	Cooldown   time.Duration
 }
 
 // Upstream sends requests to the provider over pooled keep-alive connections.
 type Upstream struct {
-	url    string
-	auth   string
+	pool   *pool
 	client *http.Client
 	cfg    UpstreamConfig
 }
@@ -49,12 +51,21 @@ func NewUpstream(cfg UpstreamConfig) *Upstream {
 		ResponseHeaderTimeout: cfg.FirstByteTimeout,
 		ExpectContinueTimeout: time.Second,
 	}
-	auth := ""
-	if cfg.APIKey != "" {
-		auth = "Bearer " + cfg.APIKey
+	if cfg.EjectAfter <= 0 {
+		cfg.EjectAfter = 3
 	}
-	return &Upstream{url: cfg.BaseURL + "/chat/completions", auth: auth, client: &http.Client{Transport: tr}, cfg: cfg}
+	if cfg.Cooldown <= 0 {
+		cfg.Cooldown = 10 * time.Second
+	}
+	return &Upstream{
+		pool:   newPool(cfg.Members, cfg.EjectAfter, cfg.Cooldown, time.Now),
+		client: &http.Client{Transport: tr},
+		cfg:    cfg,
+	}
 }
+
+// Ejections reports how often each member was taken out of the pool.
+func (u *Upstream) Ejections() map[string]int64 { return u.pool.ejections() }
 
 // attemptError is a failed attempt, already mapped to what the client sees.
 type attemptError struct {
@@ -68,17 +79,17 @@ type attemptError struct {
 	credentialStatus int
 }
 
-// send posts body and returns a 200 response, or the mapped failure.
-func (u *Upstream) send(ctx context.Context, body []byte) (*http.Response, *attemptError) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.url, bytes.NewReader(body))
+// send posts body to member m and returns a 200 response, or the mapped failure.
+func (u *Upstream) send(ctx context.Context, m *poolMember, body []byte) (*http.Response, *attemptError) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, m.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, &attemptError{apiErr: apierr.Upstream("building the upstream request failed")}
 	}
 	h := req.Header
 	h.Set("Content-Type", "application/json")
 	h.Set("Accept", "application/json, text/event-stream")
-	if u.auth != "" {
-		h.Set("Authorization", u.auth)
+	if m.auth != "" {
+		h.Set("Authorization", m.auth)
 	}
 	resp, err := u.client.Do(req)
 	if err != nil {

@@ -1,0 +1,20 @@
+// Command admin serves QYAI's admin API (API keys, usage for finance) and the
+// public billing endpoint the gateway passes through.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/qyai/qyai/admin/internal/app"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := app.Run(ctx, os.Args[1:], os.Stderr); err != nil {
+		os.Exit(1)
+	}
+}

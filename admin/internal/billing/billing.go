@@ -1,0 +1,124 @@
+// Package billing answers usage questions from the metered rows in
+// ClickHouse: the public per-key monthly summary (GET
+// /v1/dashboard/billing/usage) and the finance report of the admin API.
+// Months and days are UTC; every read is exact (deduplicated), see Store.
+package billing
+
+import (
+	"context"
+	"errors"
+	"math"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/qyai/qyai/pkg/apikey"
+)
+
+// ErrNotReady means ClickHouse is not reachable or its schema not applied yet.
+var ErrNotReady = errors.New("usage store not ready")
+
+// Group-by dimensions of the finance report.
+const (
+	GroupByDay   = "day"
+	GroupByModel = "model"
+)
+
+// Totals is one key's usage over a period.
+type Totals struct {
+	Requests         uint64
+	PromptTokens     uint64
+	CompletionTokens uint64
+}
+
+// Query selects usage rows for the finance report. The period is half-open:
+// From <= started_at < To.
+type Query struct {
+	KeyID   string // empty: every key
+	From    time.Time
+	To      time.Time
+	GroupBy string // GroupByDay or GroupByModel
+}
+
+// Row is one group of the finance report.
+type Row struct {
+	// Group is the day (YYYY-MM-DD, UTC) or the public model id.
+	Group            string
+	Requests         uint64
+	PromptTokens     uint64
+	CacheHitTokens   uint64
+	CacheMissTokens  uint64
+	CompletionTokens uint64
+	ReasoningTokens  uint64
+	CostUSD          decimal.Decimal
+}
+
+// Store reads usage. Implementations count each event once even when it was
+// delivered and stored twice.
+type Store interface {
+	// KeyTotals sums one key's usage in [from, to).
+	KeyTotals(ctx context.Context, keyID string, from, to time.Time) (Totals, error)
+	// Usage returns q's groups in ascending group order.
+	Usage(ctx context.Context, q Query) ([]Row, error)
+}
+
+// Summary is the public billing.usage object, exactly as the API documents it.
+type Summary struct {
+	Object                string  `json:"object"`
+	KeyPrefix             string  `json:"key_prefix"`
+	Tier                  string  `json:"tier"`
+	MonthlyRequests       uint64  `json:"monthly_requests"`
+	MonthlyLimit          int64   `json:"monthly_limit"`
+	Remaining             int64   `json:"remaining"`
+	UsagePercent          float64 `json:"usage_percent"`
+	TotalPromptTokens     uint64  `json:"total_prompt_tokens"`
+	TotalCompletionTokens uint64  `json:"total_completion_tokens"`
+}
+
+// Service computes billing answers.
+type Service struct {
+	store Store
+	now   func() time.Time
+}
+
+// NewService returns a Service reading store; now is the clock.
+func NewService(store Store, now func() time.Time) *Service {
+	return &Service{store: store, now: now}
+}
+
+// MonthBounds returns the UTC calendar month containing t: [start, next).
+func MonthBounds(t time.Time) (start, next time.Time) {
+	t = t.UTC()
+	start = time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+	return start, start.AddDate(0, 1, 0)
+}
+
+// Summary returns the key's usage in the current UTC calendar month.
+func (s *Service) Summary(ctx context.Context, rec apikey.Record) (Summary, error) {
+	from, to := MonthBounds(s.now())
+	t, err := s.store.KeyTotals(ctx, rec.ID, from, to)
+	if err != nil {
+		return Summary{}, err
+	}
+	used := int64(min(t.Requests, math.MaxInt64))
+	sum := Summary{
+		Object:                "billing.usage",
+		KeyPrefix:             rec.KeyPrefix,
+		Tier:                  rec.Tier,
+		MonthlyRequests:       t.Requests,
+		MonthlyLimit:          rec.MonthlyLimit,
+		Remaining:             max(0, rec.MonthlyLimit-used),
+		TotalPromptTokens:     t.PromptTokens,
+		TotalCompletionTokens: t.CompletionTokens,
+	}
+	if rec.MonthlyLimit > 0 {
+		// One decimal, as in the API example (142 of 3000 -> 4.7).
+		sum.UsagePercent = math.Round(float64(used)*1000/float64(rec.MonthlyLimit)) / 10
+	}
+	return sum, nil
+}
+
+// Usage returns the finance report for q.
+func (s *Service) Usage(ctx context.Context, q Query) ([]Row, error) {
+	return s.store.Usage(ctx, q)
+}

@@ -1,0 +1,190 @@
+// Package httpapi is admin's HTTP surface: the admin API under /admin/v1
+// (guarded by the admin token), the public billing endpoint that the gateway
+// passes through, and the health probes.
+//
+// Handlers return an error; renderError is the one place that turns errors
+// into statuses and OpenAI-shaped bodies. routes is the whole route table.
+package httpapi
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/qyai/qyai/admin/internal/billing"
+	"github.com/qyai/qyai/admin/internal/keys"
+	"github.com/qyai/qyai/pkg/apierr"
+)
+
+// Check is one readiness dependency.
+type Check struct {
+	Name    string
+	Timeout time.Duration
+	Ping    func(ctx context.Context) error
+}
+
+// Deps is what the API serves from.
+type Deps struct {
+	Keys    *keys.Service
+	Billing *billing.Service
+	// AdminToken guards /admin/v1.
+	AdminToken string
+	Ready      []Check
+	Log        *slog.Logger
+	Now        func() time.Time
+}
+
+type api struct {
+	Deps
+	// adminTokenSum is the SHA-256 of the admin token: comparing digests in
+	// constant time leaks neither content nor length.
+	adminTokenSum [sha256.Size]byte
+}
+
+// New returns the HTTP handler of admin.
+func New(d Deps) http.Handler {
+	a := &api{Deps: d, adminTokenSum: sha256.Sum256([]byte(d.AdminToken))}
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.ContextWithFallback = true
+	a.routes(r)
+	return r
+}
+
+// routes is the whole route table.
+func (a *api) routes(r *gin.Engine) {
+	r.Use(a.recoverAndLog)
+	r.NoRoute(a.h(a.notFound))
+	r.NoMethod(a.h(a.methodNotAllowed))
+
+	r.GET("/healthz", a.h(a.healthz))
+	r.GET("/readyz", a.h(a.readyz))
+
+	// Public, authenticated by the caller's API key; the gateway proxies it.
+	r.GET("/v1/dashboard/billing/usage", a.h(a.billingUsage))
+
+	admin := r.Group("/admin/v1", a.h(a.requireAdmin))
+	admin.POST("/keys", a.h(a.createKey))
+	admin.GET("/keys", a.h(a.listKeys))
+	admin.GET("/keys/:id", a.h(a.getKey))
+	admin.POST("/keys/:id/rotate", a.h(a.rotateKey))
+	admin.DELETE("/keys/:id", a.h(a.revokeKey))
+	admin.GET("/usage", a.h(a.usageReport))
+}
+
+// handler is a gin handler that reports failure by returning an error.
+type handler func(c *gin.Context) error
+
+// h adapts a handler (or a middleware that calls c.Next) to gin.
+func (a *api) h(fn handler) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if err := fn(c); err != nil {
+			a.renderError(c, err)
+			c.Abort()
+		}
+	}
+}
+
+// Errors raised by this package.
+var (
+	errAdminToken = apierr.Unauthenticated("Invalid admin token. Send Authorization: Bearer <ADMIN_TOKEN>.")
+	errAPIKey     = apierr.Unauthenticated("Invalid API key provided")
+)
+
+// renderError maps every error kind to its status and OpenAI-shaped body.
+func (a *api) renderError(c *gin.Context, err error) {
+	var (
+		ae *apierr.Error
+		ve *keys.ValidationError
+	)
+	switch {
+	case errors.As(err, &ae):
+	case errors.As(err, &ve):
+		ae = apierr.InvalidRequest(ve.Message).WithParam(ve.Param)
+	case errors.Is(err, keys.ErrNotFound):
+		ae = apierr.NotFound("No API key with id '" + c.Param("id") + "'.").WithParam("id")
+	case errors.Is(err, keys.ErrRevoked):
+		ae = apierr.New(http.StatusConflict, apierr.TypeInvalidRequest, "The key is revoked; create a new one.").WithCode("key_revoked")
+	case errors.Is(err, keys.ErrConflict):
+		ae = apierr.New(http.StatusConflict, apierr.TypeInvalidRequest, "The key was changed concurrently; retry.").WithCode("conflict")
+	case errors.Is(err, keys.ErrUnauthenticated):
+		ae = errAPIKey
+	case errors.Is(err, billing.ErrNotReady), unavailable(err):
+		ae = apierr.Unavailable("A storage backend is temporarily unavailable; try again later.")
+	default:
+		ae = apierr.Internal("An unexpected internal server error occurred.")
+	}
+	if ae.Status >= http.StatusInternalServerError {
+		a.Log.ErrorContext(c.Request.Context(), "request failed",
+			"method", c.Request.Method, "route", c.FullPath(), "status", ae.Status, "err", err)
+	}
+	ae.Write(c.Writer)
+}
+
+// unavailable reports whether err means a backend could not be reached in
+// time or dropped the connection (as opposed to refusing a query).
+func unavailable(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// recoverAndLog logs one line per request (route template, never the raw
+// path or headers: they may carry keys) and turns a panic into a 500.
+func (a *api) recoverAndLog(c *gin.Context) {
+	start := time.Now()
+	defer func() {
+		if p := recover(); p != nil {
+			a.Log.ErrorContext(c.Request.Context(), "panic in handler", "route", c.FullPath(), "panic", p)
+			if !c.Writer.Written() {
+				apierr.Internal("An unexpected internal server error occurred.").Write(c.Writer)
+			}
+			c.Abort()
+		}
+		a.Log.DebugContext(c.Request.Context(), "request",
+			"method", c.Request.Method, "route", c.FullPath(), "status", c.Writer.Status(),
+			"duration", time.Since(start))
+	}()
+	c.Next()
+}
+
+func (a *api) notFound(c *gin.Context) error {
+	return apierr.NotFound("Unknown request URL: " + c.Request.Method + " " + c.Request.URL.Path + ".")
+}
+
+func (a *api) methodNotAllowed(c *gin.Context) error {
+	return apierr.New(http.StatusMethodNotAllowed, apierr.TypeInvalidRequest,
+		"Method "+c.Request.Method+" is not allowed on "+c.Request.URL.Path+".")
+}
+
+// requireAdmin lets the request through only with the admin token.
+func (a *api) requireAdmin(c *gin.Context) error {
+	tok, ok := bearer(c.GetHeader("Authorization"))
+	sum := sha256.Sum256([]byte(tok))
+	if !ok || subtle.ConstantTimeCompare(sum[:], a.adminTokenSum[:]) != 1 {
+		return errAdminToken
+	}
+	c.Next()
+	return nil
+}
+
+// bearer extracts the token of an "Authorization: Bearer <token>" header.
+func bearer(h string) (string, bool) {
+	const scheme = "bearer "
+	if len(h) < len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) {
+		return "", false
+	}
+	tok := strings.TrimSpace(h[len(scheme):])
+	return tok, tok != ""
+}

@@ -1,0 +1,171 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/qyai/qyai/admin/internal/keys"
+	"github.com/qyai/qyai/pkg/apierr"
+	"github.com/qyai/qyai/pkg/apikey"
+)
+
+// maxBodyBytes bounds an admin request body.
+const maxBodyBytes = 64 << 10
+
+// issuedKey is the answer to create and rotate: the only place the key appears.
+type issuedKey struct {
+	ID           string    `json:"id"`
+	Key          string    `json:"key"`
+	KeyPrefix    string    `json:"key_prefix"`
+	Name         string    `json:"name"`
+	Tier         string    `json:"tier"`
+	RPM          int64     `json:"rpm"`
+	MonthlyLimit int64     `json:"monthly_limit"`
+	Models       []string  `json:"models"`
+	CreatedAt    time.Time `json:"created_at"`
+}
+
+// keyView is a key as listed: never the key, never its hash.
+type keyView struct {
+	ID           string    `json:"id"`
+	KeyPrefix    string    `json:"key_prefix"`
+	Name         string    `json:"name"`
+	Tier         string    `json:"tier"`
+	RPM          int64     `json:"rpm"`
+	MonthlyLimit int64     `json:"monthly_limit"`
+	Models       []string  `json:"models"`
+	Status       string    `json:"status"`
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
+}
+
+type list[T any] struct {
+	Object string `json:"object"`
+	Data   []T    `json:"data"`
+}
+
+func newIssued(is keys.Issued) issuedKey {
+	r := is.Record
+	return issuedKey{
+		ID: r.ID, Key: is.Key, KeyPrefix: r.KeyPrefix, Name: r.Name, Tier: r.Tier,
+		RPM: r.RPM, MonthlyLimit: r.MonthlyLimit, Models: nonNil(r.Models), CreatedAt: r.CreatedAt,
+	}
+}
+
+func newView(r apikey.Record) keyView {
+	return keyView{
+		ID: r.ID, KeyPrefix: r.KeyPrefix, Name: r.Name, Tier: r.Tier, RPM: r.RPM,
+		MonthlyLimit: r.MonthlyLimit, Models: nonNil(r.Models), Status: r.Status,
+		CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
+	}
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func (a *api) createKey(c *gin.Context) error {
+	var req keys.CreateRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	is, err := a.Keys.Create(c.Request.Context(), req)
+	if err != nil {
+		return err
+	}
+	a.Log.InfoContext(c.Request.Context(), "key created", "key_id", is.Record.ID, "tier", is.Record.Tier)
+	c.JSON(http.StatusCreated, newIssued(is))
+	return nil
+}
+
+func (a *api) listKeys(c *gin.Context) error {
+	recs, err := a.Keys.List(c.Request.Context())
+	if err != nil {
+		return err
+	}
+	out := list[keyView]{Object: "list", Data: make([]keyView, 0, len(recs))}
+	for _, r := range recs {
+		out.Data = append(out.Data, newView(r))
+	}
+	c.JSON(http.StatusOK, out)
+	return nil
+}
+
+func (a *api) getKey(c *gin.Context) error {
+	rec, err := a.Keys.Get(c.Request.Context(), c.Param("id"))
+	if err != nil {
+		return err
+	}
+	c.JSON(http.StatusOK, newView(rec))
+	return nil
+}
+
+func (a *api) rotateKey(c *gin.Context) error {
+	is, err := a.Keys.Rotate(c.Request.Context(), c.Param("id"))
+	if err != nil {
+		return err
+	}
+	a.Log.InfoContext(c.Request.Context(), "key rotated", "key_id", is.Record.ID)
+	c.JSON(http.StatusOK, newIssued(is))
+	return nil
+}
+
+func (a *api) revokeKey(c *gin.Context) error {
+	if err := a.Keys.Revoke(c.Request.Context(), c.Param("id")); err != nil {
+		return err
+	}
+	a.Log.InfoContext(c.Request.Context(), "key revoked", "key_id", c.Param("id"))
+	c.Status(http.StatusNoContent)
+	return nil
+}
+
+// decodeJSON reads one JSON object into dst, rejecting unknown fields (a
+// typo such as "monthlyLimit" must not silently fall back to the default).
+func decodeJSON(c *gin.Context, dst any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(c.Writer, c.Request.Body, maxBodyBytes))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(dst)
+	if err == nil && dec.More() {
+		err = errors.New("trailing data")
+	}
+	var (
+		typeErr *json.UnmarshalTypeError
+		sizeErr *http.MaxBytesError
+	)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, io.EOF):
+		return apierr.InvalidRequest("The request body is empty; send a JSON object.")
+	case errors.As(err, &sizeErr):
+		return apierr.InvalidRequest(fmt.Sprintf("The request body is larger than %d bytes.", maxBodyBytes))
+	case errors.As(err, &typeErr) && typeErr.Field != "":
+		return apierr.InvalidRequest(fmt.Sprintf("'%s' must be of type %s.", typeErr.Field, jsonType(typeErr.Type.Kind().String()))).
+			WithParam(typeErr.Field)
+	}
+	if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		f = strings.Trim(f, `"`)
+		return apierr.InvalidRequest(fmt.Sprintf("Unrecognized request argument supplied: %s.", f)).WithParam(f)
+	}
+	return apierr.InvalidRequest("We could not parse the JSON body of your request: send a JSON object.")
+}
+
+func jsonType(kind string) string {
+	switch kind {
+	case "int64", "int", "uint64":
+		return "integer"
+	case "slice":
+		return "array of strings"
+	}
+	return kind
+}

@@ -1,0 +1,88 @@
+package keys
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qyai/qyai/pkg/tier"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func TestValidate(t *testing.T) {
+	s := NewService(nil, []byte("pepper"), tier.Default(), time.Now)
+	tests := []struct {
+		name      string
+		req       CreateRequest
+		wantParam string // "" means valid
+		wantRPM   int64
+		wantLimit int64
+	}{
+		{name: "basic defaults", req: CreateRequest{Name: "a", Tier: "basic"}, wantRPM: 10, wantLimit: 1000},
+		{name: "pro defaults", req: CreateRequest{Name: "a", Tier: "pro"}, wantRPM: 30, wantLimit: 3000},
+		{name: "enterprise defaults", req: CreateRequest{Name: "a", Tier: "enterprise"}, wantRPM: 100, wantLimit: 10000},
+		{name: "custom limits", req: CreateRequest{Name: "a", Tier: "basic", RPM: ptr(int64(5)), MonthlyLimit: ptr(int64(50)), Models: []string{"deepseek-v4-pro"}}, wantRPM: 5, wantLimit: 50},
+		{name: "name missing", req: CreateRequest{Tier: "basic"}, wantParam: "name"},
+		{name: "name blank", req: CreateRequest{Name: "  ", Tier: "basic"}, wantParam: "name"},
+		{name: "name too long", req: CreateRequest{Name: strings.Repeat("x", 129), Tier: "basic"}, wantParam: "name"},
+		{name: "name control char", req: CreateRequest{Name: "a\nb", Tier: "basic"}, wantParam: "name"},
+		{name: "tier missing", req: CreateRequest{Name: "a"}, wantParam: "tier"},
+		{name: "tier unknown", req: CreateRequest{Name: "a", Tier: "gold"}, wantParam: "tier"},
+		{name: "rpm zero", req: CreateRequest{Name: "a", Tier: "pro", RPM: ptr(int64(0))}, wantParam: "rpm"},
+		{name: "rpm negative", req: CreateRequest{Name: "a", Tier: "pro", RPM: ptr(int64(-1))}, wantParam: "rpm"},
+		{name: "rpm huge", req: CreateRequest{Name: "a", Tier: "pro", RPM: ptr(int64(1) << 40)}, wantParam: "rpm"},
+		{name: "monthly zero", req: CreateRequest{Name: "a", Tier: "pro", MonthlyLimit: ptr(int64(0))}, wantParam: "monthly_limit"},
+		{name: "model empty", req: CreateRequest{Name: "a", Tier: "pro", Models: []string{""}}, wantParam: "models"},
+		{name: "model odd chars", req: CreateRequest{Name: "a", Tier: "pro", Models: []string{"gpt 4o"}}, wantParam: "models"},
+		{name: "model twice", req: CreateRequest{Name: "a", Tier: "pro", Models: []string{"gpt-4o", "gpt-4o"}}, wantParam: "models"},
+		{name: "too many models", req: CreateRequest{Name: "a", Tier: "pro", Models: make([]string, 33)}, wantParam: "models"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec, err := s.validate(tt.req)
+			if tt.wantParam == "" {
+				if err != nil {
+					t.Fatalf("validate: %v", err)
+				}
+				if rec.RPM != tt.wantRPM || rec.MonthlyLimit != tt.wantLimit || rec.Models == nil {
+					t.Errorf("record %+v, want rpm %d limit %d and non-nil models", rec, tt.wantRPM, tt.wantLimit)
+				}
+				return
+			}
+			var ve *ValidationError
+			if !errors.As(err, &ve) || ve.Param != tt.wantParam {
+				t.Fatalf("validate: %v, want a ValidationError on %q", err, tt.wantParam)
+			}
+		})
+	}
+}
+
+func TestMalformedIDsAreNotFound(t *testing.T) {
+	// No store: a malformed id must be refused before any Redis call, so
+	// that ids with braces or colons never reach a Redis key name.
+	s := NewService(nil, []byte("pepper"), tier.Default(), time.Now)
+	for _, id := range []string{"", "key_", "key_XYZ", "key_0123456789abcdef}", "../x", "key_0123456789abcdef0"} {
+		t.Run(id, func(t *testing.T) {
+			if _, err := s.Get(t.Context(), id); !errors.Is(err, ErrNotFound) {
+				t.Errorf("Get(%q) = %v, want ErrNotFound", id, err)
+			}
+			if _, err := s.Rotate(t.Context(), id); !errors.Is(err, ErrNotFound) {
+				t.Errorf("Rotate(%q) = %v, want ErrNotFound", id, err)
+			}
+			if err := s.Revoke(t.Context(), id); !errors.Is(err, ErrNotFound) {
+				t.Errorf("Revoke(%q) = %v, want ErrNotFound", id, err)
+			}
+		})
+	}
+}
+
+func TestAuthenticateRejectsMalformedWithoutStore(t *testing.T) {
+	s := NewService(nil, []byte("pepper"), tier.Default(), time.Now)
+	for _, k := range []string{"", "sk-short", "Bearer sk-x", "pk-" + strings.Repeat("a", 48)} {
+		if _, err := s.Authenticate(t.Context(), k); !errors.Is(err, ErrUnauthenticated) {
+			t.Errorf("Authenticate(%q) = %v", k, err)
+		}
+	}
+}
