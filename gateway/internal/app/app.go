@@ -150,7 +150,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	goWG(func() { ensureStream(bg, js, cfg.StreamReplicas, log) })
 	goWG(func() { authredis.Listen(bg, rdb, verifier, log) })
-	goWG(func() { reloadOnSignal(bg, cat, log) })
+	goWG(func() { reloadCatalog(bg, cat, log) })
 
 	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
 	drainCtx, stopDrain := context.WithCancel(context.WithoutCancel(ctx))
@@ -223,20 +223,28 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, replicas int, log
 	}
 }
 
-func reloadOnSignal(ctx context.Context, cat *catalog.Holder, log *slog.Logger) {
+// reloadCatalog reloads the model catalog on SIGHUP, and when its file
+// changes (checked every two seconds).
+func reloadCatalog(ctx context.Context, cat *catalog.Holder, log *slog.Logger) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
 	defer signal.Stop(ch)
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ch:
-			if err := cat.Reload(); err != nil {
-				log.Error("model catalog reload failed; keeping the current one", "err", err)
-			} else {
-				log.Info("model catalog reloaded", "models", len(cat.Get().Models()))
+		case <-tick.C:
+			if !cat.Changed() {
+				continue
 			}
+		case <-ch:
+		}
+		if err := cat.Reload(); err != nil {
+			log.Error("model catalog reload failed; keeping the current one", "err", err)
+		} else {
+			log.Info("model catalog reloaded", "models", len(cat.Get().Models()))
 		}
 	}
 }

@@ -124,6 +124,13 @@ func Builtin() *Catalog {
 type Holder struct {
 	path string
 	cur  atomic.Pointer[Catalog]
+	// stamp is the size and modification time of the file last loaded.
+	stamp atomic.Value
+}
+
+type fileStamp struct {
+	size    int64
+	modTime int64
 }
 
 // NewHolder loads path, or the built-in catalog when path is empty.
@@ -147,14 +154,34 @@ func (h *Holder) Reload() error {
 		h.cur.Store(Builtin())
 		return nil
 	}
+	st, err := os.Stat(h.path)
+	if err != nil {
+		return fmt.Errorf("read model catalog: %w", err)
+	}
 	b, err := os.ReadFile(h.path)
 	if err != nil {
 		return fmt.Errorf("read model catalog: %w", err)
 	}
+	h.stamp.Store(fileStamp{st.Size(), st.ModTime().UnixNano()})
 	c, err := Parse(b)
 	if err != nil {
 		return err
 	}
 	h.cur.Store(c)
 	return nil
+}
+
+// Changed reports whether the file differs from the one last loaded. It
+// compares size and modification time, which is what a deploy or a
+// Kubernetes ConfigMap update changes.
+func (h *Holder) Changed() bool {
+	if h.path == "" {
+		return false
+	}
+	st, err := os.Stat(h.path)
+	if err != nil {
+		return false
+	}
+	old, _ := h.stamp.Load().(fileStamp)
+	return old != fileStamp{st.Size(), st.ModTime().UnixNano()}
 }

@@ -76,7 +76,13 @@ func TestHolderReloadKeepsOldOnError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	write("models: [{id: two, upstream: up}]")
+	if h.Changed() {
+		t.Error("Changed right after load")
+	}
+	write("models: [{id: two, upstream: up}, {id: three, upstream: up}]")
+	if !h.Changed() {
+		t.Error("a rewritten file is not Changed")
+	}
 	if err := h.Reload(); err != nil || h.Get().Lookup("two") == nil {
 		t.Fatalf("reload: %v", err)
 	}
