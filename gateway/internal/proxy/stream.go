@@ -172,13 +172,29 @@ func hasDelta(payload []byte) bool {
 	return false
 }
 
-// stripUsage removes usage from a chunk that also carries choices.
+// stripUsage removes the usage object from a chunk that also carries
+// choices (DeepSeek may attach usage to the finish chunk), in place and
+// without re-encoding: usage holds only numeric fields and nested objects
+// of them (no string values that could contain braces), so the matching
+// brace is found by counting.
 func stripUsage(payload []byte) []byte {
-	var m map[string]json.RawMessage
-	if json.Unmarshal(payload, &m) != nil {
-		return append(append([]byte("data: "), payload...), '\n')
+	line := append([]byte("data: "), payload...)
+	i := bytes.Index(line, []byte(`,"usage":{`))
+	if i < 0 {
+		return append(line, '\n')
 	}
-	delete(m, "usage")
-	b, _ := json.Marshal(m)
-	return append(append([]byte("data: "), b...), '\n')
+	depth := 0
+	for j := i + len(`,"usage":`); j < len(line); j++ {
+		switch line[j] {
+		case '{':
+			depth++
+		case '}':
+			depth--
+			if depth == 0 {
+				line = append(line[:i], line[j+1:]...)
+				return append(line, '\n')
+			}
+		}
+	}
+	return append(line, '\n')
 }

@@ -1,0 +1,170 @@
+package proxy
+
+import (
+	"context"
+	"flag"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/qyai/qyai/gateway/internal/catalog"
+	"github.com/qyai/qyai/pkg/apikey"
+	"github.com/qyai/qyai/pkg/usage"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// recorder is the test's Publisher: it keeps the events (NATS itself is
+// covered by the app and end-to-end tests).
+type recorder struct {
+	mu  sync.Mutex
+	evs []*usage.Event
+}
+
+func (r *recorder) Publish(ev *usage.Event) {
+	r.mu.Lock()
+	r.evs = append(r.evs, ev)
+	r.mu.Unlock()
+}
+
+// replay serves a recorded upstream SSE file.
+func replay(t *testing.T, file string) *httptest.Server {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "sse", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = w.Write(b)
+	}))
+	t.Cleanup(ts.Close)
+	return ts
+}
+
+func newTestHandler(t *testing.T, upstreamURL string) (*Handler, *recorder) {
+	t.Helper()
+	cat, err := catalog.NewHolder("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	return &Handler{
+		Catalog: cat,
+		Upstream: NewUpstream(UpstreamConfig{
+			Members:        []Member{{BaseURL: upstreamURL}},
+			ConnectTimeout: time.Second, FirstByteTimeout: 2 * time.Second, IdleTimeout: 2 * time.Second, MaxConns: 4,
+		}),
+		Pub: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Instance: "test", MaxBody: 1 << 20, Now: time.Now,
+	}, rec
+}
+
+func TestStreamGolden(t *testing.T) {
+	tests := []struct {
+		name, upstream, body string
+		wantOutcome          string
+		wantSource           string
+		wantCompletion       int64
+	}{
+		{"thinking_no_usage", "thinking.upstream", `{"model":"deepseek-reasoner","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 9},
+		{"thinking_with_usage", "thinking.upstream", `{"model":"deepseek-reasoner","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 9},
+		{"usage_on_finish_hidden", "usage_on_finish.upstream", `{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 1},
+		{"usage_on_finish_shown", "usage_on_finish.upstream", `{"model":"deepseek-chat","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 1},
+		{"cut_midway", "cut.upstream", `{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeUpstreamError, usage.SourceEstimated, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			up := replay(t, tc.upstream)
+			h, rec := newTestHandler(t, up.URL)
+			w := httptest.NewRecorder()
+			r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", strings.NewReader(tc.body))
+			if e := h.Chat(w, r, Request{Key: &apikey.Record{ID: "k"}, Start: time.Now()}); e != nil {
+				t.Fatalf("Chat: %v", e)
+			}
+			if ct := w.Header().Get("Content-Type"); ct != "text/event-stream" {
+				t.Errorf("content-type %q", ct)
+			}
+			golden := filepath.Join("testdata", "sse", tc.name+".golden")
+			if *update {
+				if err := os.WriteFile(golden, w.Body.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create)", err)
+			}
+			if got := w.Body.String(); got != string(want) {
+				t.Errorf("client stream differs from %s:\n got:\n%s\nwant:\n%s", golden, got, want)
+			}
+			if len(rec.evs) != 1 {
+				t.Fatalf("%d events, want 1", len(rec.evs))
+			}
+			ev := rec.evs[0]
+			if ev.Outcome != tc.wantOutcome || ev.UsageSource != tc.wantSource || ev.CompletionTokens != tc.wantCompletion {
+				t.Errorf("event outcome %s source %s completion %d, want %s %s %d", ev.Outcome, ev.UsageSource, ev.CompletionTokens,
+					tc.wantOutcome, tc.wantSource, tc.wantCompletion)
+			}
+		})
+	}
+}
+
+func TestStripUsage(t *testing.T) {
+	in := []byte(`{"id":"x","choices":[{"index":0}],"usage":{"prompt_tokens":7,"completion_tokens_details":{"reasoning_tokens":1}},"z":1}`)
+	got := string(stripUsage(in))
+	want := `data: {"id":"x","choices":[{"index":0}],"z":1}` + "\n"
+	if got != want {
+		t.Errorf("got %q want %q", got, want)
+	}
+}
+
+// TestStreamEventsAreFlushedAsTheyArrive checks pass-through: the client
+// sees the first chunk while the upstream is still holding the second.
+func TestStreamEventsAreFlushedAsTheyArrive(t *testing.T) {
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"delta\":{\"content\":\"first\"}}]}\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n")
+	}))
+	defer up.Close()
+	h, _ := newTestHandler(t, up.URL)
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if e := h.Chat(w, r, Request{Key: &apikey.Record{ID: "k"}, Start: time.Now()}); e != nil {
+			e.Write(w)
+		}
+	}))
+	defer gw.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, gw.URL, strings.NewReader(`{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 4096)
+	n, err := resp.Body.Read(buf)
+	if err != nil || !strings.Contains(string(buf[:n]), "first") {
+		t.Fatalf("first chunk not delivered before the upstream finished: %q %v", buf[:n], err)
+	}
+	close(release)
+	rest, _ := io.ReadAll(resp.Body)
+	if !strings.HasSuffix(string(rest), "data: [DONE]\n\n") {
+		t.Errorf("stream did not end with [DONE]: %q", rest)
+	}
+}
