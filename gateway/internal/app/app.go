@@ -31,6 +31,8 @@ import (
 	"github.com/qyai/qyai/gateway/internal/httpapi"
 	"github.com/qyai/qyai/gateway/internal/proxy"
 	"github.com/qyai/qyai/gateway/internal/publish"
+	"github.com/qyai/qyai/gateway/internal/quota"
+	quotaredis "github.com/qyai/qyai/gateway/internal/quota/redis"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
 
@@ -131,7 +133,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Now:      time.Now,
 	}
 	handler := httpapi.New(httpapi.Deps{
-		Catalog: cat, Verifier: verifier, Proxy: ph, AdminURL: adminURL, Log: log,
+		Catalog: cat, Verifier: verifier, Proxy: ph,
+		Limiter: quota.NewLimiter(quotaredis.NewStore(rdb, cfg.RedisTimeout), cfg.LimitReplicas, time.Now), AdminURL: adminURL, Log: log,
 		Ready: ready, Metrics: metrics, Now: time.Now,
 	})
 

@@ -24,6 +24,9 @@ type Config struct {
 	KeyPepper    string        // KEY_PEPPER: HMAC secret shared with admin
 	// KeyCacheTTL is how long a verified key is trusted without asking Redis.
 	KeyCacheTTL time.Duration // KEY_CACHE_TTL
+	// LimitReplicas is how many gateways share each key's limits; while
+	// Redis is unreachable each replica allows 1/LimitReplicas of them.
+	LimitReplicas int // LIMIT_FALLBACK_REPLICAS
 
 	Upstream Upstream
 
@@ -66,13 +69,14 @@ func Load(getenv func(string) string) (Config, error) {
 	p := parser{getenv: getenv}
 	host, _ := os.Hostname()
 	c := Config{
-		Addr:         p.str("GATEWAY_ADDR", "127.0.0.1:8080"),
-		RedisAddr:    p.str("REDIS_ADDR", "127.0.0.1:6379"),
-		RedisTimeout: p.dur("REDIS_TIMEOUT", 50*time.Millisecond),
-		NATSURL:      p.str("NATS_URL", "nats://127.0.0.1:4222"),
-		AdminURL:     p.str("ADMIN_URL", "http://127.0.0.1:8081"),
-		KeyPepper:    p.str("KEY_PEPPER", DefaultKeyPepper),
-		KeyCacheTTL:  p.dur("KEY_CACHE_TTL", 30*time.Second),
+		Addr:          p.str("GATEWAY_ADDR", "127.0.0.1:8080"),
+		RedisAddr:     p.str("REDIS_ADDR", "127.0.0.1:6379"),
+		RedisTimeout:  p.dur("REDIS_TIMEOUT", 50*time.Millisecond),
+		NATSURL:       p.str("NATS_URL", "nats://127.0.0.1:4222"),
+		AdminURL:      p.str("ADMIN_URL", "http://127.0.0.1:8081"),
+		KeyPepper:     p.str("KEY_PEPPER", DefaultKeyPepper),
+		KeyCacheTTL:   p.dur("KEY_CACHE_TTL", 30*time.Second),
+		LimitReplicas: p.int("LIMIT_FALLBACK_REPLICAS", 1),
 		Upstream: Upstream{
 			Members:          p.members(),
 			EjectAfter:       p.int("UPSTREAM_EJECT_AFTER", 3),
@@ -108,6 +112,9 @@ func (c Config) Validate() error {
 	}
 	if c.RedisTimeout <= 0 {
 		add("redis", "REDIS_TIMEOUT must be positive")
+	}
+	if c.LimitReplicas < 1 {
+		add("limits", "LIMIT_FALLBACK_REPLICAS must be at least 1")
 	}
 	if c.NATSURL == "" {
 		add("nats", "NATS_URL is empty")

@@ -20,6 +20,7 @@ import (
 	"github.com/qyai/qyai/gateway/internal/auth"
 	"github.com/qyai/qyai/gateway/internal/catalog"
 	"github.com/qyai/qyai/gateway/internal/proxy"
+	"github.com/qyai/qyai/gateway/internal/quota"
 	"github.com/qyai/qyai/pkg/apierr"
 	"github.com/qyai/qyai/pkg/apikey"
 )
@@ -28,6 +29,7 @@ import (
 type Deps struct {
 	Catalog  *catalog.Holder
 	Verifier *auth.Verifier
+	Limiter  *quota.Limiter
 	Proxy    *proxy.Handler
 	AdminURL *url.URL
 	Log      *slog.Logger
@@ -40,6 +42,7 @@ type Deps struct {
 
 const (
 	ctxKey   = "qyai.key"
+	ctxQuota = "qyai.quota"
 	ctxStart = "qyai.start"
 	ctxReqID = "qyai.request_id"
 )
@@ -61,7 +64,7 @@ func New(d Deps) http.Handler {
 	v1 := r.Group("/v1")
 	v1.GET("/models", d.listModels)
 	v1.GET("/models/:id", d.getModel)
-	v1.POST("/chat/completions", d.authenticate, d.chat)
+	v1.POST("/chat/completions", d.authenticate, d.admit, d.chat)
 	v1.GET("/dashboard/billing/usage", gin.WrapH(d.billingProxy()))
 
 	r.NoRoute(func(c *gin.Context) {
@@ -197,12 +200,53 @@ func (d *Deps) authenticate(c *gin.Context) {
 	c.Next()
 }
 
+// admit takes an RPM slot and a monthly unit for the key, and reports the
+// limits in OpenAI's headers on every response, refusals included.
+func (d *Deps) admit(c *gin.Context) {
+	rec := c.MustGet(ctxKey).(*apikey.Record)
+	dec := d.Limiter.Admit(c.Request.Context(), rec, c.GetString(ctxReqID)+"/"+newRequestID())
+	h := c.Writer.Header()
+	h.Set("X-Ratelimit-Limit-Requests", strconv.FormatInt(dec.Limit, 10))
+	h.Set("X-Ratelimit-Remaining-Requests", strconv.FormatInt(dec.Remaining, 10))
+	h.Set("X-Ratelimit-Reset-Requests", formatReset(dec.Reset))
+	if dec.Degraded {
+		d.Log.Warn("limit store unavailable: applying this replica's share of the limits", "key_id", rec.ID)
+	}
+	if !dec.Allowed {
+		h.Set("Retry-After", strconv.FormatInt(int64((dec.RetryAfter+time.Second-1)/time.Second), 10))
+		if dec.Reason == quota.ReasonQuota {
+			render(c, apierr.RateLimited("You exceeded your monthly quota of "+strconv.FormatInt(dec.MonthlyLimit, 10)+
+				" requests. It resets at the start of the next UTC month; contact us for a higher tier.").WithCode(quota.ReasonQuota))
+			return
+		}
+		render(c, apierr.RateLimited("Rate limit reached for requests: limit "+strconv.FormatInt(dec.Limit, 10)+
+			" per minute. Please try again in "+formatReset(dec.RetryAfter)+".").WithCode(quota.ReasonRate))
+		return
+	}
+	c.Set(ctxQuota, dec)
+	c.Next()
+}
+
+// formatReset renders a duration the way OpenAI's reset headers do ("1s", "6m0s", "20ms").
+func formatReset(d time.Duration) string {
+	if d <= 0 {
+		return "0s"
+	}
+	if d < time.Second {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
+}
+
 func (d *Deps) chat(c *gin.Context) {
 	rec := c.MustGet(ctxKey).(*apikey.Record)
+	dec := c.MustGet(ctxQuota).(quota.Decision)
+	ctx := c.Request.Context()
 	e := d.Proxy.Chat(c.Writer, c.Request, proxy.Request{
-		Key:       rec,
-		RequestID: c.GetString(ctxReqID),
-		Start:     c.MustGet(ctxStart).(time.Time),
+		Key:        rec,
+		RequestID:  c.GetString(ctxReqID),
+		Start:      c.MustGet(ctxStart).(time.Time),
+		NotReached: func() { d.Limiter.Release(ctx, rec.ID, dec) },
 	})
 	if e != nil {
 		render(c, e)

@@ -50,6 +50,10 @@ type Request struct {
 	RequestID string
 	TraceID   string
 	Start     time.Time
+	// NotReached is called once when the request ends without reaching the
+	// upstream (refused, invalid, or no member could be connected to), so
+	// that its quota reservation can be given back. May be nil.
+	NotReached func()
 }
 
 // errIdle cancels an upstream request that went quiet.
@@ -58,7 +62,13 @@ var errIdle = errors.New("upstream idle timeout")
 // Chat handles one chat completion. A returned error has not been written
 // yet (nothing reached the client); once streaming started, failures end
 // the stream instead.
-func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) *apierr.Error {
+func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) (e *apierr.Error) {
+	reached := false
+	defer func() {
+		if !reached && in.NotReached != nil {
+			in.NotReached()
+		}
+	}()
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBody))
 	if err != nil {
 		var mb *http.MaxBytesError
@@ -97,6 +107,7 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) *apie
 	defer cancel(nil)
 
 	resp, fail := h.attempt(ctx, req.body)
+	reached = fail == nil || fail.reached
 	if fail != nil {
 		if fail.reached {
 			ev.Status = fail.apiErr.Status

@@ -1,0 +1,121 @@
+// Package quota enforces each key's request limits: requests per minute
+// (a sliding window) and requests per UTC calendar month. Admission is one
+// atomic step: a request either takes an RPM slot and a monthly unit
+// together or takes nothing. A request that is admitted but then refused or
+// failed before it reached the upstream gives both back with Release.
+//
+// What counts against the monthly quota: every request admitted and not
+// released, i.e. every request that reached the upstream, whatever the
+// upstream answered (a 5xx from the provider still counts, because the
+// provider may have done the work); not counted: requests refused by
+// authentication, validation, permission or the limits themselves, and
+// requests that never reached the upstream (connection refused on every
+// pool member, client gone before sending).
+package quota
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/qyai/qyai/pkg/apikey"
+)
+
+// Reasons a request is refused.
+const (
+	ReasonRate  = "rate_limit_exceeded"
+	ReasonQuota = "insufficient_quota"
+)
+
+// Window is the RPM window.
+const Window = time.Minute
+
+// ErrUnavailable means the shared limit state could not be reached.
+var ErrUnavailable = errors.New("limit store unavailable")
+
+// Decision is the outcome of an admission, with what the response headers
+// report.
+type Decision struct {
+	Allowed bool
+	Reason  string // when refused: ReasonRate or ReasonQuota
+
+	Limit     int64         // RPM limit
+	Remaining int64         // RPM slots left after this request
+	Reset     time.Duration // until the oldest slot in the window frees
+	// RetryAfter is set on refusals.
+	RetryAfter time.Duration
+
+	MonthlyUsed  int64
+	MonthlyLimit int64
+
+	// Degraded means the shared store was down and a local per-replica
+	// share of the limits was applied instead.
+	Degraded bool
+
+	// Token identifies the reservation for Release.
+	Token string
+	Month string
+}
+
+// Store is the shared limit state (Redis in production).
+type Store interface {
+	Admit(ctx context.Context, keyID string, rpm, monthly int64, month, token string, monthTTL time.Duration) (Decision, error)
+	Release(ctx context.Context, keyID, month, token string) error
+}
+
+// Limiter admits requests against the shared store, falling back to a
+// local share of each limit when the store is unreachable.
+type Limiter struct {
+	store    Store
+	fallback *local
+	now      func() time.Time
+}
+
+// NewLimiter returns a limiter. replicas is how many gateways share the
+// limits: during a store outage each allows 1/replicas of them.
+func NewLimiter(store Store, replicas int, now func() time.Time) *Limiter {
+	return &Limiter{store: store, fallback: newLocal(replicas, now), now: now}
+}
+
+// MonthOf is the billing month of t: "YYYYMM" in UTC.
+func MonthOf(t time.Time) string { return t.UTC().Format("200601") }
+
+// untilNextMonth is how long until the next UTC month starts.
+func untilNextMonth(t time.Time) time.Duration {
+	t = t.UTC()
+	next := time.Date(t.Year(), t.Month()+1, 1, 0, 0, 0, 0, time.UTC)
+	return next.Sub(t)
+}
+
+// Admit decides whether the key may send a request now.
+func (l *Limiter) Admit(ctx context.Context, rec *apikey.Record, token string) Decision {
+	now := l.now()
+	month := MonthOf(now)
+	// Keep a month's counter a little past its month, for billing checks.
+	ttl := untilNextMonth(now) + 35*24*time.Hour
+	d, err := l.store.Admit(ctx, rec.ID, rec.RPM, rec.MonthlyLimit, month, token, ttl)
+	if err != nil {
+		d = l.fallback.admit(rec, month)
+		d.Degraded = true
+	} else {
+		l.fallback.remember(rec.ID, month, d.MonthlyUsed)
+	}
+	d.Token, d.Month = token, month
+	if !d.Allowed && d.Reason == ReasonQuota {
+		d.RetryAfter = untilNextMonth(now)
+	}
+	return d
+}
+
+// Release gives back an admitted request that never reached the upstream.
+func (l *Limiter) Release(ctx context.Context, keyID string, d Decision) {
+	if !d.Allowed {
+		return
+	}
+	if d.Degraded {
+		l.fallback.release(keyID, d.Month)
+		return
+	}
+	// Best effort: a failed release over-counts by one, never under-counts.
+	_ = l.store.Release(ctx, keyID, d.Month, d.Token)
+}

@@ -1,0 +1,103 @@
+// Package redis is the Redis store of package quota: one Lua script per
+// admission, touching only keys tagged with the key id, so it runs in one
+// hash slot of a Redis Cluster.
+//
+// Keys:
+//
+//	qyai:rl:{<key id>}              sorted set: the RPM window, one member per admitted request, scored by ms
+//	qyai:quota:{<key id>}:<YYYYMM>  integer: requests admitted in that UTC month
+package redis
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/qyai/qyai/gateway/internal/quota"
+)
+
+// admitScript takes an RPM slot and a monthly unit together or neither.
+// It reads the clock from Redis so that every replica shares one clock.
+var admitScript = goredis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local win = tonumber(ARGV[1])
+local rpm = tonumber(ARGV[2])
+local lim = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - win)
+local n = redis.call('ZCARD', KEYS[1])
+local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+local oldest = now
+if n > 0 then oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) end
+if n >= rpm then return {1, n, oldest, used, now} end
+if used >= lim then return {2, n, oldest, used, now} end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], win)
+used = redis.call('INCR', KEYS[2])
+if used == 1 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+return {0, n + 1, oldest, used, now}
+`)
+
+// releaseScript gives back a reservation, once.
+var releaseScript = goredis.NewScript(`
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if used > 0 then redis.call('DECR', KEYS[2]) end
+  return 1
+end
+return 0
+`)
+
+// Store implements quota.Store.
+type Store struct {
+	rdb     goredis.Scripter
+	timeout time.Duration
+}
+
+// NewStore returns a store whose every call is bounded by timeout.
+func NewStore(rdb goredis.Scripter, timeout time.Duration) *Store {
+	return &Store{rdb: rdb, timeout: timeout}
+}
+
+// WindowKey and MonthKey name a key's limit state.
+func WindowKey(keyID string) string       { return "qyai:rl:{" + keyID + "}" }
+func MonthKey(keyID, month string) string { return "qyai:quota:{" + keyID + "}:" + month }
+
+// Admit implements quota.Store.
+func (s *Store) Admit(ctx context.Context, keyID string, rpm, monthly int64, month, token string, monthTTL time.Duration) (quota.Decision, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	res, err := admitScript.Run(ctx, s.rdb, []string{WindowKey(keyID), MonthKey(keyID, month)},
+		quota.Window.Milliseconds(), rpm, monthly, token, int64(monthTTL.Seconds())).Int64Slice()
+	if err != nil {
+		return quota.Decision{}, fmt.Errorf("%w: admit: %v", quota.ErrUnavailable, err)
+	}
+	code, n, oldest, used, now := res[0], res[1], res[2], res[3], res[4]
+	d := quota.Decision{
+		Allowed:      code == 0,
+		Limit:        rpm,
+		Remaining:    max(0, rpm-n),
+		Reset:        time.Duration(oldest+quota.Window.Milliseconds()-now) * time.Millisecond,
+		MonthlyUsed:  used,
+		MonthlyLimit: monthly,
+	}
+	switch code {
+	case 1:
+		d.Reason, d.RetryAfter = quota.ReasonRate, d.Reset
+	case 2:
+		d.Reason = quota.ReasonQuota
+	}
+	return d, nil
+}
+
+// Release implements quota.Store.
+func (s *Store) Release(ctx context.Context, keyID, month, token string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+	defer cancel()
+	if err := releaseScript.Run(ctx, s.rdb, []string{WindowKey(keyID), MonthKey(keyID, month)}, token).Err(); err != nil {
+		return fmt.Errorf("release quota: %w", err)
+	}
+	return nil
+}
