@@ -124,12 +124,19 @@ func startGateway(t *testing.T, mutate func(*config.Config)) *harness {
 // addKey stores a key record the way admin does and returns the key.
 func (h *harness) addKey(t *testing.T, id string, models ...string) string {
 	t.Helper()
+	return h.addKeyWith(t, id, func(r *apikey.Record) { r.Models = models })
+}
+
+// addKeyWith stores a key record changed by mutate.
+func (h *harness) addKeyWith(t *testing.T, id string, mutate func(*apikey.Record)) string {
+	t.Helper()
 	key, err := apikey.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := apikey.Record{ID: id, Hash: apikey.Hash([]byte(pepper), key), KeyPrefix: apikey.DisplayPrefix(key),
-		Name: id, Tier: "pro", RPM: 30, MonthlyLimit: 3000, Models: models, Status: apikey.StatusActive, CreatedAt: time.Now()}
+		Name: id, Tier: "pro", RPM: 30, MonthlyLimit: 3000, Status: apikey.StatusActive, CreatedAt: time.Now()}
+	mutate(&rec)
 	b, _ := json.Marshal(rec)
 	if err := h.rdb.Set(t.Context(), apikey.AuthKey(rec.Hash), b, 0).Err(); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"unicode/utf8"
 
 	"github.com/qyai/qyai/gateway/internal/catalog"
 	"github.com/qyai/qyai/pkg/apierr"
@@ -26,8 +27,51 @@ var validRoles = map[string]bool{"system": true, "user": true, "assistant": true
 
 type message struct {
 	Role             *string         `json:"role"`
+	Content          json.RawMessage `json:"content"`
 	ReasoningContent json.RawMessage `json:"reasoning_content"`
 	ToolCalls        json.RawMessage `json:"tool_calls"`
+	ToolCallID       json.RawMessage `json:"tool_call_id"`
+}
+
+// check validates one message the way OpenAI does, so that a request the
+// upstream would refuse is refused here with the field named.
+func (m *message) check(i int) *apierr.Error {
+	p := fmt.Sprintf("messages[%d]", i)
+	if m.Role == nil {
+		return apierr.InvalidRequest(p + ".role is required").WithParam(p + ".role")
+	}
+	role := *m.Role
+	if !validRoles[role] {
+		return apierr.InvalidRequest(fmt.Sprintf("%s.role must be one of system, user, assistant, tool, developer; got %q", p, role)).WithParam(p + ".role")
+	}
+	hasContent := len(m.Content) > 0 && !isNull(m.Content)
+	if hasContent && m.Content[0] != '"' && m.Content[0] != '[' {
+		return apierr.InvalidRequest(p + ".content must be a string or an array of content parts").WithParam(p + ".content")
+	}
+	if m.ToolCalls != nil && !isNull(m.ToolCalls) && m.ToolCalls[0] != '[' {
+		return apierr.InvalidRequest(p + ".tool_calls must be an array").WithParam(p + ".tool_calls")
+	}
+	if m.ReasoningContent != nil && !isNull(m.ReasoningContent) && m.ReasoningContent[0] != '"' {
+		return apierr.InvalidRequest(p + ".reasoning_content must be a string").WithParam(p + ".reasoning_content")
+	}
+	switch role {
+	case "assistant":
+		if !hasContent && (len(m.ToolCalls) < 3 || isNull(m.ToolCalls)) { // "[]" or less: no calls
+			return apierr.InvalidRequest(p + ": an assistant message needs content or tool_calls").WithParam(p + ".content")
+		}
+	case "tool":
+		if !hasContent {
+			return apierr.InvalidRequest(p + ".content is required for tool messages").WithParam(p + ".content")
+		}
+		if len(m.ToolCallID) == 0 || m.ToolCallID[0] != '"' {
+			return apierr.InvalidRequest(p + ".tool_call_id is required for tool messages").WithParam(p + ".tool_call_id")
+		}
+	default:
+		if !hasContent {
+			return apierr.InvalidRequest(p + ".content is required").WithParam(p + ".content")
+		}
+	}
+	return nil
 }
 
 // prepare validates a client body against the public parameter table and
@@ -37,6 +81,11 @@ type message struct {
 // dropped where the upstream would reject it. Fields the gateway does not
 // know (tools, response_format, seed, ...) pass through untouched.
 func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
+	if !utf8.Valid(body) {
+		// encoding/json would quietly turn bad bytes into U+FFFD and the
+		// upstream would bill for text the client never sent.
+		return nil, apierr.InvalidRequest("The request body is not valid UTF-8.")
+	}
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(body, &top); err != nil || top == nil {
 		return nil, apierr.InvalidRequest("We could not parse the JSON body of your request. The body must be a JSON object (e.g. {\"model\": ..., \"messages\": [...]}).")
@@ -66,13 +115,9 @@ func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
 	if len(msgs) == 0 {
 		return nil, apierr.InvalidRequest("messages must contain at least one message").WithParam("messages")
 	}
-	for i, m := range msgs {
-		p := fmt.Sprintf("messages[%d].role", i)
-		if m.Role == nil {
-			return nil, apierr.InvalidRequest(fmt.Sprintf("%s is required", p)).WithParam(p)
-		}
-		if !validRoles[*m.Role] {
-			return nil, apierr.InvalidRequest(fmt.Sprintf("%s must be one of system, user, assistant, tool, developer; got %q", p, *m.Role)).WithParam(p)
+	for i := range msgs {
+		if e := msgs[i].check(i); e != nil {
+			return nil, e
 		}
 	}
 	req.promptBytes = len(rawMsgs)
