@@ -8,6 +8,9 @@
 //	qyai:key:{<id>}      Record, the admin's canonical copy
 //	qyai:keys            set of all key ids
 //	qyai:keys:changed    pub/sub channel; message = key id, published on every change
+//	qyai:rl:{<id>}               sorted set: the key's RPM window (written by the gateway)
+//	qyai:quota:{<id>}:<YYYYMM>   integer: requests admitted in that UTC month (gateway);
+//	                             admin's billing endpoint reports it as monthly_requests
 //
 // Keys never leave admin in clear text after creation: only Hash(key) is stored.
 package apikey
@@ -140,3 +143,13 @@ func RecordKey(id string) string { return "qyai:key:{" + id + "}" }
 
 // IDsKey is the Redis set of all key ids.
 func IDsKey() string { return keyIDsSet }
+
+// WindowKey is the Redis key of a key's RPM window.
+func WindowKey(id string) string { return "qyai:rl:{" + id + "}" }
+
+// MonthCounterKey is the Redis key counting a key's admitted requests in a
+// UTC month ("YYYYMM", see Month).
+func MonthCounterKey(id, month string) string { return "qyai:quota:{" + id + "}:" + month }
+
+// Month is the billing month of t: "YYYYMM" in UTC.
+func Month(t time.Time) string { return t.UTC().Format("200601") }

@@ -85,9 +85,10 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	defer ch.Close()
 
 	now := time.Now
+	keyStore := redisstore.New(rdb, cfg.Redis.Timeout)
 	handler := httpapi.New(httpapi.Deps{
-		Keys:       keys.NewService(redisstore.New(rdb, cfg.Redis.Timeout), []byte(cfg.KeyPepper), tier.Default(), now),
-		Billing:    billing.NewService(chstore.NewStore(ch, cfg.ClickHouse.Database, cfg.ClickHouse.QueryTimeout), now),
+		Keys:       keys.NewService(keyStore, []byte(cfg.KeyPepper), tier.Default(), now),
+		Billing:    billing.NewService(chstore.NewStore(ch, cfg.ClickHouse.Database, cfg.ClickHouse.QueryTimeout), keyStore, now),
 		AdminToken: cfg.AdminToken,
 		Ready: []httpapi.Check{
 			{Name: "redis", Timeout: cfg.Redis.Timeout, Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},

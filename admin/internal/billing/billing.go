@@ -75,15 +75,24 @@ type Summary struct {
 	TotalCompletionTokens uint64  `json:"total_completion_tokens"`
 }
 
-// Service computes billing answers.
-type Service struct {
-	store Store
-	now   func() time.Time
+// Counter reads the gateway's own count of a key's admitted requests in a
+// UTC month ("YYYYMM"), the number its monthly quota is enforced against.
+// ok is false when no count exists (no request this month, or lost state).
+type Counter interface {
+	MonthlyRequests(ctx context.Context, keyID, month string) (n int64, ok bool, err error)
 }
 
-// NewService returns a Service reading store; now is the clock.
-func NewService(store Store, now func() time.Time) *Service {
-	return &Service{store: store, now: now}
+// Service computes billing answers.
+type Service struct {
+	store   Store
+	counter Counter
+	now     func() time.Time
+}
+
+// NewService returns a Service reading store and, when counter is not nil,
+// the enforcement counter; now is the clock.
+func NewService(store Store, counter Counter, now func() time.Time) *Service {
+	return &Service{store: store, counter: counter, now: now}
 }
 
 // MonthBounds returns the UTC calendar month containing t: [start, next).
@@ -94,11 +103,24 @@ func MonthBounds(t time.Time) (start, next time.Time) {
 }
 
 // Summary returns the key's usage in the current UTC calendar month.
+//
+// monthly_requests, remaining and usage_percent agree with what the gateway
+// enforces: they come from its monthly counter in Redis, which counts a
+// request the moment it is admitted (the ClickHouse row follows within
+// seconds, once the request finished and was metered). Token totals come
+// from ClickHouse. When the counter is missing or Redis is unreachable, the
+// metered row count stands in.
 func (s *Service) Summary(ctx context.Context, rec apikey.Record) (Summary, error) {
-	from, to := MonthBounds(s.now())
+	now := s.now()
+	from, to := MonthBounds(now)
 	t, err := s.store.KeyTotals(ctx, rec.ID, from, to)
 	if err != nil {
 		return Summary{}, err
+	}
+	if s.counter != nil {
+		if n, ok, err := s.counter.MonthlyRequests(ctx, rec.ID, apikey.Month(now)); err == nil && ok && n >= 0 {
+			t.Requests = uint64(n)
+		}
 	}
 	used := int64(min(t.Requests, math.MaxInt64))
 	sum := Summary{

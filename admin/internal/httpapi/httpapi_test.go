@@ -65,9 +65,10 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	clock := func() time.Time { return now }
+	keyStore := redisstore.New(rdb, timeout)
 	h := httpapi.New(httpapi.Deps{
-		Keys:       keys.NewService(redisstore.New(rdb, timeout), pepper, tier.Default(), clock),
-		Billing:    billing.NewService(chstore.NewStore(conn, database, 10*time.Second), clock),
+		Keys:       keys.NewService(keyStore, pepper, tier.Default(), clock),
+		Billing:    billing.NewService(chstore.NewStore(conn, database, 10*time.Second), keyStore, clock),
 		AdminToken: adminToken,
 		Ready: []httpapi.Check{
 			{Name: "redis", Timeout: timeout, Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
@@ -507,10 +508,21 @@ func TestBillingUsage(t *testing.T) {
 	b := e.createKey(t, `{"name":"b","tier":"basic","monthly_limit":1}`)
 	c := e.createKey(t, `{"name":"c","tier":"enterprise"}`)
 	seed(t, e, a.ID, b.ID)
+	// d has a gateway counter ahead of ClickHouse (requests admitted, not yet
+	// metered): billing reports what enforcement counts.
+	d := e.createKey(t, `{"name":"d","tier":"enterprise"}`)
+	if err := e.rdb.Set(t.Context(), apikey.MonthCounterKey(d.ID, apikey.Month(now)), 5, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
 
 	tests := []struct {
 		name, key, want string
 	}{
+		{
+			name: "enforcement counter wins over metered rows", key: d.Key,
+			want: `{"object":"billing.usage","key_prefix":"` + d.KeyPrefix + `","tier":"enterprise","monthly_requests":5,"monthly_limit":10000,` +
+				`"remaining":9995,"usage_percent":0.1,"total_prompt_tokens":0,"total_completion_tokens":0}`,
+		},
 		{
 			// 3 requests in May (e1, e2, e3 once); 3/7 = 42.857% -> 42.9.
 			name: "this month, duplicate once, last month excluded", key: a.Key,

@@ -78,7 +78,7 @@ func NewLimiter(store Store, replicas int, now func() time.Time) *Limiter {
 }
 
 // MonthOf is the billing month of t: "YYYYMM" in UTC.
-func MonthOf(t time.Time) string { return t.UTC().Format("200601") }
+func MonthOf(t time.Time) string { return apikey.Month(t) }
 
 // untilNextMonth is how long until the next UTC month starts.
 func untilNextMonth(t time.Time) time.Duration {

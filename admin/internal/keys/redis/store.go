@@ -220,3 +220,18 @@ func decode(b []byte, err error) (apikey.Record, error) {
 	}
 	return rec, nil
 }
+
+// MonthlyRequests reads the gateway's monthly counter of the key (see
+// apikey.MonthCounterKey); it implements billing.Counter.
+func (s *Store) MonthlyRequests(ctx context.Context, keyID, month string) (int64, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	n, err := s.rdb.Get(ctx, apikey.MonthCounterKey(keyID, month)).Int64()
+	if errors.Is(err, goredis.Nil) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read monthly counter: %w", err)
+	}
+	return n, true, nil
+}

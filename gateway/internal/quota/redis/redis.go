@@ -6,6 +6,8 @@
 //
 //	qyai:rl:{<key id>}              sorted set: the RPM window, one member per admitted request, scored by ms
 //	qyai:quota:{<key id>}:<YYYYMM>  integer: requests admitted in that UTC month
+//
+// (names from package apikey, which documents the whole Redis layout).
 package redis
 
 import (
@@ -16,6 +18,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/qyai/qyai/gateway/internal/quota"
+	"github.com/qyai/qyai/pkg/apikey"
 )
 
 // admitScript takes an RPM slot and a monthly unit together or neither.
@@ -61,15 +64,11 @@ func NewStore(rdb goredis.Scripter, timeout time.Duration) *Store {
 	return &Store{rdb: rdb, timeout: timeout}
 }
 
-// WindowKey and MonthKey name a key's limit state.
-func WindowKey(keyID string) string       { return "qyai:rl:{" + keyID + "}" }
-func MonthKey(keyID, month string) string { return "qyai:quota:{" + keyID + "}:" + month }
-
 // Admit implements quota.Store.
 func (s *Store) Admit(ctx context.Context, keyID string, rpm, monthly int64, month, token string, monthTTL time.Duration) (quota.Decision, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	res, err := admitScript.Run(ctx, s.rdb, []string{WindowKey(keyID), MonthKey(keyID, month)},
+	res, err := admitScript.Run(ctx, s.rdb, []string{apikey.WindowKey(keyID), apikey.MonthCounterKey(keyID, month)},
 		quota.Window.Milliseconds(), rpm, monthly, token, int64(monthTTL.Seconds())).Int64Slice()
 	if err != nil {
 		return quota.Decision{}, fmt.Errorf("%w: admit: %v", quota.ErrUnavailable, err)
@@ -96,7 +95,7 @@ func (s *Store) Admit(ctx context.Context, keyID string, rpm, monthly int64, mon
 func (s *Store) Release(ctx context.Context, keyID, month, token string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
-	if err := releaseScript.Run(ctx, s.rdb, []string{WindowKey(keyID), MonthKey(keyID, month)}, token).Err(); err != nil {
+	if err := releaseScript.Run(ctx, s.rdb, []string{apikey.WindowKey(keyID), apikey.MonthCounterKey(keyID, month)}, token).Err(); err != nil {
 		return fmt.Errorf("release quota: %w", err)
 	}
 	return nil

@@ -70,7 +70,7 @@ func TestMonthlyQuotaExactAndReleased(t *testing.T) {
 		t.Fatalf("allowed %d quota-refused %d rate %d; want 50/70/0", allowed, q, rate)
 	}
 	month := quota.MonthOf(time.Now())
-	if n, _ := rdb.Get(t.Context(), MonthKey(rec.ID, month)).Int64(); n != 50 {
+	if n, _ := rdb.Get(t.Context(), apikey.MonthCounterKey(rec.ID, month)).Int64(); n != 50 {
 		t.Errorf("monthly counter %d, want 50", n)
 	}
 	d := l.Admit(t.Context(), rec, "refused")
