@@ -1,0 +1,275 @@
+// Package app wires the meter: configuration, NATS JetStream (the USAGE
+// stream and the shared durable pull consumer), ClickHouse (migrations and
+// the usage_events writer), the sink loop, and the health and metrics
+// server.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+
+	"github.com/qyai/qyai/meter/internal/config"
+	"github.com/qyai/qyai/meter/internal/sink"
+	chsink "github.com/qyai/qyai/meter/internal/sink/clickhouse"
+	"github.com/qyai/qyai/pkg/chschema"
+	"github.com/qyai/qyai/pkg/pricing"
+	"github.com/qyai/qyai/pkg/usage"
+	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
+)
+
+// Run is the meter's main: it parses args (without the program name),
+// reads the environment, and serves until ctx is done.
+func Run(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("meter", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	validate := fs.Bool("validate", false, "validate the configuration from the environment and exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(os.Getenv)
+	if err = errors.Join(err, cfg.Validate()); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	if *validate {
+		fmt.Fprintln(stderr, "configuration is valid")
+		return nil
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	return Serve(ctx, cfg, Options{Logger: log})
+}
+
+// Options holds what Serve needs beyond the configuration.
+type Options struct {
+	Logger *slog.Logger // nil discards
+	// Listener, when set, serves health and metrics instead of listening
+	// on cfg.Addr (tests pass one on port 0).
+	Listener net.Listener
+	// AfterWrite is sink.Config.AfterWrite: tests simulate a crash between
+	// insert and ack with it. Nil in production.
+	AfterWrite func(ctx context.Context, rows int) error
+}
+
+// ConsumerConfig is the durable pull consumer every meter replica shares.
+func ConsumerConfig(cfg config.Config) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       cfg.NATS.Consumer,
+		Description:   "QYAI meter: usage events into ClickHouse",
+		FilterSubject: usage.SubjectFilter,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.NATS.AckWait,
+		// Never give up on a message: poison messages are terminated
+		// explicitly after dead-lettering, and anything else is retried.
+		MaxDeliver: -1,
+		// Room for twenty replicas each holding a full batch (possibly
+		// retrying it while ClickHouse is down) and one more in flight.
+		MaxAckPending: 20 * cfg.Batch.Size,
+	}
+}
+
+// Serve runs the meter until ctx is done, then stores and acks the batch in
+// hand and returns nil. Transient failures (NATS or ClickHouse down) are
+// retried forever; only a broken setup returns an error.
+func Serve(ctx context.Context, cfg config.Config, opts Options) error {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+
+	reg := prometheus.NewRegistry()
+	exporter, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
+	if err != nil {
+		return fmt.Errorf("create prometheus exporter: %w", err)
+	}
+	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter),
+		sdkmetric.WithResource(resource.NewSchemaless(attribute.String("service.name", "qyai-meter"))))
+	defer provider.Shutdown(context.WithoutCancel(ctx))
+	meter := provider.Meter("github.com/qyai/qyai/meter")
+
+	h := &health{}
+	ln := opts.Listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", cfg.Addr); err != nil {
+			return fmt.Errorf("listen on METER_ADDR: %w", err)
+		}
+	}
+	srv := &http.Server{
+		Handler:           h.routes(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("health server stopped", "err", err)
+		}
+	}()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	log.Info("meter starting", "addr", ln.Addr().String(), "nats", cfg.NATS.URL,
+		"clickhouse", cfg.ClickHouse.Addr, "database", cfg.ClickHouse.Database)
+
+	nc, err := nats.Connect(cfg.NATS.URL,
+		nats.Name("qyai-meter"),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.Timeout(2*time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil on our own Close
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) { log.Info("nats reconnected") }),
+	)
+	if err != nil {
+		return fmt.Errorf("connect to nats: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("create jetstream context: %w", err)
+	}
+
+	var conn driver.Conn
+	err = retry(ctx, log, "prepare clickhouse", func(ctx context.Context) error {
+		c, err := chschema.Open(ctx, chschema.Options{
+			Addr: cfg.ClickHouse.Addr, Database: cfg.ClickHouse.Database,
+			User: cfg.ClickHouse.User, Password: cfg.ClickHouse.Password, Cluster: cfg.ClickHouse.Cluster,
+		})
+		if err != nil {
+			return err
+		}
+		err = chschema.Apply(ctx, c, cfg.ClickHouse.Database, chschema.ApplyOptions{Cluster: cfg.ClickHouse.Cluster, Logger: log})
+		if err != nil {
+			c.Close()
+			return err
+		}
+		conn = c
+		return nil
+	})
+	if err != nil {
+		return startupErr(ctx, err)
+	}
+	defer conn.Close()
+
+	var cons jetstream.Consumer
+	err = retry(ctx, log, "prepare jetstream", func(ctx context.Context) error {
+		if _, err := usagejs.EnsureStream(ctx, js, usagejs.StreamConfig{Replicas: cfg.NATS.StreamReplicas}); err != nil {
+			return err
+		}
+		c, err := js.CreateOrUpdateConsumer(ctx, usage.StreamName, ConsumerConfig(cfg))
+		if err != nil {
+			return fmt.Errorf("ensure consumer %s: %w", cfg.NATS.Consumer, err)
+		}
+		cons = c
+		return nil
+	})
+	if err != nil {
+		return startupErr(ctx, err)
+	}
+	if err := registerLag(meter, cons); err != nil {
+		return err
+	}
+
+	writer := chsink.NewWriter(conn, cfg.ClickHouse.Database, cfg.ClickHouse.Cluster != "", time.Now)
+	sk, err := sink.New(cons, js, writer, pricing.Default(), log, meter, sink.Config{
+		BatchSize:    cfg.Batch.Size,
+		MaxWait:      cfg.Batch.MaxAge,
+		AckWait:      cfg.NATS.AckWait,
+		DrainTimeout: cfg.Batch.DrainTimeout,
+		AfterWrite:   opts.AfterWrite,
+	})
+	if err != nil {
+		return err
+	}
+	h.ready(nc, writer)
+	log.Info("meter ready", "consumer", cfg.NATS.Consumer, "batch_size", cfg.Batch.Size, "batch_max_age", cfg.Batch.MaxAge)
+	if err := sk.Run(ctx); err != nil {
+		return fmt.Errorf("run sink: %w", err)
+	}
+	// Acks and naks are fire-and-forget publishes: send them before closing.
+	if err := nc.FlushTimeout(2 * time.Second); err != nil {
+		log.Warn("flush nats at shutdown: unacked messages will be redelivered", "err", err)
+	}
+	log.Info("meter stopped")
+	return nil
+}
+
+// registerLag exposes the consumer's backlog, read from JetStream at each
+// scrape (one request, bounded to a second).
+func registerLag(meter metric.Meter, cons jetstream.Consumer) error {
+	pending, err1 := meter.Int64ObservableGauge("meter.consumer.pending",
+		metric.WithDescription("Usage events in the stream not yet delivered to any meter."))
+	ackPending, err2 := meter.Int64ObservableGauge("meter.consumer.ack_pending",
+		metric.WithDescription("Usage events delivered to a meter and not yet acked."))
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("create lag metrics: %w", err)
+	}
+	_, err := meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return nil // no sample rather than a failed scrape
+		}
+		o.ObserveInt64(pending, int64(info.NumPending))
+		o.ObserveInt64(ackPending, int64(info.NumAckPending))
+		return nil
+	}, pending, ackPending)
+	if err != nil {
+		return fmt.Errorf("register lag metrics: %w", err)
+	}
+	return nil
+}
+
+// retry calls fn until it succeeds or ctx is done, backing off from 100 ms
+// to 5 s: a dependency that is still starting is not a reason to exit.
+func retry(ctx context.Context, log *slog.Logger, what string, fn func(context.Context) error) error {
+	delay := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := fn(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		log.Warn(what, "attempt", attempt, "retry_in", delay, "err", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%s: %w", what, errors.Join(ctx.Err(), err))
+		case <-t.C:
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// startupErr turns a startup aborted by shutdown into a clean exit.
+func startupErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,227 @@
+// Package config reads the meter's configuration from the environment
+// (docs/contracts-internal.md) and validates it. It is the only place of the
+// meter that reads the environment.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// Config is everything the meter needs to run.
+type Config struct {
+	// Addr is where /healthz, /readyz and /metrics listen (METER_ADDR).
+	Addr     string
+	LogLevel slog.Level
+
+	NATS       NATS
+	ClickHouse ClickHouse
+	Batch      Batch
+}
+
+// NATS says where usage events come from.
+type NATS struct {
+	URL string // NATS_URL
+	// Consumer is the durable pull consumer every meter replica shares
+	// (METER_CONSUMER).
+	Consumer string
+	// StreamReplicas is the replica count of the USAGE streams
+	// (STREAM_REPLICAS): 1 on one server, 3 in a JetStream cluster.
+	StreamReplicas int
+	// AckWait is how long JetStream waits for an ack before redelivering
+	// (METER_ACK_WAIT). The meter extends it while it retries an insert.
+	AckWait time.Duration
+}
+
+// ClickHouse says where usage rows go.
+type ClickHouse struct {
+	Addr     string // CLICKHOUSE_ADDR, native protocol
+	Database string // CLICKHOUSE_DATABASE
+	User     string // CLICKHOUSE_USER
+	Password string // CLICKHOUSE_PASSWORD
+	// Cluster selects the cluster form of the schema (CLICKHOUSE_CLUSTER);
+	// empty on a single server.
+	Cluster string
+}
+
+// Batch tunes batching.
+type Batch struct {
+	// Size is the most events per ClickHouse insert (METER_BATCH_SIZE).
+	Size int
+	// MaxAge is the longest an event waits for its batch to fill
+	// (METER_BATCH_MAX_AGE).
+	MaxAge time.Duration
+	// DrainTimeout bounds how long shutdown keeps retrying the insert of
+	// the batch in hand before giving it back to JetStream
+	// (METER_DRAIN_TIMEOUT).
+	DrainTimeout time.Duration
+}
+
+// Default returns the configuration used when no variable is set.
+func Default() Config {
+	return Config{
+		Addr:     "127.0.0.1:8082",
+		LogLevel: slog.LevelInfo,
+		NATS: NATS{
+			URL:            "nats://127.0.0.1:4222",
+			Consumer:       "meter",
+			StreamReplicas: 1,
+			AckWait:        30 * time.Second,
+		},
+		ClickHouse: ClickHouse{
+			Addr:     "127.0.0.1:9000",
+			Database: "qyai",
+			User:     "default",
+		},
+		Batch: Batch{
+			Size:         5000,
+			MaxAge:       500 * time.Millisecond,
+			DrainTimeout: 10 * time.Second,
+		},
+	}
+}
+
+// Load returns Default overridden by every variable getenv knows. It
+// reports every unparsable value at once; call Validate for the rest.
+func Load(getenv func(string) string) (Config, error) {
+	c := Default()
+	var errs []error
+	str := func(name string, dst *string) {
+		if v := getenv(name); v != "" {
+			*dst = v
+		}
+	}
+	integer := func(name string, dst *int) {
+		if v := getenv(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: not an integer", name, v))
+				return
+			}
+			*dst = n
+		}
+	}
+	duration := func(name string, dst *time.Duration) {
+		if v := getenv(name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: not a duration (e.g. 500ms)", name, v))
+				return
+			}
+			*dst = d
+		}
+	}
+	str("METER_ADDR", &c.Addr)
+	if v := getenv("LOG_LEVEL"); v != "" {
+		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
+			errs = append(errs, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", v))
+		}
+	}
+	str("NATS_URL", &c.NATS.URL)
+	str("METER_CONSUMER", &c.NATS.Consumer)
+	integer("STREAM_REPLICAS", &c.NATS.StreamReplicas)
+	duration("METER_ACK_WAIT", &c.NATS.AckWait)
+	str("CLICKHOUSE_ADDR", &c.ClickHouse.Addr)
+	str("CLICKHOUSE_DATABASE", &c.ClickHouse.Database)
+	str("CLICKHOUSE_USER", &c.ClickHouse.User)
+	// An empty password is the default; an unset and an empty variable agree.
+	c.ClickHouse.Password = getenv("CLICKHOUSE_PASSWORD")
+	str("CLICKHOUSE_CLUSTER", &c.ClickHouse.Cluster)
+	integer("METER_BATCH_SIZE", &c.Batch.Size)
+	duration("METER_BATCH_MAX_AGE", &c.Batch.MaxAge)
+	duration("METER_DRAIN_TIMEOUT", &c.Batch.DrainTimeout)
+	return c, errors.Join(errs...)
+}
+
+// Limits of the values Validate accepts.
+const (
+	MaxBatchSize = 100_000
+	MinBatchAge  = time.Millisecond
+	MaxBatchAge  = 30 * time.Second
+)
+
+// Validate reports every problem of c, each prefixed by its section.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(section, format string, args ...any) {
+		errs = append(errs, fmt.Errorf(section+": "+format, args...))
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		add("meter", "METER_ADDR %q: want host:port", c.Addr)
+	}
+
+	if u, err := url.Parse(c.NATS.URL); err != nil || u.Host == "" {
+		add("nats", "NATS_URL %q: want a URL such as nats://127.0.0.1:4222", c.NATS.URL)
+	}
+	if !validName(c.NATS.Consumer) {
+		add("nats", "METER_CONSUMER %q: want letters, digits, - or _", c.NATS.Consumer)
+	}
+	if c.NATS.StreamReplicas < 1 || c.NATS.StreamReplicas > 5 {
+		add("nats", "STREAM_REPLICAS %d: want 1..5 (3 in a cluster)", c.NATS.StreamReplicas)
+	}
+	if c.NATS.AckWait < time.Second {
+		add("nats", "METER_ACK_WAIT %s: want at least 1s", c.NATS.AckWait)
+	} else if c.NATS.AckWait < 2*c.Batch.MaxAge {
+		add("nats", "METER_ACK_WAIT %s: want at least twice METER_BATCH_MAX_AGE (%s)", c.NATS.AckWait, c.Batch.MaxAge)
+	}
+
+	if _, _, err := net.SplitHostPort(c.ClickHouse.Addr); err != nil {
+		add("clickhouse", "CLICKHOUSE_ADDR %q: want host:port of the native protocol", c.ClickHouse.Addr)
+	}
+	if !validIdent(c.ClickHouse.Database) {
+		add("clickhouse", "CLICKHOUSE_DATABASE %q: want letters, digits or _", c.ClickHouse.Database)
+	}
+	if c.ClickHouse.User == "" {
+		add("clickhouse", "CLICKHOUSE_USER is empty")
+	}
+	if c.ClickHouse.Cluster != "" && !validIdent(c.ClickHouse.Cluster) {
+		add("clickhouse", "CLICKHOUSE_CLUSTER %q: want letters, digits or _", c.ClickHouse.Cluster)
+	}
+
+	if c.Batch.Size < 1 || c.Batch.Size > MaxBatchSize {
+		add("batch", "METER_BATCH_SIZE %d: want 1..%d", c.Batch.Size, MaxBatchSize)
+	}
+	if c.Batch.MaxAge < MinBatchAge || c.Batch.MaxAge > MaxBatchAge {
+		add("batch", "METER_BATCH_MAX_AGE %s: want %s..%s", c.Batch.MaxAge, MinBatchAge, MaxBatchAge)
+	}
+	if c.Batch.DrainTimeout < 0 {
+		add("batch", "METER_DRAIN_TIMEOUT %s is negative", c.Batch.DrainTimeout)
+	}
+	return errors.Join(errs...)
+}
+
+// validIdent matches ClickHouse identifiers the schema accepts unquoted.
+func validIdent(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r == '_', r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z':
+		case r >= '0' && r <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// validName matches JetStream consumer names.
+func validName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r == '_', r == '-', r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		default:
+			return false
+		}
+	}
+	return true
+}

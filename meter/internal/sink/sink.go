@@ -1,0 +1,414 @@
+// Package sink moves usage events from a JetStream pull consumer into a
+// store, one batch at a time, acking the queue only after the store has the
+// batch. A crash anywhere in between leaves the messages unacked: JetStream
+// redelivers them and the store collapses the second copy (usage_events is a
+// ReplacingMergeTree read with FINAL), so nothing is lost and nothing counts
+// twice.
+//
+// One batch goes through these steps:
+//
+//  1. Fetch up to BatchSize messages, waiting at most MaxWait.
+//  2. Decode and price each one. A message that cannot be stored (bad JSON,
+//     failed validation, out-of-range values) is published to the dead-letter
+//     subject with the reason and then terminated, so it never blocks the
+//     stream. An unknown model is not a reason: the row is stored with cost 0
+//     and no price version, and a warning is logged.
+//  3. Write all rows with one insert. On failure, retry the same rows with
+//     exponential backoff, forever, while telling JetStream the messages are
+//     in progress so that no other replica gets them meanwhile.
+//  4. Ack every message.
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/qyai/qyai/pkg/pricing"
+	"github.com/qyai/qyai/pkg/usage"
+)
+
+// Headers the sink adds to a dead letter, next to usage.DeadLetterReasonHeader.
+const (
+	DeadLetterSubjectHeader  = "Qyai-Dead-Letter-Subject"
+	DeadLetterSequenceHeader = "Qyai-Dead-Letter-Stream-Sequence"
+)
+
+// Fetcher is the part of a JetStream pull consumer the sink uses.
+type Fetcher interface {
+	Fetch(batch int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error)
+}
+
+// Publisher publishes dead letters and waits for the stream to store them.
+type Publisher interface {
+	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
+}
+
+// Writer stores rows. Write stores all of them or returns an error; storing
+// the same rows twice must not count them twice when read back.
+type Writer interface {
+	Write(ctx context.Context, rows []Row) error
+}
+
+// Config tunes a Sink. Zero durations take the defaults named on each field.
+type Config struct {
+	// BatchSize is the most messages per fetch and per insert.
+	BatchSize int
+	// MaxWait is the longest a fetch waits for BatchSize messages.
+	MaxWait time.Duration
+	// AckWait is the consumer's ack wait: the sink reports progress every
+	// third of it while a batch is in hand.
+	AckWait time.Duration
+	// DrainTimeout is how long, after Run's context is done, the sink keeps
+	// retrying the insert of the batch in hand. Default 10 s.
+	DrainTimeout time.Duration
+	// WriteTimeout bounds one insert attempt. Default AckWait/3.
+	WriteTimeout time.Duration
+	// BackoffMin and BackoffMax bound the delay between insert attempts.
+	// Defaults 100 ms and 5 s.
+	BackoffMin, BackoffMax time.Duration
+	// AfterWrite, when set, runs after a successful write and before the
+	// acks. An error makes Run return it at once with the batch unacked,
+	// exactly as a crash there would. It is a seam for tests.
+	AfterWrite func(ctx context.Context, rows int) error
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.BatchSize < 1 || c.MaxWait <= 0 || c.AckWait <= 0 {
+		return c, fmt.Errorf("sink config: batch size %d, max wait %s and ack wait %s must be positive",
+			c.BatchSize, c.MaxWait, c.AckWait)
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = c.AckWait / 3
+	}
+	if c.BackoffMin <= 0 {
+		c.BackoffMin = 100 * time.Millisecond
+	}
+	if c.BackoffMax < c.BackoffMin {
+		c.BackoffMax = max(5*time.Second, c.BackoffMin)
+	}
+	return c, nil
+}
+
+// Sink is the consume-price-insert-ack loop. Any number of sinks, in any
+// number of processes, may share one durable consumer.
+type Sink struct {
+	src    Fetcher
+	dlq    Publisher
+	w      Writer
+	prices *pricing.Table
+	log    *slog.Logger
+	cfg    Config
+	m      instruments
+}
+
+type instruments struct {
+	inserted, batches, insertErrors  metric.Int64Counter
+	deadLettered, deadLetterErrors   metric.Int64Counter
+	unpriced, duplicates, fetchError metric.Int64Counter
+	insertSeconds                    metric.Float64Histogram
+}
+
+// New returns a Sink reading from src, dead-lettering through dlq, writing
+// to w, pricing with prices and counting on meter.
+func New(src Fetcher, dlq Publisher, w Writer, prices *pricing.Table, log *slog.Logger, meter metric.Meter, cfg Config) (*Sink, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Sink{src: src, dlq: dlq, w: w, prices: prices, log: log, cfg: cfg}
+	var errs []error
+	counter := func(name, desc string) metric.Int64Counter {
+		c, err := meter.Int64Counter(name, metric.WithDescription(desc))
+		errs = append(errs, err)
+		return c
+	}
+	s.m.inserted = counter("meter.events.inserted", "Usage events written to ClickHouse (before acking them).")
+	s.m.batches = counter("meter.batches.inserted", "Successful ClickHouse batch inserts.")
+	s.m.insertErrors = counter("meter.insert.errors", "Failed ClickHouse insert attempts (each is retried).")
+	s.m.deadLettered = counter("meter.events.dead_lettered", "Messages moved to the dead-letter stream.")
+	s.m.deadLetterErrors = counter("meter.dead_letter.errors", "Failed dead-letter publishes (the message is redelivered later).")
+	s.m.unpriced = counter("meter.events.unpriced", "Events stored with cost 0 because no price covers their model.")
+	s.m.duplicates = counter("meter.events.duplicates", "Events skipped because the same id was already in the batch.")
+	s.m.fetchError = counter("meter.fetch.errors", "Failed fetches from JetStream.")
+	s.m.insertSeconds, err = meter.Float64Histogram("meter.insert.duration",
+		metric.WithDescription("Duration of one ClickHouse insert attempt."), metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("create sink metrics: %w", err)
+	}
+	// Export every counter from the start: an alert on the rate of a
+	// series that does not exist yet never fires.
+	for _, c := range []metric.Int64Counter{s.m.inserted, s.m.batches, s.m.insertErrors, s.m.deadLettered,
+		s.m.deadLetterErrors, s.m.unpriced, s.m.duplicates, s.m.fetchError} {
+		c.Add(context.Background(), 0)
+	}
+	return s, nil
+}
+
+// Run processes batches until ctx is done, then stores and acks the batch in
+// hand (retrying for at most DrainTimeout) and returns nil. It returns an
+// error only when AfterWrite does.
+func (s *Sink) Run(ctx context.Context) error {
+	delay := s.cfg.BackoffMin
+	for ctx.Err() == nil {
+		// A fetch is not interrupted by ctx: it ends within MaxWait, and
+		// what it brings is stored before Run returns.
+		msgs, err := s.fetch()
+		if err != nil {
+			s.m.fetchError.Add(context.WithoutCancel(ctx), 1)
+			s.log.WarnContext(ctx, "fetch usage events", "retry_in", delay, "err", err)
+			sleep(ctx, delay)
+			delay = min(2*delay, s.cfg.BackoffMax)
+			continue
+		}
+		delay = s.cfg.BackoffMin
+		if len(msgs) == 0 {
+			continue
+		}
+		if err := s.handle(ctx, msgs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// drainContext returns a context that is not done when ctx is, but
+// DrainTimeout after both ctx is done and drainContext was called: a batch
+// fetched while shutting down still gets the whole drain time.
+func (s *Sink) drainContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	hard, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var timer *time.Timer
+	var mu sync.Mutex
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		timer = time.AfterFunc(s.cfg.DrainTimeout, cancel)
+	})
+	return hard, func() {
+		stop()
+		mu.Lock()
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Unlock()
+		cancel()
+	}
+}
+
+func (s *Sink) fetch() ([]jetstream.Msg, error) {
+	mb, err := s.src.Fetch(s.cfg.BatchSize, jetstream.FetchMaxWait(s.cfg.MaxWait))
+	if err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	msgs := make([]jetstream.Msg, 0, 64)
+	for m := range mb.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := mb.Error(); err != nil && len(msgs) == 0 && !errors.Is(err, nats.ErrTimeout) {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	return msgs, nil
+}
+
+// handle runs steps 2 to 4 on one fetched batch.
+func (s *Sink) handle(ctx context.Context, msgs []jetstream.Msg) error {
+	hard, cancel := s.drainContext(ctx)
+	defer cancel()
+	stopProgress := s.reportProgress(msgs)
+	defer stopProgress()
+
+	rows := make([]Row, 0, len(msgs))
+	toAck := make([]jetstream.Msg, 0, len(msgs))
+	seen := make(map[string]bool, len(msgs))
+	unpriced := map[string]int{}
+	for _, m := range msgs {
+		e, err := usage.Decode(m.Data())
+		var row Row
+		if err == nil {
+			row, err = Price(s.prices, e)
+		}
+		if errors.Is(err, ErrUnpriced) {
+			unpriced[PricedModel(e)]++
+		} else if err != nil {
+			s.deadLetter(hard, m, err)
+			continue
+		}
+		toAck = append(toAck, m)
+		if seen[e.ID] {
+			s.m.duplicates.Add(hard, 1)
+			continue
+		}
+		seen[e.ID] = true
+		rows = append(rows, row)
+	}
+	for model, n := range unpriced {
+		// Still a real request: stored at cost 0 so that finance sees it.
+		s.log.WarnContext(ctx, "no price for model: events stored with cost 0 and no price version",
+			"model", model, "events", n)
+		s.m.unpriced.Add(hard, int64(n))
+	}
+	if len(rows) == 0 {
+		stopProgress()
+		s.ack(context.WithoutCancel(ctx), toAck)
+		return nil
+	}
+	if !s.write(ctx, hard, rows) {
+		stopProgress()
+		// Shutting down with the store unreachable: hand the batch back so
+		// that another replica takes it now rather than after AckWait.
+		for _, m := range toAck {
+			_ = m.Nak()
+		}
+		return nil
+	}
+	stopProgress()
+	if s.cfg.AfterWrite != nil {
+		if err := s.cfg.AfterWrite(ctx, len(rows)); err != nil {
+			return err
+		}
+	}
+	s.ack(context.WithoutCancel(ctx), toAck)
+	s.m.inserted.Add(hard, int64(len(rows)))
+	s.m.batches.Add(hard, 1)
+	return nil
+}
+
+// write inserts rows, retrying with backoff until it succeeds (true) or hard
+// is done (false).
+func (s *Sink) write(ctx, hard context.Context, rows []Row) bool {
+	delay := s.cfg.BackoffMin
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		wctx, cancel := context.WithTimeout(hard, s.cfg.WriteTimeout)
+		err := s.w.Write(wctx, rows)
+		cancel()
+		s.m.insertSeconds.Record(hard, time.Since(start).Seconds())
+		if err == nil {
+			if attempt > 1 {
+				s.log.InfoContext(ctx, "usage batch inserted after retries", "rows", len(rows), "attempts", attempt)
+			}
+			return true
+		}
+		s.m.insertErrors.Add(hard, 1)
+		if hard.Err() != nil {
+			s.log.ErrorContext(ctx, "insert usage batch: giving up at shutdown; JetStream redelivers it",
+				"rows", len(rows), "attempts", attempt, "err", err)
+			return false
+		}
+		s.log.WarnContext(ctx, "insert usage batch", "rows", len(rows), "attempt", attempt, "retry_in", delay, "err", err)
+		sleep(hard, delay)
+		delay = min(2*delay, s.cfg.BackoffMax)
+	}
+}
+
+// ack acks every message: plain acks (one publish each, no round trip),
+// then a double ack on the last one, which returns once the server has
+// processed it and so, on the same connection, all before it. A lost ack
+// only means a redelivery, which the store collapses.
+func (s *Sink) ack(ctx context.Context, msgs []jetstream.Msg) {
+	if len(msgs) == 0 {
+		return
+	}
+	failed := 0
+	for _, m := range msgs[:len(msgs)-1] {
+		if err := m.Ack(); err != nil {
+			failed++
+		}
+	}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := msgs[len(msgs)-1].DoubleAck(actx)
+	if failed > 0 || err != nil {
+		s.log.WarnContext(ctx, "ack usage batch: unacked messages will be redelivered and collapsed by FINAL",
+			"failed", failed, "last_err", err)
+	}
+}
+
+// deadLetter publishes m to the dead-letter subject with reason, then
+// terminates m. When the publish fails m is left for redelivery: a dead
+// letter is never dropped.
+func (s *Sink) deadLetter(ctx context.Context, m jetstream.Msg, reason error) {
+	out := nats.NewMsg(usage.DeadLetterSubject)
+	out.Data = m.Data()
+	for k, v := range m.Headers() {
+		if k != jetstream.MsgIDHeader {
+			out.Header[k] = v
+		}
+	}
+	// Header values cannot hold line breaks; joined errors have them.
+	out.Header.Set(usage.DeadLetterReasonHeader, strings.ReplaceAll(reason.Error(), "\n", "; "))
+	out.Header.Set(DeadLetterSubjectHeader, m.Subject())
+	var opts []jetstream.PublishOpt
+	var seq uint64
+	if md, err := m.Metadata(); err == nil {
+		seq = md.Sequence.Stream
+		out.Header.Set(DeadLetterSequenceHeader, strconv.FormatUint(seq, 10))
+		// A redelivered poison message is dead-lettered once.
+		opts = append(opts, jetstream.WithMsgID(md.Stream+"-"+strconv.FormatUint(seq, 10)))
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := s.dlq.PublishMsg(pctx, out, opts...); err != nil {
+		s.m.deadLetterErrors.Add(ctx, 1)
+		s.log.ErrorContext(ctx, "publish dead letter: message left for redelivery", "stream_seq", seq, "err", err)
+		_ = m.NakWithDelay(s.cfg.BackoffMax)
+		return
+	}
+	if err := m.Term(); err != nil {
+		s.log.WarnContext(ctx, "terminate dead-lettered message", "stream_seq", seq, "err", err)
+	}
+	s.m.deadLettered.Add(ctx, 1)
+	s.log.WarnContext(ctx, "usage message dead-lettered", "stream_seq", seq, "reason", reason.Error())
+}
+
+// reportProgress tells JetStream every AckWait/3 that msgs are still being
+// worked on, until the returned function is called (which waits for the
+// reporter to stop, so that no progress report follows an ack).
+func (s *Sink) reportProgress(msgs []jetstream.Msg) func() {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(s.cfg.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				for _, m := range msgs {
+					_ = m.InProgress()
+				}
+			}
+		}
+	})
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			close(done)
+			wg.Wait()
+		})
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
