@@ -303,3 +303,5 @@ func getJSON(t *testing.T, url, bearer string, v any) int {
 	}
 	return resp.StatusCode
 }
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }

@@ -84,8 +84,9 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		DialTimeout:  250 * time.Millisecond,
 		ReadTimeout:  cfg.RedisTimeout,
 		WriteTimeout: cfg.RedisTimeout,
-		PoolSize:     64,
-		MaxRetries:   -1, // a retry would double the latency budget; callers degrade instead
+		PoolSize:     256, // bursts wait for a connection inside REDIS_TIMEOUT
+
+		MaxRetries: -1, // a retry would double the latency budget; callers degrade instead
 	})
 	defer rdb.Close()
 

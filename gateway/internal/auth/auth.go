@@ -49,11 +49,22 @@ type Verifier struct {
 
 	mu    sync.RWMutex
 	cache map[string]entry // by key hash
+
+	// Concurrent misses for one key share one store lookup, so a burst on
+	// a cold key costs Redis one round trip, not one per request.
+	flightMu sync.Mutex
+	flights  map[string]*flight
+}
+
+type flight struct {
+	done chan struct{}
+	rec  *apikey.Record
+	err  error
 }
 
 // NewVerifier returns a verifier; now is the clock.
 func NewVerifier(store Store, pepper string, ttl time.Duration, now func() time.Time) *Verifier {
-	return &Verifier{store: store, pepper: []byte(pepper), ttl: ttl, now: now, cache: map[string]entry{}}
+	return &Verifier{store: store, pepper: []byte(pepper), ttl: ttl, now: now, cache: map[string]entry{}, flights: map[string]*flight{}}
 }
 
 // BearerToken extracts the token of an Authorization header value.
@@ -78,7 +89,7 @@ func (v *Verifier) Verify(ctx context.Context, key string) (*apikey.Record, erro
 	if cached && now.Before(e.expires) {
 		return e.rec, nil
 	}
-	rec, err := v.store.Lookup(ctx, hash)
+	rec, err := v.lookup(ctx, hash)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		v.evictHash(hash)
@@ -96,6 +107,35 @@ func (v *Verifier) Verify(ctx context.Context, key string) (*apikey.Record, erro
 	v.cache[hash] = entry{rec: rec, expires: now.Add(v.ttl)}
 	v.mu.Unlock()
 	return rec, nil
+}
+
+// lookup asks the store once for all concurrent callers with the same hash,
+// retrying once: a lookup is idempotent, and a single slow answer should
+// not turn a valid key into a 503.
+func (v *Verifier) lookup(ctx context.Context, hash string) (*apikey.Record, error) {
+	v.flightMu.Lock()
+	if f, ok := v.flights[hash]; ok {
+		v.flightMu.Unlock()
+		select {
+		case <-f.done:
+			return f.rec, f.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	v.flights[hash] = f
+	v.flightMu.Unlock()
+
+	f.rec, f.err = v.store.Lookup(ctx, hash)
+	if f.err != nil && !errors.Is(f.err, ErrNotFound) && ctx.Err() == nil {
+		f.rec, f.err = v.store.Lookup(ctx, hash)
+	}
+	v.flightMu.Lock()
+	delete(v.flights, hash)
+	v.flightMu.Unlock()
+	close(f.done)
+	return f.rec, f.err
 }
 
 // Invalidate forgets every cached key with the id (after an admin change).

@@ -16,6 +16,7 @@ package quota
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/qyai/qyai/pkg/apikey"
@@ -64,12 +65,20 @@ type Store interface {
 }
 
 // Limiter admits requests against the shared store, falling back to a
-// local share of each limit when the store is unreachable.
+// local share of each limit when the store is unreachable. After a failure
+// it stops asking the store for downFor, so that an outage costs requests
+// no timeout, and lets one probe through at a time until the store answers.
 type Limiter struct {
 	store    Store
 	fallback *local
 	now      func() time.Time
+
+	downUntil atomic.Int64 // unix nanos; the store is skipped until then
+	probing   atomic.Bool
 }
+
+// downFor is how long the store is skipped after it failed.
+const downFor = 500 * time.Millisecond
 
 // NewLimiter returns a limiter. replicas is how many gateways share the
 // limits: during a store outage each allows 1/replicas of them.
@@ -93,7 +102,17 @@ func (l *Limiter) Admit(ctx context.Context, rec *apikey.Record, token string) D
 	month := MonthOf(now)
 	// Keep a month's counter a little past its month, for billing checks.
 	ttl := untilNextMonth(now) + 35*24*time.Hour
-	d, err := l.store.Admit(ctx, rec.ID, rec.RPM, rec.MonthlyLimit, month, token, ttl)
+	var d Decision
+	err := ErrUnavailable
+	if l.shouldAsk(now) {
+		d, err = l.store.Admit(ctx, rec.ID, rec.RPM, rec.MonthlyLimit, month, token, ttl)
+		l.probing.Store(false)
+		if err != nil && ctx.Err() == nil {
+			l.downUntil.Store(l.now().Add(downFor).UnixNano())
+		} else if err == nil {
+			l.downUntil.Store(0)
+		}
+	}
 	if err != nil {
 		d = l.fallback.admit(rec, month)
 		d.Degraded = true
@@ -105,6 +124,19 @@ func (l *Limiter) Admit(ctx context.Context, rec *apikey.Record, token string) D
 		d.RetryAfter = untilNextMonth(now)
 	}
 	return d
+}
+
+// shouldAsk reports whether to ask the store: always while it is up; while
+// it is down, only past downUntil and only one caller at a time (the probe).
+func (l *Limiter) shouldAsk(now time.Time) bool {
+	until := l.downUntil.Load()
+	if until == 0 {
+		return true
+	}
+	if now.UnixNano() < until {
+		return false
+	}
+	return l.probing.CompareAndSwap(false, true)
 }
 
 // Release gives back an admitted request that never reached the upstream.

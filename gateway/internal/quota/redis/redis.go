@@ -12,7 +12,9 @@ package redis
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -22,7 +24,10 @@ import (
 )
 
 // admitScript takes an RPM slot and a monthly unit together or neither.
-// It reads the clock from Redis so that every replica shares one clock.
+// It reads the clock from Redis so that every replica shares one clock. It
+// is idempotent per token (the request's reservation id): a call that timed
+// out on the client but ran on the server is retried safely, and answers
+// "admitted" again without counting twice.
 var admitScript = goredis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -34,6 +39,7 @@ local n = redis.call('ZCARD', KEYS[1])
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
 local oldest = now
 if n > 0 then oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) end
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return {0, n, oldest, used, now} end
 if n >= rpm then return {1, n, oldest, used, now} end
 if used >= lim then return {2, n, oldest, used, now} end
 redis.call('ZADD', KEYS[1], now, ARGV[4])
@@ -59,17 +65,30 @@ type Store struct {
 	timeout time.Duration
 }
 
-// NewStore returns a store whose every call is bounded by timeout.
+// attempts is how often an admission is tried before the store counts as
+// unreachable. Retrying is safe because the script is idempotent per token;
+// it keeps a momentarily slow Redis (a burst on a busy machine) from
+// sending requests to the inexact local fallback.
+const attempts = 3
+
+// NewStore returns a store whose every call attempt is bounded by timeout.
 func NewStore(rdb goredis.Scripter, timeout time.Duration) *Store {
 	return &Store{rdb: rdb, timeout: timeout}
 }
 
 // Admit implements quota.Store.
 func (s *Store) Admit(ctx context.Context, keyID string, rpm, monthly int64, month, token string, monthTTL time.Duration) (quota.Decision, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	res, err := admitScript.Run(ctx, s.rdb, []string{apikey.WindowKey(keyID), apikey.MonthCounterKey(keyID, month)},
-		quota.Window.Milliseconds(), rpm, monthly, token, int64(monthTTL.Seconds())).Int64Slice()
+	var res []int64
+	var err error
+	for range attempts {
+		actx, cancel := context.WithTimeout(ctx, s.timeout)
+		res, err = admitScript.Run(actx, s.rdb, []string{apikey.WindowKey(keyID), apikey.MonthCounterKey(keyID, month)},
+			quota.Window.Milliseconds(), rpm, monthly, token, int64(monthTTL.Seconds())).Int64Slice()
+		cancel()
+		if err == nil || ctx.Err() != nil || !isTimeout(err) {
+			break
+		}
+	}
 	if err != nil {
 		return quota.Decision{}, fmt.Errorf("%w: admit: %v", quota.ErrUnavailable, err)
 	}
@@ -89,6 +108,16 @@ func (s *Store) Admit(ctx context.Context, keyID string, rpm, monthly int64, mon
 		d.Reason = quota.ReasonQuota
 	}
 	return d, nil
+}
+
+// isTimeout reports whether err is a timeout (worth retrying) rather than a
+// refused connection (Redis down: fall back at once).
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // Release implements quota.Store.

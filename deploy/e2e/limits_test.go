@@ -1,0 +1,160 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// chat sends one small chat completion to a gateway.
+func chat(t *testing.T, base, key, content string) (int, http.Header, string) {
+	t.Helper()
+	body := `{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"` + content + `"}]}`
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, base+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Errorf("chat: %v", err)
+		return 0, nil, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// burst sends n requests at once, spread over the gateways, and counts
+// statuses and 429 codes.
+func burst(t *testing.T, s *stack, key string, n int) map[string]int {
+	t.Helper()
+	var mu sync.Mutex
+	out := map[string]int{}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			code, hdr, body := chat(t, s.gatewayURLs[i%len(s.gatewayURLs)], key, fmt.Sprintf("burst %d", i))
+			k := fmt.Sprint(code)
+			if code == 429 {
+				switch {
+				case strings.Contains(body, `"code":"rate_limit_exceeded"`):
+					k = "429 rate_limit_exceeded"
+				case strings.Contains(body, `"code":"insufficient_quota"`):
+					k = "429 insufficient_quota"
+				}
+				if hdr.Get("Retry-After") == "" {
+					t.Errorf("429 without retry-after")
+				}
+			}
+			if code != 0 && (hdr.Get("X-Ratelimit-Limit-Requests") == "" || hdr.Get("X-Ratelimit-Remaining-Requests") == "" || hdr.Get("X-Ratelimit-Reset-Requests") == "") {
+				t.Errorf("status %d without x-ratelimit headers", code)
+			}
+			mu.Lock()
+			out[k]++
+			mu.Unlock()
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return out
+}
+
+// TestLimitsExactAcrossThreeGateways: three gateway processes share one
+// Redis; the limits hold for all of them together, exactly.
+func TestLimitsExactAcrossThreeGateways(t *testing.T) {
+	s := startStack(t, 3)
+
+	rpmKey := s.createKey(t, `{"name":"rpm30","tier":"pro"}`)
+	got := burst(t, s, rpmKey.Key, 200)
+	if got["200"] != 30 || got["429 rate_limit_exceeded"] != 170 {
+		t.Errorf("RPM 30 across 3 gateways: %v, want exactly 30 x 200 and 170 x 429 rate_limit_exceeded", got)
+	}
+
+	before := s.simStats(t).Requests
+	quotaKey := s.createKey(t, `{"name":"month50","tier":"enterprise","rpm":1000,"monthly_limit":50}`)
+	got = burst(t, s, quotaKey.Key, 120)
+	reached := s.simStats(t).Requests - before
+	if got["200"] != 50 || got["429 insufficient_quota"] != 70 || reached != 50 {
+		t.Errorf("monthly limit 50 across 3 gateways: %v, upstream reached %d times; want exactly 50", got, reached)
+	}
+
+	// Billing agrees with enforcement.
+	var bu billingUsage
+	getJSON(t, s.gatewayURLs[1]+"/v1/dashboard/billing/usage", quotaKey.Key, &bu)
+	if bu.MonthlyRequests != 50 || bu.MonthlyLimit != 50 || bu.Remaining != 0 || bu.UsagePercent != 100 {
+		t.Errorf("billing after the quota was used up: %+v", bu)
+	}
+}
+
+// TestRevokeAndRotateReachEveryReplicaWithinOneSecond warms every
+// gateway's key cache (30 s TTL), then revokes or rotates through admin:
+// every replica must refuse the old key within a second.
+func TestRevokeAndRotateReachEveryReplicaWithinOneSecond(t *testing.T) {
+	s := startStack(t, 3)
+	admin := func(method, path string) (int, string) {
+		req, _ := http.NewRequest(method, s.adminURL+path, nil)
+		req.Header.Set("Authorization", "Bearer "+s.adminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	warm := func(key string) {
+		for _, g := range s.gatewayURLs {
+			if code, _, body := chat(t, g, key, "warm"); code != 200 {
+				t.Fatalf("warm-up on %s: %d %s", g, code, body)
+			}
+		}
+	}
+	refusedEverywhereWithin := func(key string, limit time.Duration) {
+		t.Helper()
+		start := time.Now()
+		for _, g := range s.gatewayURLs {
+			for {
+				code, _, _ := chat(t, g, key, "after")
+				if code == 401 {
+					break
+				}
+				if time.Since(start) > limit {
+					t.Errorf("%s still accepts the old key %v after the change", g, time.Since(start))
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
+
+	revoked := s.createKey(t, `{"name":"to-revoke","tier":"enterprise"}`)
+	warm(revoked.Key)
+	if code, body := admin(http.MethodDelete, "/admin/v1/keys/"+revoked.ID); code != 204 {
+		t.Fatalf("revoke: %d %s", code, body)
+	}
+	refusedEverywhereWithin(revoked.Key, time.Second)
+
+	rotated := s.createKey(t, `{"name":"to-rotate","tier":"enterprise"}`)
+	warm(rotated.Key)
+	code, body := admin(http.MethodPost, "/admin/v1/keys/"+rotated.ID+"/rotate")
+	if code != 200 {
+		t.Fatalf("rotate: %d %s", code, body)
+	}
+	refusedEverywhereWithin(rotated.Key, time.Second)
+	var nk createdKey
+	if err := jsonUnmarshal(body, &nk); err != nil || nk.Key == "" || nk.Key == rotated.Key {
+		t.Fatalf("rotate answer %s", body)
+	}
+	for _, g := range s.gatewayURLs {
+		if code, _, b := chat(t, g, nk.Key, "new key"); code != 200 {
+			t.Errorf("%s refuses the rotated key: %d %s", g, code, b)
+		}
+	}
+}

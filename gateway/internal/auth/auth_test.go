@@ -1,0 +1,114 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/qyai/qyai/pkg/apikey"
+)
+
+// countingStore is a unit-test Store over a map; the Redis store itself
+// is exercised against a real Redis in the app and end-to-end tests.
+type countingStore struct {
+	recs    map[string]*apikey.Record
+	calls   atomic.Int64
+	fail    atomic.Bool
+	release chan struct{}
+}
+
+func (s *countingStore) Lookup(ctx context.Context, hash string) (*apikey.Record, error) {
+	s.calls.Add(1)
+	if s.release != nil {
+		<-s.release
+	}
+	if s.fail.Load() {
+		return nil, errors.New("redis: connection refused")
+	}
+	if r, ok := s.recs[hash]; ok {
+		c := *r
+		return &c, nil
+	}
+	return nil, ErrNotFound
+}
+
+func setup(t *testing.T) (*Verifier, *countingStore, string, *time.Time) {
+	t.Helper()
+	key, _ := apikey.Generate()
+	h := apikey.Hash([]byte("p"), key)
+	st := &countingStore{recs: map[string]*apikey.Record{h: {ID: "k1", Hash: h, Status: apikey.StatusActive}}}
+	now := time.Unix(1000, 0)
+	v := NewVerifier(st, "p", 30*time.Second, func() time.Time { return now })
+	return v, st, key, &now
+}
+
+func TestVerify(t *testing.T) {
+	v, st, key, now := setup(t)
+	for _, bad := range []string{"", "sk-short", "nope-" + key, key + "x"} {
+		if _, err := v.Verify(t.Context(), bad); !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("%q: err %v", bad, err)
+		}
+	}
+	if _, err := v.Verify(t.Context(), key); err != nil {
+		t.Fatal(err)
+	}
+	calls := st.calls.Load()
+	if _, err := v.Verify(t.Context(), key); err != nil || st.calls.Load() != calls {
+		t.Errorf("cached key asked the store again (err %v)", err)
+	}
+	// Store down: the cached key keeps working even past its TTL.
+	st.fail.Store(true)
+	*now = now.Add(time.Hour)
+	if _, err := v.Verify(t.Context(), key); err != nil {
+		t.Errorf("stale-if-error: %v", err)
+	}
+	other, _ := apikey.Generate()
+	if _, err := v.Verify(t.Context(), other); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("unknown key with the store down: %v, want ErrUnavailable", err)
+	}
+	// Invalidation forces a fresh lookup.
+	st.fail.Store(false)
+	v.Invalidate("k1")
+	st.recs = map[string]*apikey.Record{}
+	if _, err := v.Verify(t.Context(), key); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("revoked key: %v", err)
+	}
+}
+
+func TestConcurrentMissesShareOneLookup(t *testing.T) {
+	v, st, key, _ := setup(t)
+	st.release = make(chan struct{})
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := v.Verify(context.Background(), key); err == nil {
+				ok.Add(1)
+			}
+		}()
+	}
+	for st.calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	// Callers that arrive after the flight ends find the cache filled: one
+	// lookup either way.
+	close(st.release)
+	wg.Wait()
+	if ok.Load() != 50 || st.calls.Load() != 1 {
+		t.Errorf("%d verified with %d lookups, want 50 with 1", ok.Load(), st.calls.Load())
+	}
+}
+
+func TestBearerToken(t *testing.T) {
+	for in, want := range map[string]string{"Bearer sk-x": "sk-x", "bearer sk-y ": "sk-y", "Bearer ": "", "Basic x": "", "": ""} {
+		got, err := BearerToken(in)
+		if got != want || (want == "") != (err != nil) {
+			t.Errorf("%q: %q %v", in, got, err)
+		}
+	}
+}
