@@ -32,6 +32,7 @@ const pepper = "test-pepper"
 // an in-process simulator.
 type harness struct {
 	url   string
+	redis *testenv.Server
 	sim   *upstreamsim.Server
 	rdb   *goredis.Client
 	js    jetstream.JetStream
@@ -53,7 +54,11 @@ func freePort(t *testing.T) string {
 
 func startGateway(t *testing.T, mutate func(*config.Config)) *harness {
 	t.Helper()
-	rs := testenv.Redis(t)
+	return startGatewayWith(t, testenv.Redis(t), mutate)
+}
+
+func startGatewayWith(t *testing.T, rs *testenv.Server, mutate func(*config.Config)) *harness {
+	t.Helper()
 	ns := testenv.NATS(t)
 	sim := upstreamsim.New(upstreamsim.Config{APIKey: "sk-upstream", DefaultTokens: 12})
 	simTS := httptest.NewServer(sim)
@@ -73,7 +78,7 @@ func startGateway(t *testing.T, mutate func(*config.Config)) *harness {
 		mutate(&cfg)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{url: "http://" + cfg.Addr, sim: sim, cfg: cfg, stop: cancel, done: make(chan error, 1), simTS: simTS}
+	h := &harness{url: "http://" + cfg.Addr, redis: rs, sim: sim, cfg: cfg, stop: cancel, done: make(chan error, 1), simTS: simTS}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	go func() { h.done <- run(ctx, cfg, log) }()
 	t.Cleanup(func() {
