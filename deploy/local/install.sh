@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# install.sh: install what the local servers need, and nothing when all is there.
+#
+#   deploy/local/install.sh
+#
+# - Debian packages redis-server, clickhouse-server, clickhouse-client (only
+#   recommended by clickhouse-server) and curl, via apt-get; sudo when not root.
+#   The distro's services are not started: a temporary policy-rc.d denies it.
+# - nats-server $NATS_VERSION built with `go install` into <repo>/.bin (the Go build
+#   cache makes rebuilds fast; Debian's nats-server 2.9 is too old).
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+NATS_VERSION=v2.15.2
+BIN_DIR=$QYAI_REPO_ROOT/.bin
+
+# as_root runs a command as root: directly, or through sudo when available.
+as_root() {
+	if ((EUID == 0)); then
+		"$@"
+	elif command -v sudo >/dev/null; then
+		sudo "$@"
+	else
+		die "need root to run: $* (no sudo found)"
+	fi
+}
+
+# apt_install installs the missing packages without starting their services.
+# policy-rc.d answering 101 ("action forbidden") is the Debian way to tell
+# invoke-rc.d and deb-systemd-invoke not to start anything during an install.
+apt_install() {
+	local policy=/usr/sbin/policy-rc.d created=0
+	if [[ ! -e $policy ]]; then
+		as_root sh -c "printf '#!/bin/sh\nexit 101\n' >$policy && chmod 755 $policy"
+		created=1
+		trap 'as_root rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
+	local rc=0
+	{
+		log "+ apt-get update"
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+			log "+ apt-get install -y --no-install-recommends $*" &&
+			as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+	} || rc=$?
+	if ((created)); then
+		as_root rm -f "$policy"
+		trap - EXIT
+	fi
+	return "$rc"
+}
+
+install_packages() {
+	local missing=() cmd pkg
+	# command:package pairs. clickhouse-server lives in /usr/sbin (lib.sh adds it to PATH).
+	for pair in redis-server:redis-server redis-cli:redis-tools \
+		clickhouse-server:clickhouse-server clickhouse-client:clickhouse-client curl:curl; do
+		cmd=${pair%%:*}
+		pkg=${pair#*:}
+		command -v "$cmd" >/dev/null || missing+=("$pkg")
+	done
+	if ((${#missing[@]} == 0)); then
+		log "packages: redis-server, clickhouse-server, clickhouse-client, curl present"
+		return
+	fi
+	command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get: install them by hand"
+	log "packages: installing ${missing[*]}"
+	apt_install "${missing[@]}"
+}
+
+install_nats() {
+	local bin=$BIN_DIR/nats-server have=""
+	if [[ -x $bin ]]; then
+		have=$("$bin" --version 2>/dev/null || true)
+	fi
+	if [[ $have == *"$NATS_VERSION" ]]; then
+		log "nats-server: $NATS_VERSION present in $BIN_DIR"
+		return
+	fi
+	need go "install Go first: https://go.dev/dl/"
+	log "nats-server: building $NATS_VERSION into $BIN_DIR${have:+ (found ${have##* })}"
+	log "+ GOBIN=$BIN_DIR go install github.com/nats-io/nats-server/v2@$NATS_VERSION"
+	mkdir -p "$BIN_DIR"
+	# From a neutral directory, so that no go.work or go.mod of the repo applies.
+	(cd / && GOWORK=off GOBIN=$BIN_DIR go install "github.com/nats-io/nats-server/v2@$NATS_VERSION")
+}
+
+install_packages
+install_nats

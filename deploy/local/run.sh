@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# run.sh: the whole QYAI stack on this machine; what `make run` calls.
+#
+#   deploy/local/run.sh
+#
+# Installs what is missing (install.sh), builds the binaries into .bin/, starts Redis,
+# NATS JetStream and ClickHouse with their data under .run/, then the upstream
+# simulator (unless UPSTREAM_BASE_URL is set), meter, admin on 127.0.0.1:8081 and
+# GATEWAY_REPLICAS gateways (default 1) on 127.0.0.1:8080, :8180, :8280, ... It creates
+# a demo API key, prints it with a ready line, and stops everything on Ctrl-C.
+#
+# Environment:
+#   ADMIN_TOKEN          admin API token (default: a printed dev value)
+#   UPSTREAM_BASE_URL    a real upstream (e.g. https://api.deepseek.com) instead of the
+#   UPSTREAM_API_KEY       simulator, and its key
+#   GATEWAY_REPLICAS     number of gateways (default 1)
+#   SKIP_BUILD=1         use the binaries already in .bin/
+#   LOG_LEVEL, KEY_PEPPER and the other service variables pass through.
+#
+# Data persists across runs in .run/ (rm -rf .run for a clean slate); service logs
+# are in .run/logs/<name>.log.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ROOT=$QYAI_REPO_ROOT
+BIN=$ROOT/.bin
+RUN=$ROOT/.run
+LOGS=$RUN/logs
+PIDS=$RUN/pids
+
+DEV_ADMIN_TOKEN=qyai-dev-admin-token
+GATEWAY_REPLICAS=${GATEWAY_REPLICAS:-1}
+ADMIN_ADDR=127.0.0.1:8081
+# SHUTDOWN_TIMEOUT of the gateway is 25 s by default: give it a little more.
+SERVICE_STOP_TIMEOUT=30
+
+gateway_ports=()
+services=() # started services, in start order
+servers=()  # started servers: redis nats clickhouse
+
+main() {
+	[[ $GATEWAY_REPLICAS =~ ^[1-9][0-9]*$ ]] || die "GATEWAY_REPLICAS=$GATEWAY_REPLICAS: want a positive integer"
+	local i
+	for ((i = 0; i < GATEWAY_REPLICAS; i++)); do gateway_ports+=($((8080 + 100 * i))); done
+	for port in "${gateway_ports[@]}" "${ADMIN_ADDR##*:}"; do
+		port_free "$port" || die "127.0.0.1:$port is in use (another make run?); stop what listens there first"
+	done
+
+	"$QYAI_LOCAL_DIR/install.sh"
+	build
+
+	mkdir -p "$LOGS" "$PIDS"
+	trap cleanup EXIT
+	trap 'exit 0' INT TERM HUP
+	# Every server and service gets a watchdog that stops it should this script die
+	# without cleaning up (kill -9).
+	export QYAI_OWNER_PID=$$
+	stop_leftovers
+
+	start_servers
+	start_services
+	create_demo_key
+	supervise
+}
+
+build() {
+	if [[ ${SKIP_BUILD:-0} == 1 ]]; then
+		log "SKIP_BUILD=1: using the binaries in .bin/"
+		return
+	fi
+	log "building gateway, meter, admin, upstream-sim into .bin/"
+	(cd "$ROOT" && go build -o "$BIN/" ./gateway/cmd/gateway ./meter/cmd/meter ./admin/cmd/admin ./deploy/cmd/upstream-sim)
+}
+
+# stop_leftovers stops what a previous run left behind, should its cleanup not have
+# run (its watchdogs normally do that already).
+stop_leftovers() {
+	local pidfile
+	for pidfile in "$PIDS"/*.pid; do
+		[[ -e $pidfile ]] && stop_pidfile "$pidfile" "$(basename "$pidfile" .pid)" "$SERVICE_STOP_TIMEOUT"
+	done
+	"$QYAI_LOCAL_DIR/redis.sh" stop "$RUN/redis"
+	"$QYAI_LOCAL_DIR/nats.sh" stop "$RUN/nats"
+	"$QYAI_LOCAL_DIR/clickhouse.sh" stop "$RUN/clickhouse"
+}
+
+# start_servers starts Redis, NATS and ClickHouse on their usual ports when free.
+start_servers() {
+	servers+=(redis)
+	REDIS_PERSIST=1 "$QYAI_LOCAL_DIR/redis.sh" start "$RUN/redis" "$(pick_port 6379)"
+	servers+=(nats)
+	"$QYAI_LOCAL_DIR/nats.sh" start "$RUN/nats" "$(pick_port 4222)" "$(pick_port 8222)"
+	servers+=(clickhouse)
+	"$QYAI_LOCAL_DIR/clickhouse.sh" start "$RUN/clickhouse" "$(pick_port 9000)" "$(pick_port 8123)"
+	local name
+	for name in redis nats clickhouse; do
+		ln -sfn "../$name/server.log" "$LOGS/$name.log"
+	done
+
+	REDIS_ADDR=127.0.0.1:$(<"$RUN/redis/port")
+	NATS_URL=nats://127.0.0.1:$(<"$RUN/nats/port")
+	CLICKHOUSE_ADDR=127.0.0.1:$(<"$RUN/clickhouse/port")
+	CLICKHOUSE_DATABASE=${CLICKHOUSE_DATABASE:-qyai}
+	export REDIS_ADDR NATS_URL CLICKHOUSE_ADDR CLICKHOUSE_DATABASE
+}
+
+start_services() {
+	if [[ -n ${UPSTREAM_BASE_URL:-} ]]; then
+		log "upstream: $UPSTREAM_BASE_URL (no simulator)"
+	else
+		local sim_addr
+		sim_addr=127.0.0.1:$(pick_port 8090)
+		UPSTREAM_API_KEY=sk-sim-local
+		start_service upstream-sim "http://$sim_addr/_sim/healthz" \
+			env SIM_ADDR="$sim_addr" SIM_API_KEY="$UPSTREAM_API_KEY" "$BIN/upstream-sim"
+		UPSTREAM_BASE_URL=http://$sim_addr
+	fi
+	export UPSTREAM_BASE_URL UPSTREAM_API_KEY=${UPSTREAM_API_KEY:-}
+
+	if [[ -z ${ADMIN_TOKEN:-} ]]; then
+		ADMIN_TOKEN=$DEV_ADMIN_TOKEN
+		log "ADMIN_TOKEN not set: using the dev token $ADMIN_TOKEN"
+	fi
+	export ADMIN_TOKEN
+
+	local meter_addr
+	meter_addr=127.0.0.1:$(pick_port 8082)
+	start_service meter "http://$meter_addr/healthz" env METER_ADDR="$meter_addr" "$BIN/meter"
+	start_service admin "http://$ADMIN_ADDR/healthz" env ADMIN_ADDR="$ADMIN_ADDR" "$BIN/admin"
+
+	local port name
+	for port in "${gateway_ports[@]}"; do
+		name=gateway
+		((port == 8080)) || name=gateway-$port
+		start_service "$name" "http://127.0.0.1:$port/healthz" \
+			env GATEWAY_ADDR="127.0.0.1:$port" ADMIN_URL="http://$ADMIN_ADDR" \
+			SPOOL_DIR="$RUN/spool/$name" "$BIN/gateway"
+	done
+}
+
+# start_service <name> <health url> <cmd...>: start a service detached, log to
+# .run/logs/<name>.log, and wait until its health URL answers.
+start_service() {
+	local name=$1 url=$2 t0=$EPOCHREALTIME rc=0
+	shift 2
+	services+=("$name")
+	: >"$LOGS/$name.log" # a fresh log per run
+	spawn "$LOGS/$name.log" "$PIDS/$name.pid" "$@"
+	wait_ready "$PIDS/$name.pid" 30 http_ok "$url" || rc=$?
+	if ((rc != 0)); then
+		if ((rc == 1)); then
+			log "$name exited during startup"
+		else
+			log "$name not ready within 30s ($url)"
+		fi
+		log_tail "$LOGS/$name.log"
+		exit 1
+	fi
+	log "$name ready at ${url%/*} (pid $(<"$PIDS/$name.pid"), $(elapsed "$t0"), log .run/logs/$name.log)"
+}
+
+create_demo_key() {
+	local resp key base=http://127.0.0.1:${gateway_ports[0]}/v1
+	resp=$(curl -sS --max-time 10 -X POST -H "Authorization: Bearer $ADMIN_TOKEN" \
+		-H 'Content-Type: application/json' "http://$ADMIN_ADDR/admin/v1/keys" \
+		-d '{"name":"demo","tier":"enterprise"}') || die "create the demo key: admin did not answer"
+	key=$(sed -n 's/.*"key"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' <<<"$resp")
+	[[ -n $key ]] || die "create the demo key: unexpected answer: $resp"
+
+	cat <<EOF
+
+Demo API key (enterprise tier; shown once): $key
+Admin token: $ADMIN_TOKEN
+Logs: .run/logs/<name>.log, one per service and server
+
+Try it:
+curl $base/chat/completions \\
+  -H "Content-Type: application/json" \\
+  -H "Authorization: Bearer $key" \\
+  -d '{
+    "model": "deepseek-v4-flash",
+    "messages": [
+      {"role": "system", "content": "You are a helpful assistant."},
+      {"role": "user", "content": "Write a haiku about programming."}
+    ],
+    "temperature": 0.7
+  }'
+
+EOF
+	local gateways=() port
+	for port in "${gateway_ports[@]}"; do gateways+=("http://127.0.0.1:$port/v1"); done
+	echo "QYAI ready: gateway ${gateways[*]}  admin http://$ADMIN_ADDR"
+	echo "Press Ctrl-C to stop."
+}
+
+# supervise waits for Ctrl-C; it stops everything when a process dies on its own.
+supervise() {
+	local name
+	while true; do
+		for name in "${services[@]}"; do
+			alive "$PIDS/$name.pid" || die "$name exited unexpectedly; see .run/logs/$name.log"
+		done
+		for name in "${servers[@]}"; do
+			alive "$RUN/$name/pid" || die "$name exited unexpectedly; see .run/logs/$name.log"
+		done
+		# In the background, so that a signal interrupts the wait at once.
+		sleep 1 &
+		wait $! || true
+	done
+}
+
+# cleanup stops the services (gateways first, so that they flush their usage events
+# while NATS and the meter are still up), then the servers.
+cleanup() {
+	local rc=$? name
+	trap - EXIT
+	trap '' INT TERM HUP
+	log ""
+	log "stopping..."
+	local gateways=() others=()
+	for name in "${services[@]}"; do
+		if [[ $name == gateway* ]]; then gateways+=("$name"); else others+=("$name"); fi
+	done
+	stop_all_services "${gateways[@]}"
+	stop_all_services "${others[@]}"
+	local pids=()
+	for name in "${servers[@]}"; do
+		"$QYAI_LOCAL_DIR/$name.sh" stop "$RUN/$name" &
+		pids+=($!)
+	done
+	# Wait for these jobs only: a bare wait would also wait for the watchdogs.
+	((${#pids[@]} == 0)) || wait "${pids[@]}"
+	log "stopped"
+	exit "$rc"
+}
+
+# stop_all_services <name...>: stop these services in parallel.
+stop_all_services() {
+	local name pids=()
+	for name in "$@"; do
+		stop_pidfile "$PIDS/$name.pid" "$name" "$SERVICE_STOP_TIMEOUT" &
+		pids+=($!)
+	done
+	((${#pids[@]} == 0)) || wait "${pids[@]}"
+}
+
+main "$@"
