@@ -210,6 +210,9 @@ func startStack(t *testing.T, gateways int) *stack {
 		env := clone(s.env)
 		env["GATEWAY_ADDR"] = addr
 		env["GATEWAY_INSTANCE"] = fmt.Sprintf("gw-%d", i)
+		// Each gateway spools to its own directory, and a spool of an
+		// earlier run can never leak into this run's totals.
+		env["SPOOL_DIR"] = filepath.Join(t.TempDir(), fmt.Sprintf("spool-%d", i))
 		g := startProc(t, "gateway", env)
 		s.gateways = append(s.gateways, g)
 		s.gatewayURLs = append(s.gatewayURLs, "http://"+addr)

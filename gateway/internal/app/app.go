@@ -31,6 +31,7 @@ import (
 	"github.com/qyai/qyai/gateway/internal/httpapi"
 	"github.com/qyai/qyai/gateway/internal/proxy"
 	"github.com/qyai/qyai/gateway/internal/publish"
+	"github.com/qyai/qyai/gateway/internal/publish/spool"
 	"github.com/qyai/qyai/gateway/internal/quota"
 	quotaredis "github.com/qyai/qyai/gateway/internal/quota/redis"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
@@ -110,7 +111,23 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 
 	verifier := auth.NewVerifier(authredis.NewStore(rdb, cfg.RedisTimeout), cfg.KeyPepper, cfg.KeyCacheTTL, time.Now)
-	pub := publish.New(js, cfg.PublishQueue, log)
+	pub, err := publish.New(js, publish.Options{
+		QueueSize: cfg.PublishQueue,
+		Spool:     spool.Options{Dir: cfg.SpoolDir, MaxBytes: cfg.SpoolMaxBytes},
+		Log:       log,
+	})
+	if err != nil {
+		return fmt.Errorf("usage publisher: %w", err)
+	}
+	// The publisher starts now, so that a spool left by an earlier run is
+	// replayed at once; it stops after the HTTP server (see the drain).
+	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
+	drainCtx, stopDrain := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopDrain()
+	pubDone := make(chan struct{})
+	go func() { defer close(pubDone); pub.Run(pubCtx, drainCtx) }()
+	// abandonPub stops the publisher at once: what is queued goes to the spool.
+	abandonPub := func() { stopPub(); stopDrain(); <-pubDone }
 	metrics := newMetrics(pub)
 	ready := &atomic.Bool{}
 
@@ -141,6 +158,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
+		abandonPub()
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
@@ -156,12 +174,6 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	goWG(func() { authredis.Listen(bg, rdb, verifier, log) })
 	goWG(func() { reloadCatalog(bg, cat, log) })
 
-	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
-	drainCtx, stopDrain := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopDrain()
-	pubDone := make(chan struct{})
-	go func() { defer close(pubDone); pub.Run(pubCtx, drainCtx) }()
-
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
 	ready.Store(true)
@@ -170,12 +182,13 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	select {
 	case <-ctx.Done():
 	case err := <-srvErr:
-		stopPub()
+		abandonPub()
 		return fmt.Errorf("serve: %w", err)
 	}
 
 	// Drain: stop taking traffic, let in-flight requests finish, then
-	// publish the events they produced.
+	// publish the events they produced; what NATS cannot take before the
+	// deadline goes to the spool for the next start.
 	ready.Store(false)
 	log.Info("draining", "timeout", cfg.DrainTimeout)
 	deadline := time.Now().Add(cfg.DrainTimeout)
@@ -189,7 +202,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	time.AfterFunc(time.Until(deadline)+time.Second, stopDrain)
 	<-pubDone
 	st := pub.Stats()
-	log.Info("gateway stopped", "events_published", st.Published, "events_dropped", st.Dropped)
+	log.Info("gateway stopped", "events_published", st.Published, "events_dropped", st.Dropped,
+		"events_spooled", st.Spooled, "spool_events", st.SpoolEvents, "spool_dir", pub.SpoolDir())
 	stopBG()
 	wg.Wait()
 	_ = nc.Drain()

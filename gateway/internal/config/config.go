@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -33,7 +34,13 @@ type Config struct {
 	ModelsFile   string // MODELS_FILE: model catalog YAML; empty = built-in
 	MaxBodyBytes int64  // MAX_BODY_BYTES
 	// PublishQueue is the size of the in-memory usage event queue.
-	PublishQueue   int           // USAGE_QUEUE_SIZE
+	PublishQueue int // USAGE_QUEUE_SIZE
+	// SpoolDir is where usage events wait on disk while NATS cannot take
+	// them; one directory per gateway instance.
+	SpoolDir string // SPOOL_DIR
+	// SpoolMaxBytes bounds the spool; beyond it events are dropped (and
+	// counted).
+	SpoolMaxBytes  int64         // SPOOL_MAX_BYTES
 	StreamReplicas int           // STREAM_REPLICAS
 	DrainTimeout   time.Duration // SHUTDOWN_TIMEOUT
 	LogLevel       string        // LOG_LEVEL
@@ -90,11 +97,16 @@ func Load(getenv func(string) string) (Config, error) {
 		ModelsFile:     p.str("MODELS_FILE", ""),
 		MaxBodyBytes:   int64(p.int("MAX_BODY_BYTES", 16<<20)),
 		PublishQueue:   p.int("USAGE_QUEUE_SIZE", 65536),
+		SpoolDir:       p.str("SPOOL_DIR", ""),
+		SpoolMaxBytes:  int64(p.int("SPOOL_MAX_BYTES", 1<<30)),
 		StreamReplicas: p.int("STREAM_REPLICAS", 1),
 		DrainTimeout:   p.dur("SHUTDOWN_TIMEOUT", 25*time.Second),
 		LogLevel:       p.str("LOG_LEVEL", "info"),
 	}
 	c.Instance = p.str("GATEWAY_INSTANCE", host+"/"+c.Addr)
+	if c.SpoolDir == "" {
+		c.SpoolDir = DefaultSpoolDir(c.Instance)
+	}
 	return c, errors.Join(p.err, c.Validate())
 }
 
@@ -146,6 +158,12 @@ func (c Config) Validate() error {
 	if c.PublishQueue < 1 {
 		add("usage", "USAGE_QUEUE_SIZE must be positive")
 	}
+	if c.SpoolDir == "" {
+		add("usage", "SPOOL_DIR is empty")
+	}
+	if c.SpoolMaxBytes < 1<<20 {
+		add("usage", "SPOOL_MAX_BYTES must be at least 1048576 (1 MiB)")
+	}
 	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
 		add("usage", "STREAM_REPLICAS must be 1..5")
 	}
@@ -157,6 +175,20 @@ func (c Config) Validate() error {
 		add("upstream", "UPSTREAM_MAX_CONNS must be positive")
 	}
 	return errors.Join(errs...)
+}
+
+// DefaultSpoolDir is the spool directory of an instance when SPOOL_DIR is
+// unset: qyai-spool-<instance> in the temporary directory, with every
+// character other than letters, digits, '.', '_' and '-' replaced by '_'.
+func DefaultSpoolDir(instance string) string {
+	safe := strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
+			return r
+		}
+		return '_'
+	}, instance)
+	return filepath.Join(os.TempDir(), "qyai-spool-"+safe)
 }
 
 type parser struct {

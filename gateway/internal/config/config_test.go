@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,19 @@ func TestLoad(t *testing.T) {
 				t.Errorf("unexpected defaults: %+v", c)
 			}
 		}},
+		{name: "spool defaults", env: map[string]string{"GATEWAY_INSTANCE": "gw-1/127.0.0.1:8080"}, check: func(t *testing.T, c Config) {
+			want := filepath.Join(os.TempDir(), "qyai-spool-gw-1_127.0.0.1_8080")
+			if c.SpoolDir != want || c.SpoolMaxBytes != 1<<30 {
+				t.Errorf("spool %q %d, want %q %d", c.SpoolDir, c.SpoolMaxBytes, want, 1<<30)
+			}
+		}},
+		{name: "spool set", env: map[string]string{"SPOOL_DIR": "/var/spool/qyai", "SPOOL_MAX_BYTES": "2097152"}, check: func(t *testing.T, c Config) {
+			if c.SpoolDir != "/var/spool/qyai" || c.SpoolMaxBytes != 2<<20 {
+				t.Errorf("spool %q %d", c.SpoolDir, c.SpoolMaxBytes)
+			}
+		}},
+		{name: "spool too small", env: map[string]string{"SPOOL_MAX_BYTES": "1000"}, wantErr: []string{"SPOOL_MAX_BYTES"}},
+		{name: "spool size not a number", env: map[string]string{"SPOOL_MAX_BYTES": "1GiB"}, wantErr: []string{"SPOOL_MAX_BYTES"}},
 		{name: "trailing slash trimmed", env: map[string]string{"UPSTREAM_BASE_URL": "http://127.0.0.1:8090/"}, check: func(t *testing.T, c Config) {
 			if c.Upstream.Members[0].BaseURL != "http://127.0.0.1:8090" {
 				t.Errorf("base url %q", c.Upstream.Members[0].BaseURL)

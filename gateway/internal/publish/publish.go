@@ -1,13 +1,37 @@
 // Package publish ships usage events to NATS JetStream off the request
-// path. Publish never blocks: it hands the event to a bounded queue that one
-// worker drains with asynchronous JetStream publishes, each carrying the
-// event id as Nats-Msg-Id so that a retried publish is deduplicated by the
-// stream. Failed publishes are retried with backoff until they are
-// acknowledged or the publisher is closed.
+// path, and keeps them in a local disk spool (package spool) whenever
+// JetStream cannot take them, so that no event is lost to a NATS outage
+// or a SIGTERM.
+//
+// Publish never blocks: it hands the event to a bounded in-memory queue
+// (or, when that is full, to the spool's writer queue); the request path
+// pays for a channel send. Behind it, three goroutines run:
+//
+//   - the sender takes events from the queue and publishes them
+//     asynchronously, each with its event id as Nats-Msg-Id, so that
+//     JetStream drops a second copy within its duplicate window. While the
+//     connection is down it writes them to the spool instead.
+//   - the reaper awaits the acknowledgements in publish order. An event
+//     whose publish failed, or whose ack has not come within AckWait, goes
+//     to the spool (a late ack then makes the replayed copy a duplicate,
+//     which JetStream drops). A kill -9 therefore loses at most the events
+//     of the last AckWait plus one spool fsync interval.
+//   - the replayer publishes the spool's records in order, oldest segment
+//     first, with their original event ids as Nats-Msg-Id, and commits the
+//     spool's read position only after JetStream acknowledged them. On a
+//     failure it goes back to the committed position and resends (the
+//     duplicates are dropped by JetStream). It starts at once, so a spool
+//     left by an earlier run is replayed on start.
+//
+// Run drains on shutdown: the queue is published while NATS answers, the
+// spool is replayed while there is time, and whatever is left at the drain
+// deadline is written to the spool (fsynced) for the next start.
 package publish
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -15,15 +39,46 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/qyai/qyai/gateway/internal/publish/spool"
 	"github.com/qyai/qyai/pkg/usage"
 )
 
-// Stats are the publisher's counters.
+// Defaults for Options' zero fields.
+const (
+	DefaultQueueSize    = 1 << 16
+	DefaultAckWait      = 100 * time.Millisecond
+	DefaultReplayWindow = 256
+	maxInflight         = 4096 // matches the gateway's jetstream.WithPublishAsyncMaxPending
+)
+
+// Options configure a Publisher.
+type Options struct {
+	// QueueSize bounds the in-memory queue. Default 65536.
+	QueueSize int
+	// Spool configures the disk spool; Spool.Dir is required. Log and
+	// OnDrop are set by New when empty.
+	Spool spool.Options
+	// AckWait is how long an event may wait for its JetStream ack before
+	// a copy goes to the spool. It bounds what a kill -9 can lose while
+	// NATS is slow or partitioned. Default 100 ms.
+	AckWait time.Duration
+	// ReplayWindow is the number of spooled events in flight at once.
+	// Default 256.
+	ReplayWindow int
+	// Log receives errors. Default slog.Default().
+	Log *slog.Logger
+}
+
+// Stats are the publisher's gauges and counters.
 type Stats struct {
-	Queued    int64 // events waiting in memory (queue + retries + in flight)
-	Published int64 // acknowledged by JetStream
-	Retried   int64 // publish attempts that failed and were retried
-	Dropped   int64 // events lost because the queue was full or shutdown timed out
+	Queued      int64 // events in memory: queue and in flight
+	Published   int64 // acknowledged by JetStream (live and replayed)
+	Retried     int64 // publish attempts that failed or timed out (the event went to the spool)
+	Spooled     int64 // events written to the spool
+	Replayed    int64 // spooled events acknowledged by JetStream
+	Dropped     int64 // events lost: spool full, damaged in the spool, or published after shutdown
+	SpoolBytes  int64 // size of the spool's files
+	SpoolEvents int64 // events in the spool not yet replayed
 }
 
 // Publisher is the asynchronous usage event publisher.
@@ -31,182 +86,236 @@ type Publisher struct {
 	js      jetstream.JetStream
 	subject string
 	log     *slog.Logger
-	queue   chan *usage.Event
+	ackWait time.Duration
+	window  int
 
-	mu      sync.Mutex
-	retries []*usage.Event
-	wake    chan struct{}
-
+	queue    chan *usage.Event
 	inflight chan inflight
-	closed   atomic.Bool
+	spool    *spool.Spool
 
-	queued, published, retried, dropped atomic.Int64
+	// mu orders Publish against the end of the drain: once live is false
+	// no Publish is sending to queue, so a last sweep empties it.
+	mu   sync.RWMutex
+	live bool
+
+	nInflight, published, retried, replayed, dropped atomic.Int64
+
+	afterCommit func() // test hook: runs on the replayer after each commit
 }
 
 type inflight struct {
-	ev  *usage.Event
-	fut jetstream.PubAckFuture
+	id   string
+	data []byte
+	fut  jetstream.PubAckFuture
+	sent time.Time
 }
 
-// New returns a publisher with a queue of size events. js should be made
-// with jetstream.WithPublishAsyncTimeout so lost acks turn into retries.
-func New(js jetstream.JetStream, size int, log *slog.Logger) *Publisher {
-	return &Publisher{
+// New opens the spool in o.Spool.Dir and returns a publisher. js should be
+// made with jetstream.WithPublishAsyncTimeout, so that a lost ack turns
+// into an error. Run must be called: it closes the spool when it returns.
+func New(js jetstream.JetStream, o Options) (*Publisher, error) {
+	if o.QueueSize <= 0 {
+		o.QueueSize = DefaultQueueSize
+	}
+	if o.AckWait <= 0 {
+		o.AckWait = DefaultAckWait
+	}
+	if o.ReplayWindow <= 0 {
+		o.ReplayWindow = DefaultReplayWindow
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	p := &Publisher{
 		js:       js,
 		subject:  usage.Subject,
-		log:      log,
-		queue:    make(chan *usage.Event, size),
-		wake:     make(chan struct{}, 1),
-		inflight: make(chan inflight, 4096),
+		log:      o.Log,
+		ackWait:  o.AckWait,
+		window:   o.ReplayWindow,
+		queue:    make(chan *usage.Event, o.QueueSize),
+		inflight: make(chan inflight, maxInflight),
+		live:     true,
+	}
+	if o.Spool.Log == nil {
+		o.Spool.Log = o.Log
+	}
+	if o.Spool.OnDrop == nil {
+		o.Spool.OnDrop = p.logDrop
+	}
+	sp, err := spool.Open(o.Spool)
+	if err != nil {
+		return nil, err
+	}
+	p.spool = sp
+	return p, nil
+}
+
+// Publish hands ev over without blocking: to the queue, or to the spool
+// when the queue is full. The caller must not change ev afterwards.
+func (p *Publisher) Publish(ev *usage.Event) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.live {
+		select {
+		case p.queue <- ev:
+			return
+		default:
+		}
+	}
+	p.spool.Append(ev) // never waits; counts and logs a drop itself
+}
+
+// Stats returns the gauges and counters.
+func (p *Publisher) Stats() Stats {
+	ss := p.spool.Stats()
+	return Stats{
+		Queued:      int64(len(p.queue)) + p.nInflight.Load(),
+		Published:   p.published.Load(),
+		Retried:     p.retried.Load(),
+		Spooled:     ss.Appended,
+		Replayed:    p.replayed.Load(),
+		Dropped:     p.dropped.Load() + ss.Dropped,
+		SpoolBytes:  ss.Bytes,
+		SpoolEvents: ss.Pending,
 	}
 }
 
-// Publish enqueues ev without blocking.
-func (p *Publisher) Publish(ev *usage.Event) {
-	if p.closed.Load() {
+// SpoolDir returns the spool directory.
+func (p *Publisher) SpoolDir() string { return p.spool.Dir() }
+
+// Run publishes until ctx ends, then drains until drain ends: it publishes
+// what is queued, replays the spool while NATS answers, spools the rest,
+// and closes the spool. It returns when all of that is done.
+func (p *Publisher) Run(ctx, drain context.Context) {
+	liveDone := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(liveDone)
+		p.reap(drain)
+	})
+	wg.Go(func() { p.replay(ctx, drain, liveDone) })
+	p.send(ctx, drain)
+	wg.Wait()
+	if err := p.spool.Close(); err != nil {
+		p.log.Error("close usage spool", "err", err)
+	}
+}
+
+func (p *Publisher) connected() bool { return p.js.Conn().IsConnected() }
+
+// send publishes queued events until ctx ends, then what is left in the
+// queue, and stops taking events into the queue.
+func (p *Publisher) send(ctx, drain context.Context) {
+	defer close(p.inflight)
+loop:
+	for {
+		select {
+		case ev := <-p.queue:
+			p.sendOne(ev, drain)
+		case <-ctx.Done():
+			break loop
+		}
+	}
+	for p.sendQueued(drain) {
+	}
+	p.mu.Lock()
+	p.live = false
+	p.mu.Unlock()
+	for p.sendQueued(drain) { // what came in since; nothing more can
+	}
+}
+
+// sendQueued sends one queued event, if there is one.
+func (p *Publisher) sendQueued(drain context.Context) bool {
+	select {
+	case ev := <-p.queue:
+		p.sendOne(ev, drain)
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *Publisher) sendOne(ev *usage.Event, drain context.Context) {
+	data, err := ev.Marshal()
+	if err != nil { // cannot happen for this struct; never lose the count silently
 		p.dropped.Add(1)
-		p.log.Error("usage event dropped: publisher closed", "event_id", ev.ID, "key_id", ev.KeyID)
+		p.log.Error("usage event dropped: encode", "event_id", ev.ID, "key_id", ev.KeyID, "err", err)
 		return
 	}
+	if drain.Err() != nil || !p.connected() {
+		p.spool.Put(spool.Bytes(data))
+		return
+	}
+	fut, err := p.js.PublishAsync(p.subject, data, jetstream.WithMsgID(ev.ID))
+	if err != nil {
+		p.failed(err)
+		p.spool.Put(spool.Bytes(data))
+		return
+	}
+	p.nInflight.Add(1)
 	select {
-	case p.queue <- ev:
-		p.queued.Add(1)
-	default:
-		p.dropped.Add(1)
-		p.log.Error("usage event dropped: queue full", "event_id", ev.ID, "key_id", ev.KeyID)
+	case p.inflight <- inflight{id: ev.ID, data: data, fut: fut, sent: time.Now()}:
+	case <-drain.Done():
+		p.nInflight.Add(-1)
+		p.spool.Put(spool.Bytes(data))
 	}
 }
 
-// Stats returns the counters.
-func (p *Publisher) Stats() Stats {
-	return Stats{Queued: p.queued.Load(), Published: p.published.Load(), Retried: p.retried.Load(), Dropped: p.dropped.Load()}
-}
-
-// Run publishes until ctx ends and then drains what is left until drain
-// ends. It returns when everything queued was acknowledged or drain ended.
-func (p *Publisher) Run(ctx, drain context.Context) {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		p.reap()
-	}()
-	p.send(ctx, drain)
-	close(p.inflight)
-	wg.Wait()
-}
-
-// send takes events from the retry list or the queue and publishes them.
-func (p *Publisher) send(ctx, drain context.Context) {
-	backoff := time.Duration(0)
-	for {
-		if backoff > 0 {
-			select {
-			case <-drain.Done():
-				p.abandon()
-				return
-			case <-time.After(backoff):
-			}
-		}
-		ev := p.popRetry()
-		if ev == nil {
-			select {
-			case ev = <-p.queue:
-			case <-p.wake:
-				continue
-			case <-ctx.Done():
-				p.closed.Store(true)
-				if p.queued.Load() == 0 {
-					return
-				}
-				select {
-				case ev = <-p.queue:
-				case <-p.wake:
-					continue
-				case <-drain.Done():
-					p.abandon()
-					return
-				case <-time.After(50 * time.Millisecond):
-					continue // in flight acks may turn into retries
-				}
-			}
-		}
-		data, err := ev.Marshal()
-		if err != nil { // cannot happen for this struct; never lose the count silently
-			p.queued.Add(-1)
-			p.dropped.Add(1)
-			p.log.Error("usage event dropped: encode", "event_id", ev.ID, "err", err)
-			continue
-		}
-		fut, err := p.js.PublishAsync(p.subject, data, jetstream.WithMsgID(ev.ID))
-		if err != nil {
-			p.retry(ev, err)
-			backoff = nextBackoff(backoff)
-			continue
-		}
-		backoff = 0
-		select {
-		case p.inflight <- inflight{ev: ev, fut: fut}:
-		case <-drain.Done():
-			p.abandon()
-			return
-		}
-	}
-}
-
-// reap waits for acknowledgements in publish order.
-func (p *Publisher) reap() {
+// reap awaits acknowledgements in publish order; what fails or waits too
+// long goes to the spool.
+func (p *Publisher) reap(drain context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for f := range p.inflight {
+		var err error
 		select {
 		case <-f.fut.Ok():
-			p.published.Add(1)
-			p.queued.Add(-1)
-		case err := <-f.fut.Err():
-			p.retry(f.ev, err)
+		default:
+			timer.Reset(time.Until(f.sent.Add(p.ackWait)))
+			select {
+			case <-f.fut.Ok():
+			case err = <-f.fut.Err():
+			case <-timer.C:
+				err = errAckWait
+			case <-drain.Done():
+				err = errDrainDeadline
+			}
 		}
+		if err == nil {
+			p.published.Add(1)
+		} else {
+			p.failed(err)
+			p.spool.Put(spool.Bytes(f.data))
+		}
+		p.nInflight.Add(-1)
 	}
 }
 
-func (p *Publisher) retry(ev *usage.Event, err error) {
-	p.retried.Add(1)
-	if p.retried.Load()%1000 == 1 {
-		p.log.Warn("usage publish failed; will retry", "err", err)
-	}
-	p.mu.Lock()
-	p.retries = append(p.retries, ev)
-	p.mu.Unlock()
-	select {
-	case p.wake <- struct{}{}:
-	default:
+var (
+	errAckWait       = errors.New("no ack within the ack wait; event spooled")
+	errDrainDeadline = errors.New("drain deadline passed; event spooled")
+)
+
+func (p *Publisher) failed(err error) {
+	if n := p.retried.Add(1); n%1000 == 1 {
+		p.log.Warn("usage publish failed; event goes to the spool and is replayed later", "err", err, "failures", n)
 	}
 }
 
-func (p *Publisher) popRetry() *usage.Event {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.retries) == 0 {
-		return nil
+// logDrop logs an event the spool had to drop: a last record of it.
+func (p *Publisher) logDrop(rec spool.Record, err error) {
+	var id, keyID string
+	switch r := rec.(type) {
+	case *usage.Event:
+		id, keyID = r.ID, r.KeyID
+	case spool.Bytes:
+		var ev struct {
+			ID    string `json:"id"`
+			KeyID string `json:"key_id"`
+		}
+		_ = json.Unmarshal(r, &ev)
+		id, keyID = ev.ID, ev.KeyID
 	}
-	ev := p.retries[0]
-	p.retries = p.retries[1:]
-	return ev
-}
-
-// abandon counts what could not be published before the drain deadline.
-func (p *Publisher) abandon() {
-	n := p.queued.Load()
-	if n > 0 {
-		p.dropped.Add(n)
-		p.log.Error("usage events not published before shutdown deadline", "count", n)
-	}
-}
-
-func nextBackoff(d time.Duration) time.Duration {
-	switch {
-	case d == 0:
-		return 20 * time.Millisecond
-	case d >= 2*time.Second:
-		return 2 * time.Second
-	}
-	return d * 2
+	p.log.Error("usage event dropped", "reason", err.Error(), "event_id", id, "key_id", keyID)
 }
