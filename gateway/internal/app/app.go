@@ -34,6 +34,7 @@ import (
 	"github.com/qyai/qyai/gateway/internal/publish/spool"
 	"github.com/qyai/qyai/gateway/internal/quota"
 	quotaredis "github.com/qyai/qyai/gateway/internal/quota/redis"
+	"github.com/qyai/qyai/gateway/internal/telemetry"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
 
@@ -128,7 +129,18 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	go func() { defer close(pubDone); pub.Run(pubCtx, drainCtx) }()
 	// abandonPub stops the publisher at once: what is queued goes to the spool.
 	abandonPub := func() { stopPub(); stopDrain(); <-pubDone }
-	metrics := newMetrics(pub)
+	tel, err := telemetry.New(ctx, telemetry.Config{Service: "qyai-gateway", Instance: cfg.Instance, OTLPEndpoint: cfg.OTLPEndpoint})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = tel.Shutdown(sctx)
+	}()
+	if err := registerPublisherMetrics(tel.Meter, pub); err != nil {
+		return err
+	}
 	ready := &atomic.Bool{}
 
 	ph := &proxy.Handler{
@@ -144,7 +156,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			Cooldown:         cfg.Upstream.Cooldown,
 		}),
 		Pub:      pub,
-		Metrics:  metrics,
+		Metrics:  tel,
 		Log:      log,
 		Instance: cfg.Instance,
 		MaxBody:  cfg.MaxBodyBytes,
@@ -153,7 +165,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	handler := httpapi.New(httpapi.Deps{
 		Catalog: cat, Verifier: verifier, Proxy: ph,
 		Limiter: quota.NewLimiter(quotaredis.NewStore(rdb, cfg.RedisTimeout), cfg.LimitReplicas, time.Now), AdminURL: adminURL, Log: log,
-		Ready: ready, Metrics: metrics, Now: time.Now,
+		Ready: ready, Metrics: tel.Metrics, Telemetry: tel, Now: time.Now,
 	})
 
 	ln, err := net.Listen("tcp", cfg.Addr)

@@ -437,3 +437,41 @@ func TestPoolFailover(t *testing.T) {
 	// Failed attempts on the broken member produced no usage: 20 events.
 	h.events(t, 20)
 }
+
+// TestTelemetry: a client's traceparent is joined (its trace id lands in
+// the usage event) and /metrics exposes request and publisher series.
+func TestTelemetry(t *testing.T) {
+	h := startGateway(t, nil)
+	key := h.addKey(t, "key_tel")
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, h.url+"/v1/chat/completions",
+		strings.NewReader(`{"model":"gpt-4o","messages":[{"role":"user","content":"trace me"}]}`))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	ev := h.events(t, 1)[0]
+	if ev.TraceID != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Errorf("trace id %q, want the client's", ev.TraceID)
+	}
+
+	mresp, err := http.Get(h.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, want := range []string{
+		`qyai_gateway_requests_total{model="gpt-4o",route="/v1/chat/completions",status="200"} 1`,
+		`qyai_gateway_request_duration_seconds_bucket{`,
+		`qyai_usage_events_published_total`,
+		`qyai_usage_spool_bytes`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}

@@ -1,35 +1,54 @@
 package app
 
 import (
+	"context"
+	"errors"
 	"fmt"
-	"net/http"
-	"sync/atomic"
+
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/qyai/qyai/gateway/internal/publish"
 )
 
-// metrics exposes the gateway's counters in the Prometheus text format.
-type metrics struct {
-	pub            *publish.Publisher
-	credentialFail atomic.Int64
-}
-
-func newMetrics(pub *publish.Publisher) *metrics { return &metrics{pub: pub} }
-
-// UpstreamCredentialFailure counts upstream 401/402/403 answers: the
-// gateway's own upstream key or balance is broken, which needs an operator.
-func (m *metrics) UpstreamCredentialFailure(int) { m.credentialFail.Add(1) }
-
-func (m *metrics) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	st := m.pub.Stats()
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	fmt.Fprintf(w, "# HELP qyai_usage_events_queued Usage events in memory (queue and in flight), waiting for a JetStream ack.\n# TYPE qyai_usage_events_queued gauge\nqyai_usage_events_queued %d\n", st.Queued)
-	fmt.Fprintf(w, "# HELP qyai_usage_events_published_total Usage events acknowledged by JetStream (live and replayed from the spool).\n# TYPE qyai_usage_events_published_total counter\nqyai_usage_events_published_total %d\n", st.Published)
-	fmt.Fprintf(w, "# HELP qyai_usage_events_retried_total Usage publish attempts that failed or timed out (the event went to the spool).\n# TYPE qyai_usage_events_retried_total counter\nqyai_usage_events_retried_total %d\n", st.Retried)
-	fmt.Fprintf(w, "# HELP qyai_usage_events_spooled_total Usage events written to the disk spool.\n# TYPE qyai_usage_events_spooled_total counter\nqyai_usage_events_spooled_total %d\n", st.Spooled)
-	fmt.Fprintf(w, "# HELP qyai_usage_events_replayed_total Spooled usage events acknowledged by JetStream.\n# TYPE qyai_usage_events_replayed_total counter\nqyai_usage_events_replayed_total %d\n", st.Replayed)
-	fmt.Fprintf(w, "# HELP qyai_usage_spool_events Usage events in the disk spool, not yet replayed.\n# TYPE qyai_usage_spool_events gauge\nqyai_usage_spool_events %d\n", st.SpoolEvents)
-	fmt.Fprintf(w, "# HELP qyai_usage_spool_bytes Size of the disk spool's files.\n# TYPE qyai_usage_spool_bytes gauge\nqyai_usage_spool_bytes %d\n", st.SpoolBytes)
-	fmt.Fprintf(w, "# HELP qyai_usage_events_dropped_total Usage events lost (spool full, damaged on disk, or published after shutdown).\n# TYPE qyai_usage_events_dropped_total counter\nqyai_usage_events_dropped_total %d\n", st.Dropped)
-	fmt.Fprintf(w, "# HELP qyai_upstream_credential_failures_total Upstream 401/402/403 answers (our upstream key or balance).\n# TYPE qyai_upstream_credential_failures_total counter\nqyai_upstream_credential_failures_total %d\n", m.credentialFail.Load())
+// registerPublisherMetrics exposes the usage publisher's and spool's
+// counters as OpenTelemetry observables, read at scrape time. Counter names
+// get the Prometheus "_total" suffix from the exporter.
+func registerPublisherMetrics(m metric.Meter, pub *publish.Publisher) error {
+	type obs struct {
+		name, help string
+		counter    bool
+		get        func(publish.Stats) int64
+	}
+	list := []obs{
+		{"qyai_usage_events_queued", "Usage events in memory (queue and in flight), waiting for a JetStream ack.", false, func(s publish.Stats) int64 { return s.Queued }},
+		{"qyai_usage_events_published", "Usage events acknowledged by JetStream (live and replayed from the spool).", true, func(s publish.Stats) int64 { return s.Published }},
+		{"qyai_usage_events_retried", "Usage publish attempts that failed or timed out (the event went to the spool).", true, func(s publish.Stats) int64 { return s.Retried }},
+		{"qyai_usage_events_spooled", "Usage events written to the disk spool.", true, func(s publish.Stats) int64 { return s.Spooled }},
+		{"qyai_usage_events_replayed", "Spooled usage events acknowledged by JetStream.", true, func(s publish.Stats) int64 { return s.Replayed }},
+		{"qyai_usage_events_dropped", "Usage events lost (spool full, damaged on disk, or published after shutdown).", true, func(s publish.Stats) int64 { return s.Dropped }},
+		{"qyai_usage_spool_events", "Usage events in the disk spool, not yet replayed.", false, func(s publish.Stats) int64 { return s.SpoolEvents }},
+		{"qyai_usage_spool_bytes", "Size of the disk spool's files in bytes.", false, func(s publish.Stats) int64 { return s.SpoolBytes }},
+	}
+	insts := make([]metric.Observable, len(list))
+	var errs []error
+	for i, o := range list {
+		var err error
+		if o.counter {
+			insts[i], err = m.Int64ObservableCounter(o.name, metric.WithDescription(o.help))
+		} else {
+			insts[i], err = m.Int64ObservableGauge(o.name, metric.WithDescription(o.help))
+		}
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("publisher metrics: %w", err)
+	}
+	_, err := m.RegisterCallback(func(_ context.Context, ob metric.Observer) error {
+		st := pub.Stats()
+		for i, o := range list {
+			ob.ObserveInt64(insts[i].(metric.Int64Observable), o.get(st))
+		}
+		return nil
+	}, insts...)
+	return err
 }

@@ -16,11 +16,16 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/qyai/qyai/gateway/internal/auth"
 	"github.com/qyai/qyai/gateway/internal/catalog"
 	"github.com/qyai/qyai/gateway/internal/proxy"
 	"github.com/qyai/qyai/gateway/internal/quota"
+	"github.com/qyai/qyai/gateway/internal/telemetry"
 	"github.com/qyai/qyai/pkg/apierr"
 	"github.com/qyai/qyai/pkg/apikey"
 )
@@ -37,7 +42,9 @@ type Deps struct {
 	Ready *atomic.Bool
 	// Metrics is rendered at GET /metrics; nil serves 404.
 	Metrics http.Handler
-	Now     func() time.Time
+	// Telemetry traces requests and records request metrics; may be nil.
+	Telemetry *telemetry.Telemetry
+	Now       func() time.Time
 }
 
 const (
@@ -45,6 +52,8 @@ const (
 	ctxQuota = "qyai.quota"
 	ctxStart = "qyai.start"
 	ctxReqID = "qyai.request_id"
+	ctxTrace = "qyai.trace_id"
+	ctxModel = "qyai.model"
 )
 
 // New returns the gateway's handler. The whole route table is here.
@@ -97,9 +106,41 @@ func (d *Deps) requestContext(c *gin.Context) {
 	c.Set(ctxStart, start)
 	c.Set(ctxReqID, id)
 	c.Header("X-Request-Id", id)
-	c.Writer = &timingWriter{ResponseWriter: c.Writer, start: start, now: d.Now}
+	tw := &timingWriter{ResponseWriter: c.Writer, start: start, now: d.Now}
+	c.Writer = tw
+	if d.Telemetry == nil {
+		c.Next()
+		return
+	}
+	// A span per request, joined to the client's trace when it sent a
+	// traceparent; its trace id goes into the usage event and logs.
+	route := c.FullPath()
+	if route == "" {
+		route = "unmatched"
+	}
+	ctx := d.Telemetry.Propagator.Extract(c.Request.Context(), propagation.HeaderCarrier(c.Request.Header))
+	ctx, span := d.Telemetry.Tracer.Start(ctx, c.Request.Method+" "+route, trace.WithSpanKind(trace.SpanKindServer))
+	c.Request = c.Request.WithContext(ctx)
+	c.Set(ctxTrace, span.SpanContext().TraceID().String())
 	c.Next()
+	status := c.Writer.Status()
+	model := c.GetString(ctxModel)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("http.response.status_code", status), attribute.String("qyai.request_id", id),
+			attribute.String("qyai.model", model))
+		if status >= 500 {
+			span.SetStatus(codes.Error, http.StatusText(status))
+		}
+	}
+	span.End()
+	var ttfb time.Duration
+	if v, ok := c.Get(ctxTTFB); ok {
+		ttfb = v.(time.Duration)
+	}
+	d.Telemetry.ObserveRequest(ctx, route, model, status, d.Now().Sub(start), ttfb)
 }
+
+const ctxTTFB = "qyai.ttfb"
 
 func validRequestID(s string) bool {
 	if len(s) == 0 || len(s) > 128 {
@@ -213,6 +254,9 @@ func (d *Deps) admit(c *gin.Context) {
 		d.Log.Warn("limit store unavailable: applying this replica's share of the limits", "key_id", rec.ID)
 	}
 	if !dec.Allowed {
+		if d.Telemetry != nil {
+			d.Telemetry.RateLimited(c.Request.Context(), dec.Reason)
+		}
 		h.Set("Retry-After", strconv.FormatInt(int64((dec.RetryAfter+time.Second-1)/time.Second), 10))
 		if dec.Reason == quota.ReasonQuota {
 			render(c, apierr.RateLimited("You exceeded your monthly quota of "+strconv.FormatInt(dec.MonthlyLimit, 10)+
@@ -242,12 +286,17 @@ func (d *Deps) chat(c *gin.Context) {
 	rec := c.MustGet(ctxKey).(*apikey.Record)
 	dec := c.MustGet(ctxQuota).(quota.Decision)
 	ctx := c.Request.Context()
+	var res proxy.Result
 	e := d.Proxy.Chat(c.Writer, c.Request, proxy.Request{
 		Key:        rec,
 		RequestID:  c.GetString(ctxReqID),
+		TraceID:    c.GetString(ctxTrace),
 		Start:      c.MustGet(ctxStart).(time.Time),
+		Result:     &res,
 		NotReached: func() { d.Limiter.Release(ctx, rec.ID, dec) },
 	})
+	c.Set(ctxModel, res.Model)
+	c.Set(ctxTTFB, res.TTFB)
 	if e != nil {
 		render(c, e)
 	}

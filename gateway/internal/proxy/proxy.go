@@ -50,10 +50,18 @@ type Request struct {
 	RequestID string
 	TraceID   string
 	Start     time.Time
+	// Result, when not nil, receives what the HTTP layer reports in metrics.
+	Result *Result
 	// NotReached is called once when the request ends without reaching the
 	// upstream (refused, invalid, or no member could be connected to), so
 	// that its quota reservation can be given back. May be nil.
 	NotReached func()
+}
+
+// Result is what a finished request reports for metrics.
+type Result struct {
+	Model string        // catalog id, empty when the request was refused before parsing
+	TTFB  time.Duration // time to the first byte of the answer; 0 when none
 }
 
 // errIdle cancels an upstream request that went quiet.
@@ -81,6 +89,9 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) (e *a
 	req, aerr := prepare(body, h.Catalog.Get())
 	if aerr != nil {
 		return aerr
+	}
+	if in.Result != nil {
+		in.Result.Model = req.model.ID
 	}
 	if !in.Key.Allows(req.model.ID) {
 		return apierr.PermissionDenied("this API key may not use the model `" + req.model.ID + "`").WithParam("model").WithCode("model_not_allowed")
@@ -117,7 +128,7 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) (e *a
 				ev.Outcome = usage.OutcomeClientCancelled
 				ev.Status = 499
 			}
-			h.finish(ev)
+			h.finish(ev, in.Result)
 		}
 		if fail.credentialStatus != 0 && h.Metrics != nil {
 			h.Metrics.UpstreamCredentialFailure(fail.credentialStatus)
@@ -138,7 +149,7 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) (e *a
 	} else {
 		h.unary(w, ctx, req, body2, ev)
 	}
-	h.finish(ev)
+	h.finish(ev, in.Result)
 	return nil
 }
 
@@ -215,7 +226,10 @@ func outcomeOf(ctx context.Context) string {
 	return usage.OutcomeUpstreamError
 }
 
-func (h *Handler) finish(ev *usage.Event) {
+func (h *Handler) finish(ev *usage.Event, res *Result) {
+	if res != nil {
+		res.TTFB = time.Duration(ev.TTFTMs) * time.Millisecond
+	}
 	ev.FinishedAt = h.Now().UTC()
 	ev.LatencyMs = ev.FinishedAt.Sub(ev.StartedAt).Milliseconds()
 	h.Pub.Publish(ev)
