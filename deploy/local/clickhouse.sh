@@ -127,7 +127,7 @@ start() {
 	local attempts=5 t0=$EPOCHREALTIME
 	[[ -n $fixed_port ]] && attempts=1
 	start_attempts clickhouse "$dir" 30 "$attempts"
-	log "clickhouse ready on 127.0.0.1:$port (http $http_port, pid $(<"$dir/pid"), $(elapsed "$t0"))"
+	log "clickhouse ready on 127.0.0.1:$port (http $http_port, pid $(read_pid "$dir/pid"), $(elapsed "$t0"))"
 }
 
 cmd=${1:-}

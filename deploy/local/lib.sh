@@ -24,7 +24,7 @@ die() {
 
 # free_port prints a TCP port on 127.0.0.1 that was free a moment ago. perl-base is
 # essential on Debian, so it is always there; the port can still be taken before the
-# server binds it, which is why start_with_retry tries again.
+# server binds it, which is why start_attempts tries again.
 free_port() {
 	perl -MIO::Socket::INET -e '
 		my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1", LocalPort => 0)
@@ -54,22 +54,26 @@ spawn() {
 	local pid=$!
 	echo "$pid" >"$pidfile"
 	if [[ -n ${QYAI_OWNER_PID:-} ]]; then
-		watchdog "$QYAI_OWNER_PID" "$pid"
+		watchdog "$QYAI_OWNER_PID" "$pid" "$pidfile"
 	fi
 }
 
-# watchdog <owner> <pid>: stop pid once owner is gone. It polls once a second and
-# exits by itself when pid is gone first. Its output is /dev/null so that callers
-# reading this script's output (Go's exec) see EOF when the script exits.
+# watchdog <owner> <pid> <pidfile>: stop pid once owner is gone, and remove its
+# pidfile (so that a later stop cannot signal a process that reused the PID). It
+# polls once a second and exits by itself when pid is gone first. Its output is
+# /dev/null so that callers reading the script's output (Go's exec) see EOF when the
+# script exits. Callers that wait for their jobs must wait for PIDs, not with a bare
+# `wait`, which would also wait for the watchdogs of services still running.
 watchdog() {
-	local owner=$1 pid=$2
+	local owner=$1 pid=$2 pidfile=$3
 	(
 		trap '' INT HUP TERM
 		while running "$owner" && running "$pid"; do sleep 1; done
 		if running "$pid"; then
-			kill -TERM "$pid" 2>/dev/null
-			for _ in $(seq 100); do running "$pid" || exit 0; sleep 0.1; done
-			kill -KILL "$pid" 2>/dev/null
+			kill -TERM "$pid" 2>/dev/null || true
+			for _ in $(seq 100); do running "$pid" || break; sleep 0.1; done
+			running "$pid" && kill -KILL "$pid" 2>/dev/null
+			[[ $(cat "$pidfile" 2>/dev/null) == "$pid" ]] && rm -f "$pidfile"
 		fi
 	) >/dev/null 2>&1 </dev/null &
 	disown 2>/dev/null || true
@@ -81,8 +85,8 @@ watchdog() {
 running() {
 	local stat
 	kill -0 "$1" 2>/dev/null || return 1
-	if [[ -r /proc/$1/stat ]]; then
-		stat=$(<"/proc/$1/stat") || return 1
+	if [[ -d /proc/$1 ]]; then
+		{ read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
 		stat=${stat##*) }
 		[[ ${stat:0:1} != Z ]]
 	else
@@ -90,10 +94,20 @@ running() {
 	fi
 }
 
+# read_pid <pidfile> prints the PID in pidfile, or nothing. It uses read, not $(<f):
+# under set -e a failed $(<f) ends the script even on the left of ||, and pidfiles
+# come and go while other jobs stop things.
+read_pid() {
+	local pid=
+	{ read -r pid <"$1"; } 2>/dev/null || true
+	printf '%s' "$pid"
+}
+
 # alive <pidfile> succeeds when the PID in pidfile names a running process.
 alive() {
-	[[ -s $1 ]] || return 1
-	running "$(<"$1")"
+	local pid
+	pid=$(read_pid "$1")
+	[[ -n $pid ]] && running "$pid"
 }
 
 # stop_pidfile <pidfile> <name> [timeout seconds]: SIGTERM, wait, then SIGKILL.
@@ -104,7 +118,7 @@ stop_pidfile() {
 		rm -f "$pidfile"
 		return 0
 	fi
-	pid=$(<"$pidfile")
+	pid=$(read_pid "$pidfile")
 	kill -TERM "$pid" 2>/dev/null || true
 	for ((i = 0; i < timeout * 10; i++)); do
 		if ! running "$pid"; then
@@ -167,7 +181,7 @@ need() {
 }
 
 usage_server() {
-	log "usage: $(basename "$0") start <dir> [port] | stop <dir>"
+	log "usage: $(basename "$0") start <dir> [port...] | stop <dir>"
 	exit 2
 }
 
@@ -187,9 +201,9 @@ line_count() {
 # variables), launch (spawns the server with spawn), probe (succeeds once the server
 # answers, and makes sure it is ours, not another one on a port it could not take;
 # it may read $from, the log's line count before this attempt) and save_ports
-# (writes <dir>/port and friends). A server that dies because
-# its port was taken is retried on fresh ports while attempts remain (attempts is 1
-# when the caller fixed the port).
+# (writes <dir>/port and friends). A server that dies because its port was taken is
+# retried on fresh ports while attempts remain (attempts is 1 when the caller fixed
+# the port).
 start_attempts() {
 	local name=$1 dir=$2 deadline=$3 attempts=$4 i from rc
 	for ((i = 1; i <= attempts; i++)); do

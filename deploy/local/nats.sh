@@ -30,7 +30,7 @@ launch() {
 # probe: healthy, and the server is ours: nats-server writes <name>_<pid>.ports into
 # --ports_file_dir once it listens (another server may hold the port).
 probe() {
-	local ports=("$dir"/*_"$(<"$dir/pid")".ports)
+	local ports=("$dir"/*_"$(read_pid "$dir/pid")".ports)
 	[[ -e ${ports[0]} ]] && http_ok "http://127.0.0.1:$http_port/healthz?js-enabled-only=true"
 }
 
@@ -50,7 +50,7 @@ start() {
 	local attempts=5 t0=$EPOCHREALTIME
 	[[ -n $fixed_port ]] && attempts=1
 	start_attempts nats "$dir" 10 "$attempts"
-	log "nats ready on nats://127.0.0.1:$port (monitor $http_port, pid $(<"$dir/pid"), $(elapsed "$t0"))"
+	log "nats ready on nats://127.0.0.1:$port (monitor $http_port, pid $(read_pid "$dir/pid"), $(elapsed "$t0"))"
 }
 
 cmd=${1:-}

@@ -27,7 +27,7 @@ launch() {
 probe() {
 	local info
 	info=$(timeout 0.5 redis-cli -h 127.0.0.1 -p "$port" info server 2>/dev/null) || return 1
-	[[ $info == *"process_id:$(<"$dir/pid")"$'\r'* ]]
+	[[ $info == *"process_id:$(read_pid "$dir/pid")"$'\r'* ]]
 }
 
 save_ports() { echo "$port" >"$dir/port"; }
@@ -44,7 +44,7 @@ start() {
 	local attempts=5 t0=$EPOCHREALTIME
 	[[ -n $fixed_port ]] && attempts=1
 	start_attempts redis "$dir" 10 "$attempts"
-	log "redis ready on 127.0.0.1:$port (pid $(<"$dir/pid"), $(elapsed "$t0"))"
+	log "redis ready on 127.0.0.1:$port (pid $(read_pid "$dir/pid"), $(elapsed "$t0"))"
 }
 
 cmd=${1:-}

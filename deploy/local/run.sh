@@ -43,6 +43,7 @@ main() {
 	[[ $GATEWAY_REPLICAS =~ ^[1-9][0-9]*$ ]] || die "GATEWAY_REPLICAS=$GATEWAY_REPLICAS: want a positive integer"
 	local i
 	for ((i = 0; i < GATEWAY_REPLICAS; i++)); do gateway_ports+=($((8080 + 100 * i))); done
+	stop_leftovers
 	for port in "${gateway_ports[@]}" "${ADMIN_ADDR##*:}"; do
 		port_free "$port" || die "127.0.0.1:$port is in use (another make run?); stop what listens there first"
 	done
@@ -56,7 +57,6 @@ main() {
 	# Every server and service gets a watchdog that stops it should this script die
 	# without cleaning up (kill -9).
 	export QYAI_OWNER_PID=$$
-	stop_leftovers
 
 	start_servers
 	start_services
@@ -157,7 +157,7 @@ start_service() {
 		log_tail "$LOGS/$name.log"
 		exit 1
 	fi
-	log "$name ready at ${url%/*} (pid $(<"$PIDS/$name.pid"), $(elapsed "$t0"), log .run/logs/$name.log)"
+	log "$name ready at ${url%/*} (pid $(read_pid "$PIDS/$name.pid"), $(elapsed "$t0"), log .run/logs/$name.log)"
 }
 
 create_demo_key() {
@@ -216,6 +216,7 @@ cleanup() {
 	local rc=$? name
 	trap - EXIT
 	trap '' INT TERM HUP
+	set +e # stop all that can be stopped, whatever fails on the way
 	log ""
 	log "stopping..."
 	local gateways=() others=()
