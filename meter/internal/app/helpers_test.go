@@ -303,7 +303,7 @@ func makeEvents(prefix string, n int) []usage.Event {
 			KeyPrefix:     "sk-abcd",
 			Tier:          "pro",
 			Model:         models[i%len(models)],
-			UpstreamModel: "deepseek-chat",
+			UpstreamModel: models[i%len(models)], // priced by the upstream model
 			Stream:        i%2 == 0,
 			Status:        200,
 			Outcome:       usage.OutcomeCompleted,
