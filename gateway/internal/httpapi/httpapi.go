@@ -74,7 +74,9 @@ func New(d Deps) http.Handler {
 	v1.GET("/models", d.listModels)
 	v1.GET("/models/:id", d.getModel)
 	v1.POST("/chat/completions", d.authenticate, d.admit, d.chat)
-	v1.GET("/dashboard/billing/usage", gin.WrapH(d.billingProxy()))
+	billing := gin.WrapH(d.billingProxy())
+	v1.GET("/dashboard/billing/usage", billing)
+	v1.GET("/dashboard/billing/daily", billing)
 
 	r.NoRoute(func(c *gin.Context) {
 		render(c, apierr.NotFound("Invalid URL ("+c.Request.Method+" "+c.Request.URL.Path+")").WithCode("unknown_url"))
