@@ -165,6 +165,7 @@ type stack struct {
 	redis, clickhouse, nats *testenv.Server
 	sim, meter, admin       *proc
 	gateways                []*proc
+	gatewayEnvs             []map[string]string
 	simURL, adminURL        string
 	gatewayURLs             []string
 	adminToken              string
@@ -215,6 +216,7 @@ func startStack(t *testing.T, gateways int) *stack {
 		env["SPOOL_DIR"] = filepath.Join(t.TempDir(), fmt.Sprintf("spool-%d", i))
 		g := startProc(t, "gateway", env)
 		s.gateways = append(s.gateways, g)
+		s.gatewayEnvs = append(s.gatewayEnvs, env)
 		s.gatewayURLs = append(s.gatewayURLs, "http://"+addr)
 	}
 	waitHTTP(t, s.meter, "http://"+meterAddr+"/healthz")
