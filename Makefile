@@ -24,6 +24,9 @@ test: install ## Run every test (unit, integration against real servers, end to 
 	$(GO) test -count=1 -timeout 12m $(MODULES)
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzPrepare -fuzztime 10s ./gateway/internal/proxy
 
+bench: ## Benchmark the gateway against the simulator directly, in one run (not a test; ~75 s)
+	@deploy/local/bench.sh
+
 fuzz: ## Fuzz request parsing for a minute
 	$(GO) test -run '^$$' -fuzz FuzzPrepare -fuzztime 60s ./gateway/internal/proxy
 
@@ -43,4 +46,4 @@ check: ## Format check, vet, tidy check and tests (what CI should run)
 clean: ## Remove build output and local stack data
 	rm -rf .bin .run
 
-.PHONY: help install run build test fuzz vet fmt tidy-check check clean
+.PHONY: help install run build test bench fuzz vet fmt tidy-check check clean

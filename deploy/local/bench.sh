@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# bench.sh: measure what the gateway adds over its upstream; what `make bench` calls.
+#
+#   deploy/local/bench.sh
+#
+# Installs what is missing (install.sh), builds the binaries into .bin/, starts a
+# throwaway stack in a temporary directory, every part on a free port: Redis, NATS
+# JetStream, ClickHouse, the upstream simulator, meter, admin and ONE gateway in its
+# normal configuration (authentication, rate limits and metering on, LOG_LEVEL=warn).
+# It creates an enterprise key whose limits never bind, runs .bin/loadgen (the same
+# workload straight to the simulator and through the gateway, phase by phase) and
+# prints its Markdown table on stdout. Everything it started is stopped on exit,
+# Ctrl-C included, and the temporary directory removed.
+#
+# Environment:
+#   BENCH_DURATION              measurement per target and phase (default 10s)
+#   BENCH_CONCURRENCY           workers of the non-stream closed loop (default 32)
+#   BENCH_RATE                  requests per second of the open loop (default 500)
+#   BENCH_STREAM_CONCURRENCY    workers of the streaming phase (default 16)
+#   BENCH_ROUNDS                split each phase into this many alternating direct/gateway
+#                               slices (default 1: direct, then gateway); more evens out
+#                               noise from other work on a shared machine
+#
+# A benchmark, not a test: it fails only when the stack cannot start or nothing
+# answers; the targets in the table say PASS or MISS.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ROOT=$QYAI_REPO_ROOT
+BIN=$ROOT/.bin
+DURATION=${BENCH_DURATION:-10s}
+CONCURRENCY=${BENCH_CONCURRENCY:-32}
+RATE=${BENCH_RATE:-500}
+STREAM_CONCURRENCY=${BENCH_STREAM_CONCURRENCY:-16}
+ROUNDS=${BENCH_ROUNDS:-1}
+ADMIN_TOKEN=qyai-bench-admin-token
+SIM_KEY=sk-sim-bench
+SERVICE_STOP_TIMEOUT=30
+
+tmp=""
+loadgen_pid=""
+services=() # started services, in start order
+servers=()  # started servers
+
+main() {
+	[[ $DURATION =~ ^[0-9]+(\.[0-9]+)?(ms|s|m)$ ]] || die "BENCH_DURATION=$DURATION: want a Go duration such as 10s"
+	for v in CONCURRENCY RATE STREAM_CONCURRENCY ROUNDS; do
+		[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v=${!v}: want a positive integer"
+	done
+
+	"$QYAI_LOCAL_DIR/install.sh"
+	log "building gateway, meter, admin, upstream-sim, loadgen into .bin/"
+	(cd "$ROOT" && go build -o "$BIN/" ./gateway/cmd/gateway ./meter/cmd/meter ./admin/cmd/admin \
+		./deploy/cmd/upstream-sim ./deploy/cmd/loadgen)
+
+	tmp=$(mktemp -d "${TMPDIR:-/tmp}/qyai-bench.XXXXXX")
+	mkdir -p "$tmp/logs" "$tmp/pids"
+	trap cleanup EXIT
+	trap 'exit 130' INT TERM HUP
+	# Watchdogs stop every server and service should this script die without
+	# cleaning up (kill -9).
+	export QYAI_OWNER_PID=$$
+
+	start_servers
+	start_services
+	local key
+	key=$(create_key)
+	run_loadgen "$key"
+}
+
+# start_servers starts Redis, NATS and ClickHouse on free ports, in parallel.
+start_servers() {
+	servers=(redis nats clickhouse)
+	local name pids=() failed=0
+	for name in "${servers[@]}"; do
+		"$QYAI_LOCAL_DIR/$name.sh" start "$tmp/$name" &
+		pids+=($!)
+	done
+	for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+	((failed == 0)) || die "a server did not start (see above)"
+	REDIS_ADDR=127.0.0.1:$(<"$tmp/redis/port")
+	NATS_URL=nats://127.0.0.1:$(<"$tmp/nats/port")
+	CLICKHOUSE_ADDR=127.0.0.1:$(<"$tmp/clickhouse/port")
+}
+
+start_services() {
+	local sim_addr meter_addr admin_addr gateway_addr
+	sim_addr=127.0.0.1:$(free_port)
+	meter_addr=127.0.0.1:$(free_port)
+	admin_addr=127.0.0.1:$(free_port)
+	gateway_addr=127.0.0.1:$(free_port)
+	SIM_URL=http://$sim_addr
+	ADMIN_URL=http://$admin_addr
+	GATEWAY_URL=http://$gateway_addr
+
+	# Shared by every service; each reads only its own variables.
+	local common=(
+		REDIS_ADDR="$REDIS_ADDR" NATS_URL="$NATS_URL" CLICKHOUSE_ADDR="$CLICKHOUSE_ADDR"
+		CLICKHOUSE_DATABASE=qyai KEY_PEPPER=qyai-bench-pepper LOG_LEVEL=warn
+	)
+	spawn_service upstream-sim env SIM_ADDR="$sim_addr" SIM_API_KEY="$SIM_KEY" LOG_LEVEL=warn "$BIN/upstream-sim"
+	spawn_service meter env "${common[@]}" METER_ADDR="$meter_addr" "$BIN/meter"
+	spawn_service admin env "${common[@]}" ADMIN_ADDR="$admin_addr" ADMIN_TOKEN="$ADMIN_TOKEN" "$BIN/admin"
+	spawn_service gateway env "${common[@]}" GATEWAY_ADDR="$gateway_addr" GATEWAY_INSTANCE=bench \
+		ADMIN_URL="$ADMIN_URL" UPSTREAM_BASE_URL="$SIM_URL" UPSTREAM_API_KEY="$SIM_KEY" \
+		SPOOL_DIR="$tmp/spool" "$BIN/gateway"
+
+	wait_service upstream-sim "$SIM_URL/_sim/healthz"
+	wait_service meter "http://$meter_addr/healthz"
+	wait_service admin "$ADMIN_URL/readyz"
+	wait_service gateway "$GATEWAY_URL/readyz"
+}
+
+# spawn_service <name> <cmd...>: start a service detached, its output in
+# $tmp/logs/<name>.log and its PID in $tmp/pids/<name>.pid.
+spawn_service() {
+	local name=$1
+	shift
+	services+=("$name")
+	spawn "$tmp/logs/$name.log" "$tmp/pids/$name.pid" "$@"
+}
+
+# wait_service <name> <url>: wait until url answers 2xx.
+wait_service() {
+	local name=$1 url=$2 rc=0
+	wait_ready "$tmp/pids/$name.pid" 60 http_ok "$url" || rc=$?
+	if ((rc != 0)); then
+		if ((rc == 1)); then log "$name exited during startup"; else log "$name not ready within 60s ($url)"; fi
+		log_tail "$tmp/logs/$name.log"
+		exit 1
+	fi
+	log "$name ready at ${url%/*} (pid $(<"$tmp/pids/$name.pid"))"
+}
+
+# create_key prints a new enterprise key whose limits never bind during a run:
+# rpm at admin's maximum (1,000,000 a minute, far above what one machine sends)
+# and the largest monthly limit.
+create_key() {
+	local resp key
+	resp=$(curl -sS --max-time 10 -X POST -H "Authorization: Bearer $ADMIN_TOKEN" \
+		-H 'Content-Type: application/json' "$ADMIN_URL/admin/v1/keys" \
+		-d '{"name":"bench","tier":"enterprise","rpm":1000000,"monthly_limit":1000000000}') ||
+		die "create the bench key: admin did not answer"
+	key=$(sed -n 's/.*"key"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' <<<"$resp")
+	[[ -n $key ]] || die "create the bench key: unexpected answer: $resp"
+	echo "$key"
+}
+
+run_loadgen() {
+	local key=$1 gateway_pid revision command
+	gateway_pid=$(<"$tmp/pids/gateway.pid")
+	# spawn execs in place (setsid, then env), so the PID is the gateway itself.
+	[[ $(cat "/proc/$gateway_pid/comm" 2>/dev/null) == gateway ]] ||
+		die "pid $gateway_pid is not the gateway; cannot read its CPU time"
+	revision=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+	if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then
+		revision+=" with uncommitted changes"
+	fi
+	command="BENCH_DURATION=$DURATION BENCH_CONCURRENCY=$CONCURRENCY BENCH_RATE=$RATE make bench"
+	if [[ $STREAM_CONCURRENCY != 16 ]]; then command="BENCH_STREAM_CONCURRENCY=$STREAM_CONCURRENCY $command"; fi
+	if [[ $ROUNDS != 1 ]]; then command="BENCH_ROUNDS=$ROUNDS $command"; fi
+	log "running the load generator: 3 phases x (direct, gateway), $DURATION each"
+	# In the background and waited for, so that a signal to this script runs the
+	# cleanup at once instead of after the run; cleanup stops the load generator.
+	"$BIN/loadgen" -gateway "$GATEWAY_URL" -key "$key" -direct "$SIM_URL" -direct-key "$SIM_KEY" \
+		-gateway-pid "$gateway_pid" -duration "$DURATION" -concurrency "$CONCURRENCY" -rate "$RATE" \
+		-stream-concurrency "$STREAM_CONCURRENCY" -rounds "$ROUNDS" -command "$command" -revision "$revision" &
+	loadgen_pid=$!
+	wait "$loadgen_pid"
+	loadgen_pid=""
+}
+
+# cleanup stops the gateway first (it flushes its usage events while NATS and the
+# meter are up), then the other services, then the servers, and removes $tmp.
+cleanup() {
+	local rc=$? name
+	trap - EXIT
+	trap '' INT TERM HUP
+	[[ -n $tmp ]] || exit "$rc"
+	if ((rc != 0)); then
+		for name in "${services[@]}"; do
+			[[ -s $tmp/logs/$name.log ]] && log_tail "$tmp/logs/$name.log"
+		done
+	fi
+	log "stopping the bench stack..."
+	if [[ -n $loadgen_pid ]]; then
+		kill -TERM "$loadgen_pid" 2>/dev/null || true
+		wait "$loadgen_pid" 2>/dev/null || true
+	fi
+	if [[ " ${services[*]} " == *" gateway "* ]]; then
+		stop_pidfile "$tmp/pids/gateway.pid" gateway "$SERVICE_STOP_TIMEOUT"
+	fi
+	for name in "${services[@]}"; do
+		[[ $name == gateway ]] || stop_pidfile "$tmp/pids/$name.pid" "$name" "$SERVICE_STOP_TIMEOUT" &
+	done
+	wait
+	for name in "${servers[@]}"; do
+		"$QYAI_LOCAL_DIR/$name.sh" stop "$tmp/$name" &
+	done
+	wait
+	rm -rf "$tmp"
+	log "stopped"
+	exit "$rc"
+}
+
+main "$@"
