@@ -22,13 +22,15 @@ build: ## Build every binary into .bin/
 
 test: install ## Run every test (unit, integration against real servers, end to end) and a short fuzz run
 	$(GO) test -count=1 -timeout 12m $(MODULES)
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzPrepare -fuzztime 10s ./gateway/internal/proxy
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzPrepare -fuzztime 8s ./gateway/internal/proxy
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzObject -fuzztime 5s ./gateway/internal/proxy
 
 bench: ## Benchmark the gateway against the simulator directly, in one run (not a test; ~75 s)
 	@deploy/local/bench.sh
 
-fuzz: ## Fuzz request parsing for a minute
+fuzz: ## Fuzz request parsing for a minute per target
 	$(GO) test -run '^$$' -fuzz FuzzPrepare -fuzztime 60s ./gateway/internal/proxy
+	$(GO) test -run '^$$' -fuzz FuzzObject -fuzztime 60s ./gateway/internal/proxy
 
 vet: ## go vet every module
 	$(GO) vet $(MODULES)

@@ -191,11 +191,11 @@ func (h *Handler) unary(w http.ResponseWriter, ctx context.Context, req *chatReq
 		ae.Write(w)
 		return
 	}
-	var parsed struct {
-		Usage *upstreamUsage `json:"usage"`
-	}
-	if json.Unmarshal(b, &parsed) == nil && parsed.Usage != nil {
-		parsed.Usage.apply(ev)
+	if raw, ok := findMember(b, "usage"); ok && !isNull(raw) {
+		var u upstreamUsage
+		if json.Unmarshal(raw, &u) == nil {
+			u.apply(ev)
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	ev.TTFTMs = h.Now().Sub(ev.StartedAt).Milliseconds()

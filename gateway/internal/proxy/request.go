@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"unicode/utf8"
@@ -86,14 +87,20 @@ func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
 		// upstream would bill for text the client never sent.
 		return nil, apierr.InvalidRequest("The request body is not valid UTF-8.")
 	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(body, &top); err != nil || top == nil {
+	if !json.Valid(body) {
+		return nil, apierr.InvalidRequest("We could not parse the JSON body of your request. The body must be a JSON object (e.g. {\"model\": ..., \"messages\": [...]}).")
+	}
+	top, err := parseObject(body)
+	switch {
+	case errors.Is(err, errDuplicateKeys):
+		return nil, apierr.InvalidRequest("The JSON body of your request repeats a field; send each field once.")
+	case err != nil:
 		return nil, apierr.InvalidRequest("We could not parse the JSON body of your request. The body must be a JSON object (e.g. {\"model\": ..., \"messages\": [...]}).")
 	}
 	req := &chatRequest{}
 
 	var modelID string
-	if raw, ok := top["model"]; !ok || isNull(raw) {
+	if raw, ok := top.get("model"); !ok || isNull(raw) {
 		return nil, apierr.InvalidRequest("you must provide a model parameter").WithParam("model")
 	} else if json.Unmarshal(raw, &modelID) != nil || modelID == "" {
 		return nil, apierr.InvalidRequest("model must be a non-empty string").WithParam("model")
@@ -104,7 +111,7 @@ func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
 			WithParam("model").WithCode("model_not_found")
 	}
 
-	rawMsgs, ok := top["messages"]
+	rawMsgs, ok := top.get("messages")
 	if !ok || isNull(rawMsgs) {
 		return nil, apierr.InvalidRequest("you must provide a messages parameter").WithParam("messages")
 	}
@@ -143,17 +150,19 @@ func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
 			return nil, e
 		}
 	}
-	if e := checkStop(top["stop"]); e != nil {
-		return nil, e
+	if raw, _ := top.get("stop"); raw != nil {
+		if e := checkStop(raw); e != nil {
+			return nil, e
+		}
 	}
-	if raw, ok := top["stream"]; ok && !isNull(raw) {
+	if raw, ok := top.get("stream"); ok && !isNull(raw) {
 		if json.Unmarshal(raw, &req.stream) != nil {
 			return nil, apierr.InvalidRequest("stream must be a boolean").WithParam("stream")
 		}
 	}
 
 	// Thinking: the client's own choice wins over the catalog's.
-	if raw, ok := top["thinking"]; ok && !isNull(raw) {
+	if raw, ok := top.get("thinking"); ok && !isNull(raw) {
 		var th struct {
 			Type string `json:"type"`
 		}
@@ -162,11 +171,11 @@ func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
 		}
 		req.thinking = th.Type == "enabled"
 	} else if req.model.Thinking != "" {
-		top["thinking"] = json.RawMessage(`{"type":"` + req.model.Thinking + `"}`)
+		top.set("thinking", []byte(`{"type":"`+req.model.Thinking+`"}`))
 		req.thinking = req.model.Thinking == catalog.ThinkingEnabled
 	}
 
-	if raw, ok := top["stream_options"]; ok && !isNull(raw) {
+	if raw, ok := top.get("stream_options"); ok && !isNull(raw) {
 		var so map[string]json.RawMessage
 		if json.Unmarshal(raw, &so) != nil {
 			return nil, apierr.InvalidRequest("stream_options must be an object").WithParam("stream_options")
@@ -178,14 +187,15 @@ func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
 		}
 		if req.stream {
 			so["include_usage"] = json.RawMessage("true")
-			top["stream_options"], _ = json.Marshal(so)
+			b, _ := json.Marshal(so)
+			top.set("stream_options", b)
 		} else {
 			// OpenAI rejects stream_options without stream; the upstream may
 			// too, and it means nothing here: drop it.
-			delete(top, "stream_options")
+			top.del("stream_options")
 		}
 	} else if req.stream {
-		top["stream_options"] = json.RawMessage(`{"include_usage":true}`)
+		top.set("stream_options", []byte(`{"include_usage":true}`))
 	}
 
 	if bytes.Contains(rawMsgs, []byte(`"reasoning_content"`)) {
@@ -194,16 +204,13 @@ func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
 			return nil, apierr.InvalidRequest("messages could not be parsed").WithParam("messages")
 		}
 		if changed {
-			top["messages"] = cleaned
+			top.set("messages", cleaned)
 		}
 	}
 
-	top["model"], _ = json.Marshal(req.model.Upstream)
-	out, err := json.Marshal(top)
-	if err != nil {
-		return nil, apierr.InvalidRequest("request body could not be re-encoded: " + err.Error())
-	}
-	req.body = out
+	up, _ := json.Marshal(req.model.Upstream)
+	top.set("model", up)
+	req.body = top.encode()
 	return req, nil
 }
 
@@ -236,8 +243,8 @@ func stripReasoning(raw json.RawMessage, msgs []message, thinking bool) (json.Ra
 
 func isNull(raw json.RawMessage) bool { return len(raw) == 4 && string(raw) == "null" }
 
-func checkNumber(top map[string]json.RawMessage, field string, lo, hi float64) *apierr.Error {
-	raw, ok := top[field]
+func checkNumber(top *object, field string, lo, hi float64) *apierr.Error {
+	raw, ok := top.get(field)
 	if !ok || isNull(raw) {
 		return nil
 	}
@@ -248,8 +255,8 @@ func checkNumber(top map[string]json.RawMessage, field string, lo, hi float64) *
 	return nil
 }
 
-func checkInteger(top map[string]json.RawMessage, field string, lo, hi int64) *apierr.Error {
-	raw, ok := top[field]
+func checkInteger(top *object, field string, lo, hi int64) *apierr.Error {
+	raw, ok := top.get(field)
 	if !ok || isNull(raw) {
 		return nil
 	}

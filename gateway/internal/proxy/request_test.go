@@ -23,6 +23,7 @@ func TestPrepareValidation(t *testing.T) {
 		{"valid minimal", `{"model":"deepseek-v4-flash",` + okMsgs + `}`, 0, "", ""},
 		{"not json", `{"model":`, 400, "invalid_request_error", ""},
 		{"json array", `[1,2]`, 400, "invalid_request_error", ""},
+		{"duplicate field", `{"model":"deepseek-chat","model":"gpt-4o",` + okMsgs + `}`, 400, "invalid_request_error", ""},
 		{"json null", `null`, 400, "invalid_request_error", ""},
 		{"invalid utf-8", "{\"model\":\"deepseek-chat\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}", 400, "invalid_request_error", ""},
 		{"missing model", `{` + okMsgs + `}`, 400, "invalid_request_error", "model"},

@@ -8,16 +8,23 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"sync"
 
 	"github.com/qyai/qyai/pkg/usage"
 )
 
+// readers recycles stream read buffers (one per stream would dominate
+// allocation otherwise).
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+
 var (
-	dataPrefix  = []byte("data:")
-	doneMarker  = []byte("[DONE]")
-	usageMarker = []byte(`"usage":{`)
-	emptyChoice = []byte(`"choices":[]`)
-	nullUsage   = []byte(`,"usage":null`)
+	dataPrefix   = []byte("data:")
+	doneMarker   = []byte("[DONE]")
+	usageMarker  = []byte(`"usage":{`)
+	emptyChoice  = []byte(`"choices":[]`)
+	nullUsage    = []byte(`,"usage":null`)
+	eventEnd     = []byte("\n\n")
+	eventEndCRLF = []byte("\r\n\r\n")
 )
 
 // stream relays an SSE response event by event. Each event is flushed as
@@ -32,7 +39,9 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, ctx context.Con
 	hdr.Set("X-Accel-Buffering", "no")
 	rc := http.NewResponseController(w)
 
-	br := bufio.NewReaderSize(body, 32<<10)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(body)
+	defer func() { br.Reset(nil); readers.Put(br) }()
 	var (
 		line     []byte
 		skipping bool // dropping the current event (a usage chunk the client did not ask for)
@@ -72,10 +81,14 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, ctx context.Con
 				continue
 			}
 			write(line)
-			flush()
+			if !eventBuffered(br) {
+				flush()
+			}
 		case trimmed[0] == ':': // comment, e.g. keep-alive
 			write(line)
-			flush()
+			if !eventBuffered(br) {
+				flush()
+			}
 		case bytes.HasPrefix(trimmed, dataPrefix):
 			payload := bytes.TrimSpace(trimmed[len(dataPrefix):])
 			if bytes.Equal(payload, doneMarker) {
@@ -147,6 +160,18 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, ctx context.Con
 	if ev.UsageSource == usage.SourceNone && chunks > 0 {
 		estimate(ev, req.promptBytes, chunks)
 	}
+}
+
+// eventBuffered reports whether a whole further event has already arrived
+// from the upstream. Events that arrived together then go out in one write;
+// an event is never held back waiting for one that has not fully arrived.
+func eventBuffered(br *bufio.Reader) bool {
+	n := br.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, _ := br.Peek(n)
+	return bytes.Contains(b, eventEnd) || bytes.Contains(b, eventEndCRLF)
 }
 
 // readLine appends one line (with its newline) to buf, whatever its length.

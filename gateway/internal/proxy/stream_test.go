@@ -168,3 +168,47 @@ func TestStreamEventsAreFlushedAsTheyArrive(t *testing.T) {
 		t.Errorf("stream did not end with [DONE]: %q", rest)
 	}
 }
+
+// TestStreamFlushesAnEventBeforeAPartialOne: the upstream sends one whole
+// event and half of the next in one write; the client must get the whole
+// one while the gateway waits for the rest.
+func TestStreamFlushesAnEventBeforeAPartialOne(t *testing.T) {
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"delta\":{\"content\":\"whole\"}}]}\n\ndata: {\"choices\":[{\"delta\":")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "{\"content\":\"rest\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n")
+	}))
+	defer up.Close()
+	h, _ := newTestHandler(t, up.URL)
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if e := h.Chat(w, r, Request{Key: &apikey.Record{ID: "k"}, Start: time.Now()}); e != nil {
+			e.Write(w)
+		}
+	}))
+	defer gw.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, gw.URL, strings.NewReader(`{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 4096)
+	n, err := resp.Body.Read(buf)
+	if err != nil || !strings.Contains(string(buf[:n]), "whole") {
+		t.Fatalf("the whole event was held back behind a partial one: %q %v", buf[:n], err)
+	}
+	close(release)
+	rest, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(rest), "rest") || !strings.HasSuffix(string(rest), "data: [DONE]\n\n") {
+		t.Errorf("rest of the stream: %q", rest)
+	}
+}

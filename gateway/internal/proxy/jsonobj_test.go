@@ -1,0 +1,58 @@
+package proxy
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+)
+
+func TestObjectRewrite(t *testing.T) {
+	in := []byte(` { "model" : "gpt-4o", "x": {"a":[1,"}]"]}, "stream_options":{"include_usage":false}, "s":"q\"uote" } `)
+	o, err := parseObject(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := o.get("x"); string(v) != `{"a":[1,"}]"]}` {
+		t.Errorf("x = %s", v)
+	}
+	o.set("model", []byte(`"deepseek-v4-flash"`))
+	o.del("stream_options")
+	o.set("thinking", []byte(`{"type":"enabled"}`))
+	out := o.encode()
+	want := `{"model":"deepseek-v4-flash","x": {"a":[1,"}]"]},"s":"q\"uote","thinking":{"type":"enabled"}}`
+	if string(out) != want {
+		t.Errorf("got  %s\nwant %s", out, want)
+	}
+	for name, bad := range map[string]string{"array": `[1]`, "duplicate": `{"a":1,"a":2}`, "string": `"x"`} {
+		if _, err := parseObject([]byte(bad)); err == nil {
+			t.Errorf("%s: want error", name)
+		}
+	}
+	if v, ok := findMember([]byte(`{"choices":[{"x":"usage"}],"usage":{"prompt_tokens":3}}`), "usage"); !ok || string(v) != `{"prompt_tokens":3}` {
+		t.Errorf("findMember = %s %v", v, ok)
+	}
+}
+
+// FuzzObject: on any input parseObject never panics, and on a valid JSON
+// object an unchanged encode is the same object.
+func FuzzObject(f *testing.F) {
+	for _, s := range []string{`{}`, `{"a":1}`, `{"a":{"b":[1,2,{"c":"]"}]},"d":"\\\""}`, `{"a" : null , "b":true}`, `{"`, `{"a"`, `{"a":`, `[]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		o, err := parseObject(b)
+		if err != nil || !json.Valid(b) {
+			return
+		}
+		var want, got map[string]any
+		if json.Unmarshal(b, &want) != nil {
+			return
+		}
+		if err := json.Unmarshal(o.encode(), &got); err != nil {
+			t.Fatalf("encode of %q is not JSON: %s", b, o.encode())
+		}
+		if !reflect.DeepEqual(want, got) {
+			t.Fatalf("encode changed %q into %s", b, o.encode())
+		}
+	})
+}
