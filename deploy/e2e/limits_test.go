@@ -85,6 +85,27 @@ func TestLimitsExactAcrossThreeGateways(t *testing.T) {
 		t.Errorf("monthly limit 50 across 3 gateways: %v, upstream reached %d times; want exactly 50", got, reached)
 	}
 
+	// Tokens per minute: once the last minute's tokens reach the key's TPM,
+	// requests are refused with rate_limit_exceeded until the window moves.
+	tpmKey := s.createKey(t, `{"name":"tpm50","tier":"enterprise","tpm":50}`)
+	refused := false
+	for i := 0; i < 20 && !refused; i++ {
+		code, hdr, body := chat(t, s.gatewayURLs[i%3], tpmKey.Key, fmt.Sprintf("tokens %d", i))
+		if hdr.Get("X-Ratelimit-Limit-Tokens") != "50" {
+			t.Fatalf("x-ratelimit-limit-tokens = %q", hdr.Get("X-Ratelimit-Limit-Tokens"))
+		}
+		switch {
+		case code == 429 && strings.Contains(body, "Rate limit reached for tokens") && strings.Contains(body, `"code":"rate_limit_exceeded"`):
+			refused = true
+		case code != 200:
+			t.Fatalf("request %d: %d %s", i, code, body)
+		}
+		time.Sleep(50 * time.Millisecond) // tokens are counted after each response, off the request path
+	}
+	if !refused {
+		t.Error("a key with tpm 50 was never refused in 20 requests of ~25 tokens")
+	}
+
 	// Billing agrees with enforcement.
 	var bu billingUsage
 	getJSON(t, s.gatewayURLs[1]+"/v1/dashboard/billing/usage", quotaKey.Key, &bu)

@@ -9,6 +9,7 @@
 //	qyai:keys            set of all key ids
 //	qyai:keys:changed    pub/sub channel; message = key id, published on every change
 //	qyai:rl:{<id>}               sorted set: the key's RPM window (written by the gateway)
+//	qyai:tpm:{<id>}:<minute>     integer: tokens finished in that Unix minute (gateway, keys with a TPM)
 //	qyai:quota:{<id>}:<YYYYMM>   integer: requests admitted in that UTC month (gateway);
 //	                             admin's billing endpoint reports it as monthly_requests
 //
@@ -22,6 +23,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"math/big"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -150,6 +152,12 @@ func WindowKey(id string) string { return "qyai:rl:{" + id + "}" }
 // MonthCounterKey is the Redis key counting a key's admitted requests in a
 // UTC month ("YYYYMM", see Month).
 func MonthCounterKey(id, month string) string { return "qyai:quota:{" + id + "}:" + month }
+
+// TokensKey is the Redis key counting a key's tokens in one minute (Unix
+// minutes), for its tokens-per-minute limit.
+func TokensKey(id string, minute int64) string {
+	return "qyai:tpm:{" + id + "}:" + strconv.FormatInt(minute, 10)
+}
 
 // Month is the billing month of t: "YYYYMM" in UTC.
 func Month(t time.Time) string { return t.UTC().Format("200601") }

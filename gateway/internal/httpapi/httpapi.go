@@ -4,6 +4,7 @@
 package httpapi
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -252,6 +253,11 @@ func (d *Deps) admit(c *gin.Context) {
 	h.Set("X-Ratelimit-Limit-Requests", strconv.FormatInt(dec.Limit, 10))
 	h.Set("X-Ratelimit-Remaining-Requests", strconv.FormatInt(dec.Remaining, 10))
 	h.Set("X-Ratelimit-Reset-Requests", formatReset(dec.Reset))
+	if dec.TokensLimit > 0 {
+		h.Set("X-Ratelimit-Limit-Tokens", strconv.FormatInt(dec.TokensLimit, 10))
+		h.Set("X-Ratelimit-Remaining-Tokens", strconv.FormatInt(dec.TokensRemaining, 10))
+		h.Set("X-Ratelimit-Reset-Tokens", formatReset(dec.TokensReset))
+	}
 	if dec.Degraded {
 		d.Log.Warn("limit store unavailable: applying this replica's share of the limits", "key_id", rec.ID)
 	}
@@ -263,6 +269,11 @@ func (d *Deps) admit(c *gin.Context) {
 		if dec.Reason == quota.ReasonQuota {
 			render(c, apierr.RateLimited("You exceeded your monthly quota of "+strconv.FormatInt(dec.MonthlyLimit, 10)+
 				" requests. It resets at the start of the next UTC month; contact us for a higher tier.").WithCode(quota.ReasonQuota))
+			return
+		}
+		if dec.Reason == quota.ReasonTokens {
+			render(c, apierr.RateLimited("Rate limit reached for tokens: limit "+strconv.FormatInt(dec.TokensLimit, 10)+
+				" per minute. Please try again in "+formatReset(dec.RetryAfter)+".").WithCode(quota.ReasonRate))
 			return
 		}
 		render(c, apierr.RateLimited("Rate limit reached for requests: limit "+strconv.FormatInt(dec.Limit, 10)+
@@ -299,6 +310,10 @@ func (d *Deps) chat(c *gin.Context) {
 	})
 	c.Set(ctxModel, res.Model)
 	c.Set(ctxTTFB, res.TTFB)
+	if rec.TPM > 0 && res.Tokens > 0 {
+		// Off the request path: the response is complete.
+		go d.Limiter.AddTokens(context.WithoutCancel(ctx), rec.ID, res.Tokens)
+	}
 	if e != nil {
 		render(c, e)
 	}

@@ -62,6 +62,8 @@ type Request struct {
 type Result struct {
 	Model string        // catalog id, empty when the request was refused before parsing
 	TTFB  time.Duration // time to the first byte of the answer; 0 when none
+	// Tokens is prompt + completion tokens used (reported or estimated).
+	Tokens int64
 }
 
 // errIdle cancels an upstream request that went quiet.
@@ -229,6 +231,7 @@ func outcomeOf(ctx context.Context) string {
 func (h *Handler) finish(ev *usage.Event, res *Result) {
 	if res != nil {
 		res.TTFB = time.Duration(ev.TTFTMs) * time.Millisecond
+		res.Tokens = ev.PromptTokens + ev.CompletionTokens
 	}
 	ev.FinishedAt = h.Now().UTC()
 	ev.LatencyMs = ev.FinishedAt.Sub(ev.StartedAt).Milliseconds()

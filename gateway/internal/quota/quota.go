@@ -22,10 +22,12 @@ import (
 	"github.com/qyai/qyai/pkg/apikey"
 )
 
-// Reasons a request is refused.
+// Reasons a request is refused. ReasonTokens is reported to clients with
+// the code rate_limit_exceeded, as OpenAI does for token limits.
 const (
-	ReasonRate  = "rate_limit_exceeded"
-	ReasonQuota = "insufficient_quota"
+	ReasonRate   = "rate_limit_exceeded"
+	ReasonQuota  = "insufficient_quota"
+	ReasonTokens = "tokens_per_minute"
 )
 
 // Window is the RPM window.
@@ -49,6 +51,12 @@ type Decision struct {
 	MonthlyUsed  int64
 	MonthlyLimit int64
 
+	// TokensLimit is the key's TPM (0: none); TokensRemaining and
+	// TokensReset describe the current minute's window.
+	TokensLimit     int64
+	TokensRemaining int64
+	TokensReset     time.Duration
+
 	// Degraded means the shared store was down and a local per-replica
 	// share of the limits was applied instead.
 	Degraded bool
@@ -58,10 +66,21 @@ type Decision struct {
 	Month string
 }
 
+// Admission is one request asking for a slot.
+type Admission struct {
+	KeyID        string
+	RPM, Monthly int64
+	TPM          int64 // 0: no token limit
+	Month, Token string
+	MonthTTL     time.Duration
+	At           time.Time
+}
+
 // Store is the shared limit state (Redis in production).
 type Store interface {
-	Admit(ctx context.Context, keyID string, rpm, monthly int64, month, token string, monthTTL time.Duration) (Decision, error)
+	Admit(ctx context.Context, a Admission) (Decision, error)
 	Release(ctx context.Context, keyID, month, token string) error
+	AddTokens(ctx context.Context, keyID string, at time.Time, tokens int64) error
 }
 
 // Limiter admits requests against the shared store, falling back to a
@@ -105,7 +124,8 @@ func (l *Limiter) Admit(ctx context.Context, rec *apikey.Record, token string) D
 	var d Decision
 	err := ErrUnavailable
 	if l.shouldAsk(now) {
-		d, err = l.store.Admit(ctx, rec.ID, rec.RPM, rec.MonthlyLimit, month, token, ttl)
+		d, err = l.store.Admit(ctx, Admission{KeyID: rec.ID, RPM: rec.RPM, Monthly: rec.MonthlyLimit, TPM: rec.TPM,
+			Month: month, Token: token, MonthTTL: ttl, At: now})
 		l.probing.Store(false)
 		if err != nil && ctx.Err() == nil {
 			l.downUntil.Store(l.now().Add(downFor).UnixNano())
@@ -137,6 +157,20 @@ func (l *Limiter) shouldAsk(now time.Time) bool {
 		return false
 	}
 	return l.probing.CompareAndSwap(false, true)
+}
+
+// AddTokens counts a finished request's tokens against its key's TPM. It
+// is called only for keys with a TPM, after the response, off the request
+// path. TPM is enforced at admission against the tokens of the last minute
+// (two one-minute buckets, the older one weighted by how much of it is
+// still inside the window): a request is refused once the window is full,
+// so a key can exceed its TPM by at most the requests already in flight.
+// While Redis is unreachable TPM is not enforced.
+func (l *Limiter) AddTokens(ctx context.Context, keyID string, tokens int64) {
+	if tokens <= 0 {
+		return
+	}
+	_ = l.store.AddTokens(ctx, keyID, l.now(), tokens)
 }
 
 // Release gives back an admitted request that never reached the upstream.

@@ -6,6 +6,7 @@
 //
 //	qyai:rl:{<key id>}              sorted set: the RPM window, one member per admitted request, scored by ms
 //	qyai:quota:{<key id>}:<YYYYMM>  integer: requests admitted in that UTC month
+//	qyai:tpm:{<key id>}:<minute>    integer: tokens of requests finished in that minute (keys with a TPM only)
 //
 // (names from package apikey, which documents the whole Redis layout).
 package redis
@@ -39,14 +40,29 @@ local n = redis.call('ZCARD', KEYS[1])
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
 local oldest = now
 if n > 0 then oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) end
-if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return {0, n, oldest, used, now} end
-if n >= rpm then return {1, n, oldest, used, now} end
-if used >= lim then return {2, n, oldest, used, now} end
+local tpm = tonumber(ARGV[6])
+local tok = 0
+if tpm > 0 then
+  local prev = tonumber(redis.call('GET', KEYS[4]) or '0')
+  local cur = tonumber(redis.call('GET', KEYS[3]) or '0')
+  tok = math.floor(prev * (1 - tonumber(ARGV[7])) + cur)
+end
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return {0, n, oldest, used, now, tok} end
+if n >= rpm then return {1, n, oldest, used, now, tok} end
+if tpm > 0 and tok >= tpm then return {3, n, oldest, used, now, tok} end
+if used >= lim then return {2, n, oldest, used, now, tok} end
 redis.call('ZADD', KEYS[1], now, ARGV[4])
 redis.call('PEXPIRE', KEYS[1], win)
 used = redis.call('INCR', KEYS[2])
 if used == 1 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
-return {0, n + 1, oldest, used, now}
+return {0, n + 1, oldest, used, now, tok}
+`)
+
+// addTokensScript counts a finished request's tokens in its minute bucket.
+var addTokensScript = goredis.NewScript(`
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 180)
+return 1
 `)
 
 // releaseScript gives back a reservation, once.
@@ -77,13 +93,18 @@ func NewStore(rdb goredis.Scripter, timeout time.Duration) *Store {
 }
 
 // Admit implements quota.Store.
-func (s *Store) Admit(ctx context.Context, keyID string, rpm, monthly int64, month, token string, monthTTL time.Duration) (quota.Decision, error) {
+func (s *Store) Admit(ctx context.Context, a quota.Admission) (quota.Decision, error) {
 	var res []int64
 	var err error
+	keyID := a.KeyID
+	minute := a.At.Unix() / 60
+	frac := float64(a.At.Unix()%60) / 60
+	keys := []string{apikey.WindowKey(keyID), apikey.MonthCounterKey(keyID, a.Month),
+		apikey.TokensKey(keyID, minute), apikey.TokensKey(keyID, minute-1)}
 	for range attempts {
 		actx, cancel := context.WithTimeout(ctx, s.timeout)
-		res, err = admitScript.Run(actx, s.rdb, []string{apikey.WindowKey(keyID), apikey.MonthCounterKey(keyID, month)},
-			quota.Window.Milliseconds(), rpm, monthly, token, int64(monthTTL.Seconds())).Int64Slice()
+		res, err = admitScript.Run(actx, s.rdb, keys,
+			quota.Window.Milliseconds(), a.RPM, a.Monthly, a.Token, int64(a.MonthTTL.Seconds()), a.TPM, frac).Int64Slice()
 		cancel()
 		if err == nil || ctx.Err() != nil || !isTimeout(err) {
 			break
@@ -92,22 +113,39 @@ func (s *Store) Admit(ctx context.Context, keyID string, rpm, monthly int64, mon
 	if err != nil {
 		return quota.Decision{}, fmt.Errorf("%w: admit: %v", quota.ErrUnavailable, err)
 	}
-	code, n, oldest, used, now := res[0], res[1], res[2], res[3], res[4]
+	code, n, oldest, used, now, tok := res[0], res[1], res[2], res[3], res[4], res[5]
 	d := quota.Decision{
 		Allowed:      code == 0,
-		Limit:        rpm,
-		Remaining:    max(0, rpm-n),
+		Limit:        a.RPM,
+		Remaining:    max(0, a.RPM-n),
 		Reset:        time.Duration(oldest+quota.Window.Milliseconds()-now) * time.Millisecond,
 		MonthlyUsed:  used,
-		MonthlyLimit: monthly,
+		MonthlyLimit: a.Monthly,
+		TokensLimit:  a.TPM,
+	}
+	if a.TPM > 0 {
+		d.TokensRemaining = max(0, a.TPM-tok)
+		d.TokensReset = time.Duration(60-a.At.Unix()%60) * time.Second
 	}
 	switch code {
 	case 1:
 		d.Reason, d.RetryAfter = quota.ReasonRate, d.Reset
 	case 2:
 		d.Reason = quota.ReasonQuota
+	case 3:
+		d.Reason, d.RetryAfter = quota.ReasonTokens, d.TokensReset
 	}
 	return d, nil
+}
+
+// AddTokens implements quota.Store.
+func (s *Store) AddTokens(ctx context.Context, keyID string, at time.Time, tokens int64) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+	defer cancel()
+	if err := addTokensScript.Run(ctx, s.rdb, []string{apikey.TokensKey(keyID, at.Unix()/60)}, tokens).Err(); err != nil {
+		return fmt.Errorf("add tokens: %w", err)
+	}
+	return nil
 }
 
 // isTimeout reports whether err is a timeout (worth retrying) rather than a

@@ -138,3 +138,34 @@ func TestRedisDownFallsBackToLocalShare(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestTokensPerMinute: a key with a TPM is refused once the tokens of the
+// last minute reach it, with headers-worth numbers in the decision.
+func TestTokensPerMinute(t *testing.T) {
+	l, _, _ := newLimiter(t)
+	rec := &apikey.Record{ID: "key_tpm", RPM: 1000, MonthlyLimit: 1000, TPM: 100}
+	d := l.Admit(t.Context(), rec, "t1")
+	if !d.Allowed || d.TokensLimit != 100 || d.TokensRemaining != 100 {
+		t.Fatalf("first: %+v", d)
+	}
+	l.AddTokens(t.Context(), rec.ID, 60)
+	// (A few tokens of slack: crossing a minute boundary mid-test weights
+	// the older bucket slightly below 1.)
+	if d := l.Admit(t.Context(), rec, "t2"); !d.Allowed || d.TokensRemaining > 45 {
+		t.Fatalf("after 60 tokens: %+v", d)
+	}
+	l.AddTokens(t.Context(), rec.ID, 50)
+	d = l.Admit(t.Context(), rec, "t3")
+	if d.Allowed || d.Reason != quota.ReasonTokens || d.TokensRemaining != 0 || d.RetryAfter <= 0 {
+		t.Fatalf("after 110 tokens: %+v", d)
+	}
+	// A refusal for tokens takes no RPM slot and no monthly unit.
+	if d.MonthlyUsed != 2 {
+		t.Errorf("monthly used %d, want 2", d.MonthlyUsed)
+	}
+	// Keys without a TPM never read token buckets.
+	plain := &apikey.Record{ID: "key_plain", RPM: 10, MonthlyLimit: 10}
+	if d := l.Admit(t.Context(), plain, "p"); !d.Allowed || d.TokensLimit != 0 {
+		t.Errorf("plain key: %+v", d)
+	}
+}
