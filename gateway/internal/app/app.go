@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"os/signal"
@@ -186,6 +187,9 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	goWG(func() { authredis.Listen(bg, rdb, verifier, log) })
 	goWG(func() { reloadCatalog(bg, cat, log) })
 
+	if cfg.PprofAddr != "" {
+		startPprof(bg, cfg.PprofAddr, log)
+	}
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
 	ready.Store(true)
@@ -277,4 +281,21 @@ func reloadCatalog(ctx context.Context, cat *catalog.Holder, log *slog.Logger) {
 			log.Info("model catalog reloaded", "models", len(cat.Get().Models()))
 		}
 	}
+}
+
+// startPprof serves the runtime profiles on their own listener, never on
+// the public one.
+func startPprof(ctx context.Context, addr string, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("pprof listener failed", "addr", addr, "err", err)
+		}
+	}()
+	context.AfterFunc(ctx, func() { _ = srv.Close() })
+	log.Info("pprof listening", "addr", addr)
 }

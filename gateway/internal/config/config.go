@@ -44,6 +44,9 @@ type Config struct {
 	StreamReplicas int           // STREAM_REPLICAS
 	DrainTimeout   time.Duration // SHUTDOWN_TIMEOUT
 	LogLevel       string        // LOG_LEVEL
+	// PprofAddr, when set, serves net/http/pprof there (a separate,
+	// loopback-only listener for profiling; off by default).
+	PprofAddr string // PPROF_ADDR
 	// OTLPEndpoint exports traces over OTLP/HTTP, e.g. http://otel-collector:4318.
 	OTLPEndpoint string // OTEL_EXPORTER_OTLP_ENDPOINT
 }
@@ -104,6 +107,7 @@ func Load(getenv func(string) string) (Config, error) {
 		StreamReplicas: p.int("STREAM_REPLICAS", 1),
 		DrainTimeout:   p.dur("SHUTDOWN_TIMEOUT", 25*time.Second),
 		LogLevel:       p.str("LOG_LEVEL", "info"),
+		PprofAddr:      p.str("PPROF_ADDR", ""),
 		OTLPEndpoint:   p.str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", p.str("OTEL_EXPORTER_OTLP_ENDPOINT", "")),
 	}
 	c.Instance = p.str("GATEWAY_INSTANCE", host+"/"+c.Addr)
