@@ -1,6 +1,8 @@
 // Package chschema owns the ClickHouse schema of QYAI: versioned migrations
-// embedded from migrations/NNNN_name.sql, applied in order by Apply, and a
-// connection helper, Open, for the native protocol.
+// embedded from migrations/NNNN_name.sql, applied in order by Apply; the
+// rollup that keeps the exact hourly aggregates (Rollup); the price table
+// as data (SyncPrices); and a connection helper, Open, for the native
+// protocol. docs/clickhouse.md documents the tables and the exactness proof.
 //
 // Every service that needs the schema (meter, admin) calls Apply at start.
 // Concurrent appliers are harmless: every statement is idempotent
@@ -199,12 +201,19 @@ type templateData struct {
 func render(version int, name, src string, data templateData) (Migration, error) {
 	funcs := template.FuncMap{
 		// engine names the table engine: kind as is on one server, the
-		// Replicated variant with the conventional ZooKeeper path on a cluster.
-		"engine": func(kind, table string) string {
+		// Replicated variant with the conventional ZooKeeper path on a
+		// cluster. params, if any, are the engine's own parameters (the
+		// version column of a ReplacingMergeTree, the summed columns of a
+		// SummingMergeTree).
+		"engine": func(kind, table string, params ...string) string {
 			if data.Cluster == "" {
-				return kind
+				if len(params) == 0 {
+					return kind
+				}
+				return kind + "(" + strings.Join(params, ", ") + ")"
 			}
-			return fmt.Sprintf("Replicated%s('/clickhouse/tables/{shard}/%s/%s', '{replica}')", kind, data.DB, table)
+			args := append([]string{fmt.Sprintf("'/clickhouse/tables/{shard}/%s/%s'", data.DB, table), "'{replica}'"}, params...)
+			return fmt.Sprintf("Replicated%s(%s)", kind, strings.Join(args, ", "))
 		},
 		// local names the storage table behind a public name.
 		"local": func(table string) string {

@@ -1,5 +1,6 @@
 // Command admin serves QYAI's admin API (API keys, usage for finance) and the
-// public billing endpoint the gateway passes through.
+// public billing endpoints the gateway passes through; with a subcommand
+// (admin keys ..., admin usage ...) it is the operators' CLI.
 package main
 
 import (
@@ -14,7 +15,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := app.Run(ctx, os.Args[1:], os.Stderr); err != nil {
+	if err := app.Run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		os.Exit(1)
 	}
 }

@@ -1,5 +1,6 @@
 // Package app wires the admin service together and runs it until its
-// context ends, then shuts down gracefully.
+// context ends, then shuts down gracefully; or, given a subcommand, runs the
+// operators' CLI (package cli).
 package app
 
 import (
@@ -12,13 +13,19 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/qyai/qyai/admin/internal/adminauth"
+	"github.com/qyai/qyai/admin/internal/audit"
+	auditch "github.com/qyai/qyai/admin/internal/audit/clickhouse"
+	auditredis "github.com/qyai/qyai/admin/internal/audit/redis"
 	"github.com/qyai/qyai/admin/internal/billing"
 	chstore "github.com/qyai/qyai/admin/internal/billing/clickhouse"
+	"github.com/qyai/qyai/admin/internal/cli"
 	"github.com/qyai/qyai/admin/internal/config"
 	"github.com/qyai/qyai/admin/internal/httpapi"
 	"github.com/qyai/qyai/admin/internal/keys"
@@ -27,14 +34,46 @@ import (
 	"github.com/qyai/qyai/pkg/tier"
 )
 
-// Run parses args, loads the configuration from the environment and serves
-// until ctx is done. With --validate it only checks the configuration.
-func Run(ctx context.Context, args []string, stderr io.Writer) error {
+// Run is the admin binary. Without a subcommand (or with "serve") it loads
+// the configuration from the environment and serves until ctx is done; with
+// --validate it only checks the configuration. "keys ..." and "usage ..."
+// run the CLI (see cli.Usage).
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		switch args[0] {
+		case "serve":
+			return serve(ctx, args[1:], stderr)
+		case "help":
+			fmt.Fprint(stdout, cli.Usage)
+			return nil
+		}
+		cfg, err := config.LoadClient(os.Getenv)
+		if err != nil {
+			fmt.Fprintf(stderr, "admin: invalid configuration:\n%v\n", err)
+			return err
+		}
+		return cli.Run(ctx, args, cfg, stdout, stderr)
+	}
+	return serve(ctx, args, stderr)
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("admin", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, cli.Usage)
+		fs.PrintDefaults()
+	}
 	validate := fs.Bool("validate", false, "check the configuration and exit")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "admin: unexpected argument %q\n", fs.Arg(0))
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	cfg, err := config.Load(os.Getenv)
 	if err != nil {
@@ -59,6 +98,10 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<- net.Addr) error {
 	if cfg.UsesDefaultPepper() {
 		log.Warn("KEY_PEPPER is not set: using the development default; set it (same value as the gateway) in production")
+	}
+	tiers, err := tier.Load(cfg.TiersFile)
+	if err != nil {
+		return err
 	}
 	// gin keeps its mode in a package variable (atomic): release mode only
 	// silences its debug route dump on stdout.
@@ -86,10 +129,18 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 
 	now := time.Now
 	keyStore := redisstore.New(rdb, cfg.Redis.Timeout)
+	db, qt := cfg.ClickHouse.Database, cfg.ClickHouse.QueryTimeout
+	usage := chstore.NewStore(ch, db, qt)
+	tokens := make([]adminauth.Token, 0, len(cfg.AdminTokens))
+	for _, t := range cfg.AdminTokens {
+		tokens = append(tokens, adminauth.Token{Name: t.Name, Secret: t.Token})
+	}
 	handler := httpapi.New(httpapi.Deps{
-		Keys:       keys.NewService(keyStore, []byte(cfg.KeyPepper), tier.Default(), now),
-		Billing:    billing.NewService(chstore.NewStore(ch, cfg.ClickHouse.Database, cfg.ClickHouse.QueryTimeout), keyStore, now),
-		AdminToken: cfg.AdminToken,
+		Keys:           keys.NewService(keyStore, []byte(cfg.KeyPepper), tiers, now),
+		Billing:        billing.NewService(usage, keyStore, now),
+		AdminTokens:    tokens,
+		AuthFailures:   adminauth.NewLimiter(cfg.AuthMaxFailures, cfg.AuthFailureWindow, now),
+		TrustedProxies: cfg.TrustedProxies,
 		Ready: []httpapi.Check{
 			{Name: "redis", Timeout: cfg.Redis.Timeout, Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 			{Name: "clickhouse", Timeout: time.Second, Ping: ch.Ping},
@@ -122,6 +173,25 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 			log.Error("clickhouse schema not applied", "err", err)
 		}
 	}()
+	// The audit flusher moves entries from the Redis stream to ClickHouse;
+	// it waits quietly while ClickHouse is not ready, and tries once more
+	// at shutdown. Its Redis calls are not on a request path: a longer
+	// timeout suits reading a backlog.
+	flusher := &audit.Flusher{
+		Buffer:   auditredis.New(rdb, max(cfg.Redis.Timeout, 2*time.Second)),
+		Sink:     auditch.New(ch, db, cfg.ClickHouse.Cluster != "", qt),
+		Log:      log,
+		Interval: cfg.AuditFlushInterval,
+		Batch:    500,
+	}
+	// Not bgCtx: the flusher outlives ctx until the server has drained.
+	flushCtx, stopFlush := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFlush()
+	flushDone := make(chan struct{})
+	go func() {
+		defer close(flushDone)
+		flusher.Run(flushCtx, 5*time.Second)
+	}()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -134,7 +204,9 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	select {
 	case err := <-serveErr:
 		stopBg()
+		stopFlush()
 		<-schemaDone
+		<-flushDone
 		return fmt.Errorf("serve http: %w", err)
 	case <-ctx.Done():
 	}
@@ -143,7 +215,11 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
 	err = srv.Shutdown(shutCtx)
+	// The flusher's last round runs after the server stopped taking
+	// changes, so that it sees them all.
+	stopFlush()
 	<-schemaDone
+	<-flushDone
 	if err != nil {
 		return fmt.Errorf("shut down http server: %w", err)
 	}

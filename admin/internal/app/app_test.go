@@ -32,10 +32,40 @@ func TestValidateFlag(t *testing.T) {
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
-			var out bytes.Buffer
-			err := Run(t.Context(), []string{"--validate"}, &out)
-			if (err != nil) != tt.wantErr || !strings.Contains(out.String(), tt.wantOut) {
-				t.Errorf("Run --validate = %v, output %q", err, out.String())
+			for _, args := range [][]string{{"--validate"}, {"serve", "--validate"}} {
+				var out bytes.Buffer
+				err := Run(t.Context(), args, io.Discard, &out)
+				if (err != nil) != tt.wantErr || !strings.Contains(out.String(), tt.wantOut) {
+					t.Errorf("Run %v = %v, output %q", args, err, out.String())
+				}
+			}
+		})
+	}
+}
+
+func TestCommandLine(t *testing.T) {
+	t.Setenv("ADMIN_TOKEN", "tok")
+	tests := []struct {
+		name       string
+		args       []string
+		wantErr    bool
+		wantOut    string // in stdout
+		wantErrOut string // in stderr
+	}{
+		{name: "help", args: []string{"help"}, wantOut: "admin keys rebuild-redis"},
+		{name: "-h", args: []string{"-h"}, wantErrOut: "-validate"},
+		{name: "unknown command", args: []string{"frobnicate"}, wantErr: true, wantErrOut: "usage:"},
+		{name: "keys without a subcommand", args: []string{"keys"}, wantErr: true, wantErrOut: "usage:"},
+		{name: "rotate without an id", args: []string{"keys", "rotate"}, wantErr: true, wantErrOut: "takes 1 argument"},
+		{name: "unknown flag", args: []string{"keys", "list", "--nope"}, wantErr: true, wantErrOut: "flag provided but not defined"},
+		{name: "serve with an argument", args: []string{"serve", "extra"}, wantErr: true, wantErrOut: "unexpected argument"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			err := Run(t.Context(), tt.args, &out, &errOut)
+			if (err != nil) != tt.wantErr || !strings.Contains(out.String(), tt.wantOut) || !strings.Contains(errOut.String(), tt.wantErrOut) {
+				t.Errorf("Run %v = %v\nstdout %q\nstderr %q", tt.args, err, out.String(), errOut.String())
 			}
 		})
 	}

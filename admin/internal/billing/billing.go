@@ -22,6 +22,7 @@ var ErrNotReady = errors.New("usage store not ready")
 const (
 	GroupByDay   = "day"
 	GroupByModel = "model"
+	GroupByKey   = "key"
 )
 
 // Totals is one key's usage over a period.
@@ -37,12 +38,12 @@ type Query struct {
 	KeyID   string // empty: every key
 	From    time.Time
 	To      time.Time
-	GroupBy string // GroupByDay or GroupByModel
+	GroupBy string // GroupByDay, GroupByModel or GroupByKey
 }
 
 // Row is one group of the finance report.
 type Row struct {
-	// Group is the day (YYYY-MM-DD, UTC) or the public model id.
+	// Group is the day (YYYY-MM-DD, UTC), the public model id or the key id.
 	Group            string
 	Requests         uint64
 	PromptTokens     uint64
@@ -143,4 +144,40 @@ func (s *Service) Summary(ctx context.Context, rec apikey.Record) (Summary, erro
 // Usage returns the finance report for q.
 func (s *Service) Usage(ctx context.Context, q Query) ([]Row, error) {
 	return s.store.Usage(ctx, q)
+}
+
+// Day is one UTC day of a key's usage, as the key-holder dashboard shows it.
+type Day struct {
+	Day              string `json:"day"`
+	Requests         uint64 `json:"requests"`
+	PromptTokens     uint64 `json:"prompt_tokens"`
+	CompletionTokens uint64 `json:"completion_tokens"`
+}
+
+// Daily returns the key's metered usage per UTC day of the current month,
+// every day from the first through today (days without usage as zeros, so
+// that a chart needs no gaps filled), in order.
+func (s *Service) Daily(ctx context.Context, keyID string) ([]Day, error) {
+	now := s.now().UTC()
+	from, to := MonthBounds(now)
+	rows, err := s.store.Usage(ctx, Query{KeyID: keyID, From: from, To: to, GroupBy: GroupByDay})
+	if err != nil {
+		return nil, err
+	}
+	byDay := make(map[string]Row, len(rows))
+	last := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC)
+	for _, r := range rows {
+		byDay[r.Group] = r
+		// A row dated after today (a gateway clock ahead of ours) is kept.
+		if d, err := time.Parse(time.DateOnly, r.Group); err == nil && d.After(last) {
+			last = d
+		}
+	}
+	out := []Day{}
+	for d := from; !d.After(last); d = d.AddDate(0, 0, 1) {
+		day := d.Format(time.DateOnly)
+		r := byDay[day]
+		out = append(out, Day{Day: day, Requests: r.Requests, PromptTokens: r.PromptTokens, CompletionTokens: r.CompletionTokens})
+	}
+	return out, nil
 }

@@ -5,8 +5,11 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -15,19 +18,55 @@ import (
 // must equal the gateway's default, or keys created here would not verify there.
 const DefaultKeyPepper = "qyai-dev-pepper-change-me"
 
+// DefaultTokenName is the name of a token given without one (ADMIN_TOKEN,
+// or a line of ADMIN_TOKEN_FILE without "name:").
+const DefaultTokenName = "admin"
+
 // Config is everything admin needs to start.
 type Config struct {
 	Addr string // ADMIN_ADDR
-	// AdminToken guards /admin/v1. Never logged.
-	AdminToken string // ADMIN_TOKEN, or the contents of ADMIN_TOKEN_FILE
+	// AdminTokens guard /admin/v1; the audit trail records the name of the
+	// token used. Secrets are never logged.
+	AdminTokens []AdminToken // ADMIN_TOKEN, ADMIN_TOKENS, ADMIN_TOKEN_FILE
 	// KeyPepper is the HMAC secret shared with the gateway. Never logged.
 	KeyPepper string // KEY_PEPPER
+	// TiersFile replaces the built-in tier table (pkg/tier/tiers.yaml).
+	TiersFile string // TIERS_FILE
+
+	// AuthMaxFailures failed admin authentications from one client address
+	// within AuthFailureWindow block it until the oldest is that old.
+	AuthMaxFailures   int           // ADMIN_AUTH_MAX_FAILURES
+	AuthFailureWindow time.Duration // ADMIN_AUTH_FAILURE_WINDOW
+	// TrustedProxies are the addresses (IPs or CIDRs) whose
+	// X-Forwarded-For / X-Real-IP name the client; empty: the peer address
+	// is the client.
+	TrustedProxies []string // ADMIN_TRUSTED_PROXIES
+
+	// AuditFlushInterval is how often audit entries move from the Redis
+	// buffer to ClickHouse.
+	AuditFlushInterval time.Duration // AUDIT_FLUSH_INTERVAL
 
 	Redis      Redis
 	ClickHouse ClickHouse
 
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT
 	LogLevel        string        // LOG_LEVEL: debug, info, warn, error
+}
+
+// AdminToken is one admin token with the name the audit trail records.
+type AdminToken struct {
+	Name  string
+	Token string // never logged
+}
+
+// Client is what the admin CLI needs: the admin API, and for
+// rebuild-redis the stores themselves.
+type Client struct {
+	URL   string // ADMIN_URL
+	Token string // ADMIN_TOKEN, or the first token of ADMIN_TOKEN_FILE
+
+	Redis      Redis
+	ClickHouse ClickHouse
 }
 
 // Redis is where key records live.
@@ -60,28 +99,118 @@ func (c Config) UsesDefaultPepper() bool { return c.KeyPepper == DefaultKeyPeppe
 func Load(getenv func(string) string) (Config, error) {
 	p := parser{getenv: getenv}
 	c := Config{
-		Addr:       p.str("ADMIN_ADDR", "127.0.0.1:8081"),
-		AdminToken: p.secret("ADMIN_TOKEN"),
-		KeyPepper:  p.str("KEY_PEPPER", DefaultKeyPepper),
-		Redis: Redis{
-			Addrs:   splitList(p.str("REDIS_ADDR", "127.0.0.1:6379")),
-			Timeout: p.dur("REDIS_TIMEOUT", 50*time.Millisecond),
-		},
-		ClickHouse: ClickHouse{
-			Addr:         p.str("CLICKHOUSE_ADDR", "127.0.0.1:9000"),
-			Database:     p.str("CLICKHOUSE_DATABASE", "qyai"),
-			User:         p.str("CLICKHOUSE_USER", "default"),
-			Password:     getenv("CLICKHOUSE_PASSWORD"),
-			Cluster:      p.str("CLICKHOUSE_CLUSTER", ""),
-			QueryTimeout: p.dur("CLICKHOUSE_QUERY_TIMEOUT", 10*time.Second),
-		},
-		ShutdownTimeout: p.dur("SHUTDOWN_TIMEOUT", 10*time.Second),
-		LogLevel:        strings.ToLower(p.str("LOG_LEVEL", "info")),
+		Addr:               p.str("ADMIN_ADDR", "127.0.0.1:8081"),
+		AdminTokens:        p.adminTokens(),
+		KeyPepper:          p.str("KEY_PEPPER", DefaultKeyPepper),
+		TiersFile:          p.str("TIERS_FILE", ""),
+		AuthMaxFailures:    p.int("ADMIN_AUTH_MAX_FAILURES", 10),
+		AuthFailureWindow:  p.dur("ADMIN_AUTH_FAILURE_WINDOW", time.Minute),
+		TrustedProxies:     splitList(p.str("ADMIN_TRUSTED_PROXIES", "")),
+		AuditFlushInterval: p.dur("AUDIT_FLUSH_INTERVAL", time.Second),
+		Redis:              p.redis(),
+		ClickHouse:         p.clickhouse(),
+		ShutdownTimeout:    p.dur("SHUTDOWN_TIMEOUT", 10*time.Second),
+		LogLevel:           strings.ToLower(p.str("LOG_LEVEL", "info")),
 	}
 	return c, errors.Join(p.err, c.Validate())
 }
 
-var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+// LoadClient reads the CLI's configuration. The token is checked by the
+// commands that need it (rebuild-redis does not).
+func LoadClient(getenv func(string) string) (Client, error) {
+	p := parser{getenv: getenv}
+	c := Client{
+		URL:        strings.TrimRight(p.str("ADMIN_URL", "http://127.0.0.1:8081"), "/"),
+		Redis:      p.redis(),
+		ClickHouse: p.clickhouse(),
+	}
+	if ts := p.adminTokens(); len(ts) > 0 {
+		c.Token = ts[0].Token
+	}
+	var errs []error
+	if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("cli: ADMIN_URL %q is not an http(s) URL", c.URL))
+	}
+	errs = append(errs, validateRedis(c.Redis), validateClickHouse(c.ClickHouse))
+	return c, errors.Join(p.err, errors.Join(errs...))
+}
+
+func (p *parser) redis() Redis {
+	return Redis{
+		Addrs:   splitList(p.str("REDIS_ADDR", "127.0.0.1:6379")),
+		Timeout: p.dur("REDIS_TIMEOUT", 50*time.Millisecond),
+	}
+}
+
+func (p *parser) clickhouse() ClickHouse {
+	return ClickHouse{
+		Addr:         p.str("CLICKHOUSE_ADDR", "127.0.0.1:9000"),
+		Database:     p.str("CLICKHOUSE_DATABASE", "qyai"),
+		User:         p.str("CLICKHOUSE_USER", "default"),
+		Password:     p.getenv("CLICKHOUSE_PASSWORD"),
+		Cluster:      p.str("CLICKHOUSE_CLUSTER", ""),
+		QueryTimeout: p.dur("CLICKHOUSE_QUERY_TIMEOUT", 10*time.Second),
+	}
+}
+
+// adminTokens reads the admin tokens:
+//
+//   - ADMIN_TOKEN: one token, named "admin";
+//   - ADMIN_TOKENS: "name:token" pairs separated by commas or newlines;
+//   - ADMIN_TOKEN_FILE: a file of lines "name:token" or a bare token (named
+//     "admin"); blank lines and lines starting with # are skipped.
+//
+// ADMIN_TOKEN and ADMIN_TOKEN_FILE exclude each other; ADMIN_TOKENS adds to
+// either. Problems name the variable and line, never the secret.
+func (p *parser) adminTokens() []AdminToken {
+	var out []AdminToken
+	v, file := p.getenv("ADMIN_TOKEN"), p.getenv("ADMIN_TOKEN_FILE")
+	switch {
+	case v != "" && file != "":
+		p.fail("server: set ADMIN_TOKEN or ADMIN_TOKEN_FILE, not both")
+	case v != "":
+		out = append(out, AdminToken{Name: DefaultTokenName, Token: v})
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			p.fail("server: read ADMIN_TOKEN_FILE: %w", err)
+			break
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			name, tok, named := strings.Cut(line, ":")
+			if !named {
+				name, tok = DefaultTokenName, line
+			}
+			if strings.TrimSpace(name) == "" || tok == "" {
+				p.fail("server: ADMIN_TOKEN_FILE line %d is not name:token", i+1)
+				continue
+			}
+			out = append(out, AdminToken{Name: strings.TrimSpace(name), Token: strings.TrimSpace(tok)})
+		}
+	}
+	for i, pair := range strings.FieldsFunc(p.getenv("ADMIN_TOKENS"), func(r rune) bool { return r == ',' || r == '\n' }) {
+		pair = strings.TrimSpace(pair)
+		if pair == "" {
+			continue
+		}
+		name, tok, ok := strings.Cut(pair, ":")
+		if !ok || strings.TrimSpace(name) == "" || tok == "" {
+			p.fail("server: ADMIN_TOKENS entry %d is not name:token", i+1)
+			continue
+		}
+		out = append(out, AdminToken{Name: strings.TrimSpace(name), Token: tok})
+	}
+	return out
+}
+
+var (
+	identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	tokenName  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$`)
+)
 
 // Validate reports every problem at once, each prefixed by its section.
 func (c Config) Validate() error {
@@ -92,10 +221,38 @@ func (c Config) Validate() error {
 	if c.Addr == "" {
 		add("server", "ADMIN_ADDR is empty")
 	}
-	if c.AdminToken == "" {
-		add("server", "ADMIN_TOKEN (or ADMIN_TOKEN_FILE) is required")
-	} else if strings.ContainsAny(c.AdminToken, " \t\r\n") {
-		add("server", "ADMIN_TOKEN contains whitespace")
+	if len(c.AdminTokens) == 0 {
+		add("server", "an admin token is required: set ADMIN_TOKEN, ADMIN_TOKENS or ADMIN_TOKEN_FILE")
+	}
+	names, secrets := map[string]bool{}, map[string]bool{}
+	for _, t := range c.AdminTokens {
+		switch {
+		case !tokenName.MatchString(t.Name):
+			add("server", "admin token name %q is not 1-64 letters, digits or ._@+- (starting with a letter or digit)", t.Name)
+		case names[t.Name]:
+			add("server", "admin token name %q is used twice", t.Name)
+		case t.Token == "":
+			add("server", "admin token %q is empty", t.Name)
+		case strings.ContainsAny(t.Token, " \t\r\n"):
+			add("server", "admin token %q contains whitespace", t.Name)
+		case secrets[t.Token]:
+			add("server", "admin token %q has the same secret as another token", t.Name)
+		}
+		names[t.Name], secrets[t.Token] = true, true
+	}
+	if c.AuthMaxFailures < 1 {
+		add("server", "ADMIN_AUTH_MAX_FAILURES must be at least 1")
+	}
+	if c.AuthFailureWindow <= 0 {
+		add("server", "ADMIN_AUTH_FAILURE_WINDOW must be positive")
+	}
+	for _, p := range c.TrustedProxies {
+		if _, _, err := net.ParseCIDR(p); err != nil && net.ParseIP(p) == nil {
+			add("server", "ADMIN_TRUSTED_PROXIES: %q is not an IP address or CIDR", p)
+		}
+	}
+	if c.AuditFlushInterval <= 0 {
+		add("audit", "AUDIT_FLUSH_INTERVAL must be positive")
 	}
 	if c.ShutdownTimeout <= 0 {
 		add("server", "SHUTDOWN_TIMEOUT must be positive")
@@ -108,23 +265,37 @@ func (c Config) Validate() error {
 	if c.KeyPepper == "" {
 		add("keys", "KEY_PEPPER is empty")
 	}
-	if len(c.Redis.Addrs) == 0 {
-		add("redis", "REDIS_ADDR is empty")
+	errs = append(errs, validateRedis(c.Redis), validateClickHouse(c.ClickHouse))
+	return errors.Join(errs...)
+}
+
+func validateRedis(r Redis) error {
+	var errs []error
+	if len(r.Addrs) == 0 {
+		errs = append(errs, errors.New("redis: REDIS_ADDR is empty"))
 	}
-	if c.Redis.Timeout <= 0 {
-		add("redis", "REDIS_TIMEOUT must be positive")
+	if r.Timeout <= 0 {
+		errs = append(errs, errors.New("redis: REDIS_TIMEOUT must be positive"))
 	}
-	if c.ClickHouse.Addr == "" {
-		add("clickhouse", "CLICKHOUSE_ADDR is empty")
+	return errors.Join(errs...)
+}
+
+func validateClickHouse(c ClickHouse) error {
+	var errs []error
+	add := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("clickhouse: "+format, a...))
 	}
-	if !identifier.MatchString(c.ClickHouse.Database) {
-		add("clickhouse", "CLICKHOUSE_DATABASE %q is not a plain identifier", c.ClickHouse.Database)
+	if c.Addr == "" {
+		add("CLICKHOUSE_ADDR is empty")
 	}
-	if c.ClickHouse.Cluster != "" && !identifier.MatchString(c.ClickHouse.Cluster) {
-		add("clickhouse", "CLICKHOUSE_CLUSTER %q is not a plain identifier", c.ClickHouse.Cluster)
+	if !identifier.MatchString(c.Database) {
+		add("CLICKHOUSE_DATABASE %q is not a plain identifier", c.Database)
 	}
-	if c.ClickHouse.QueryTimeout <= 0 {
-		add("clickhouse", "CLICKHOUSE_QUERY_TIMEOUT must be positive")
+	if c.Cluster != "" && !identifier.MatchString(c.Cluster) {
+		add("CLICKHOUSE_CLUSTER %q is not a plain identifier", c.Cluster)
+	}
+	if c.QueryTimeout <= 0 {
+		add("CLICKHOUSE_QUERY_TIMEOUT must be positive")
 	}
 	return errors.Join(errs...)
 }
@@ -145,23 +316,17 @@ func (p *parser) str(name, def string) string {
 	return def
 }
 
-// secret reads NAME, or the file named by NAME_FILE (trailing newline
-// trimmed), the usual way to pass secrets from Kubernetes or Docker.
-func (p *parser) secret(name string) string {
-	v, file := p.getenv(name), p.getenv(name+"_FILE")
-	switch {
-	case v != "" && file != "":
-		p.fail("server: set %s or %s_FILE, not both", name, name)
-		return ""
-	case file != "":
-		b, err := os.ReadFile(file)
-		if err != nil {
-			p.fail("server: read %s_FILE: %w", name, err)
-			return ""
-		}
-		return strings.TrimSpace(string(b))
+func (p *parser) int(name string, def int) int {
+	v := strings.TrimSpace(p.getenv(name))
+	if v == "" {
+		return def
 	}
-	return v
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		p.fail("%s: %q is not an integer", name, v)
+		return def
+	}
+	return n
 }
 
 func (p *parser) dur(name string, def time.Duration) time.Duration {

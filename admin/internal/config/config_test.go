@@ -17,6 +17,9 @@ func TestLoadDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
+	if c.AuthMaxFailures != 10 || c.AuthFailureWindow != time.Minute || len(c.TrustedProxies) != 0 || c.AuditFlushInterval != time.Second {
+		t.Errorf("auth and audit defaults: %+v", c)
+	}
 	if c.Addr != "127.0.0.1:8081" || c.Redis.Addrs[0] != "127.0.0.1:6379" || c.Redis.Timeout != 50*time.Millisecond ||
 		c.ClickHouse.Addr != "127.0.0.1:9000" || c.ClickHouse.Database != "qyai" || c.ClickHouse.User != "default" ||
 		c.LogLevel != "info" || !c.UsesDefaultPepper() {
@@ -30,6 +33,10 @@ func TestLoad(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte("from-file-token\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	namedFile := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(namedFile, []byte("# operators\nalice:alice-token\n\n  bob@example.com:bob-token  \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		env     map[string]string
@@ -39,16 +46,56 @@ func TestLoad(t *testing.T) {
 		{
 			name:    "token required",
 			env:     map[string]string{},
-			wantErr: []string{"ADMIN_TOKEN (or ADMIN_TOKEN_FILE) is required"},
+			wantErr: []string{"an admin token is required: set ADMIN_TOKEN, ADMIN_TOKENS or ADMIN_TOKEN_FILE"},
+		},
+		{
+			name: "plain token is named admin",
+			env:  map[string]string{"ADMIN_TOKEN": "plain-token"},
+			check: func(t *testing.T, c Config) {
+				if len(c.AdminTokens) != 1 || c.AdminTokens[0] != (AdminToken{Name: "admin", Token: "plain-token"}) {
+					t.Errorf("AdminTokens = %+v", c.AdminTokens)
+				}
+			},
 		},
 		{
 			name: "token from file, newline trimmed",
 			env:  map[string]string{"ADMIN_TOKEN_FILE": tokenFile},
 			check: func(t *testing.T, c Config) {
-				if c.AdminToken != "from-file-token" {
-					t.Errorf("AdminToken = %q", c.AdminToken)
+				if len(c.AdminTokens) != 1 || c.AdminTokens[0] != (AdminToken{Name: "admin", Token: "from-file-token"}) {
+					t.Errorf("AdminTokens = %+v", c.AdminTokens)
 				}
 			},
+		},
+		{
+			name: "named tokens from a file and from ADMIN_TOKENS",
+			env:  map[string]string{"ADMIN_TOKEN_FILE": namedFile, "ADMIN_TOKENS": "ci:ci-token-1, ops:tok:with:colons"},
+			check: func(t *testing.T, c Config) {
+				want := []AdminToken{{"alice", "alice-token"}, {"bob@example.com", "bob-token"}, {"ci", "ci-token-1"}, {"ops", "tok:with:colons"}}
+				if len(c.AdminTokens) != len(want) {
+					t.Fatalf("AdminTokens = %+v", c.AdminTokens)
+				}
+				for i := range want {
+					if c.AdminTokens[i] != want[i] {
+						t.Errorf("token %d = %+v, want %+v", i, c.AdminTokens[i], want[i])
+					}
+				}
+			},
+		},
+		{
+			name: "token problems name the token, never the secret",
+			env:  map[string]string{"ADMIN_TOKENS": "a:same-secret,b:same-secret,a:other,bad name:x,:nameless,noname"},
+			wantErr: []string{
+				`admin token "b" has the same secret as another token`,
+				`admin token name "a" is used twice`,
+				`admin token name "bad name" is not`,
+				"ADMIN_TOKENS entry 5 is not name:token",
+				"ADMIN_TOKENS entry 6 is not name:token",
+			},
+		},
+		{
+			name:    "auth limits and proxies",
+			env:     map[string]string{"ADMIN_TOKEN": "t", "ADMIN_AUTH_MAX_FAILURES": "0", "ADMIN_AUTH_FAILURE_WINDOW": "0s", "ADMIN_TRUSTED_PROXIES": "10.0.0.0/8, nope", "AUDIT_FLUSH_INTERVAL": "0s"},
+			wantErr: []string{"ADMIN_AUTH_MAX_FAILURES must be at least 1", "ADMIN_AUTH_FAILURE_WINDOW must be positive", `"nope" is not an IP address or CIDR`, "AUDIT_FLUSH_INTERVAL must be positive"},
 		},
 		{
 			name:    "token and token file",
@@ -81,7 +128,7 @@ func TestLoad(t *testing.T) {
 			},
 			wantErr: []string{
 				`REDIS_TIMEOUT: "soon" is not a duration`,
-				"server: ADMIN_TOKEN (or ADMIN_TOKEN_FILE) is required",
+				"server: an admin token is required",
 				`server: LOG_LEVEL "loud"`,
 				`clickhouse: CLICKHOUSE_DATABASE "qyai; DROP" is not a plain identifier`,
 				`clickhouse: CLICKHOUSE_CLUSTER "a-b"`,
@@ -91,7 +138,7 @@ func TestLoad(t *testing.T) {
 		{
 			name:    "whitespace in token",
 			env:     map[string]string{"ADMIN_TOKEN": "two words"},
-			wantErr: []string{"ADMIN_TOKEN contains whitespace"},
+			wantErr: []string{`admin token "admin" contains whitespace`},
 		},
 	}
 	for _, tt := range tests {
@@ -111,6 +158,40 @@ func TestLoad(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not contain %q", err, w)
 				}
+			}
+		})
+	}
+}
+
+func TestLoadClient(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(file, []byte("alice:alice-token\nbob:bob-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		env       map[string]string
+		wantURL   string
+		wantToken string
+		wantErr   string
+	}{
+		{name: "defaults", env: map[string]string{}, wantURL: "http://127.0.0.1:8081"},
+		{name: "url and token", env: map[string]string{"ADMIN_URL": "https://admin.example.com/", "ADMIN_TOKEN": "tok"}, wantURL: "https://admin.example.com", wantToken: "tok"},
+		{name: "first token of a file", env: map[string]string{"ADMIN_TOKEN_FILE": file}, wantURL: "http://127.0.0.1:8081", wantToken: "alice-token"},
+		{name: "bad url", env: map[string]string{"ADMIN_URL": "127.0.0.1:8081"}, wantErr: "is not an http(s) URL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := LoadClient(env(tt.env))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("LoadClient error %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || c.URL != tt.wantURL || c.Token != tt.wantToken {
+				t.Errorf("LoadClient = %+v, %v", c, err)
 			}
 		})
 	}

@@ -8,21 +8,23 @@ package httpapi
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/qyai/qyai/admin/internal/adminauth"
 	"github.com/qyai/qyai/admin/internal/billing"
 	"github.com/qyai/qyai/admin/internal/keys"
+	"github.com/qyai/qyai/admin/internal/web"
 	"github.com/qyai/qyai/pkg/apierr"
 )
 
@@ -37,26 +39,40 @@ type Check struct {
 type Deps struct {
 	Keys    *keys.Service
 	Billing *billing.Service
-	// AdminToken guards /admin/v1.
-	AdminToken string
-	Ready      []Check
-	Log        *slog.Logger
-	Now        func() time.Time
+	// AdminTokens guard /admin/v1; the name of the token used is the actor
+	// of every change made with it.
+	AdminTokens []adminauth.Token
+	// AuthFailures limits failed admin authentications per client address;
+	// nil means 10 per minute.
+	AuthFailures *adminauth.Limiter
+	// TrustedProxies are the addresses (IPs or CIDRs) whose X-Forwarded-For
+	// names the client; empty: the peer address is the client.
+	TrustedProxies []string
+	Ready          []Check
+	Log            *slog.Logger
+	Now            func() time.Time
 }
 
 type api struct {
 	Deps
-	// adminTokenSum is the SHA-256 of the admin token: comparing digests in
-	// constant time leaks neither content nor length.
-	adminTokenSum [sha256.Size]byte
+	tokens *adminauth.Tokens
 }
 
 // New returns the HTTP handler of admin.
 func New(d Deps) http.Handler {
-	a := &api{Deps: d, adminTokenSum: sha256.Sum256([]byte(d.AdminToken))}
+	if d.AuthFailures == nil {
+		d.AuthFailures = adminauth.NewLimiter(10, time.Minute, d.Now)
+	}
+	a := &api{Deps: d, tokens: adminauth.NewTokens(d.AdminTokens)}
 	r := gin.New()
 	r.HandleMethodNotAllowed = true
 	r.ContextWithFallback = true
+	// Trust no proxy unless configured: a client must not pick the address
+	// its failed attempts are counted against.
+	if err := r.SetTrustedProxies(d.TrustedProxies); err != nil {
+		d.Log.Error("invalid trusted proxies; trusting none", "err", err)
+		_ = r.SetTrustedProxies(nil)
+	}
 	a.routes(r)
 	return r
 }
@@ -70,16 +86,27 @@ func (a *api) routes(r *gin.Engine) {
 	r.GET("/healthz", a.h(a.healthz))
 	r.GET("/readyz", a.h(a.readyz))
 
-	// Public, authenticated by the caller's API key; the gateway proxies it.
+	// Public, authenticated by the caller's API key; the gateway proxies them.
 	r.GET("/v1/dashboard/billing/usage", a.h(a.billingUsage))
+	r.GET("/v1/dashboard/billing/daily", a.h(a.billingDaily))
 
 	admin := r.Group("/admin/v1", a.h(a.requireAdmin))
 	admin.POST("/keys", a.h(a.createKey))
 	admin.GET("/keys", a.h(a.listKeys))
 	admin.GET("/keys/:id", a.h(a.getKey))
+	admin.PATCH("/keys/:id", a.h(a.updateKey))
+	admin.POST("/keys/:id/disable", a.h(a.disableKey))
+	admin.POST("/keys/:id/enable", a.h(a.enableKey))
 	admin.POST("/keys/:id/rotate", a.h(a.rotateKey))
 	admin.DELETE("/keys/:id", a.h(a.revokeKey))
 	admin.GET("/usage", a.h(a.usageReport))
+
+	// The web dashboard: static pages (security headers set by web) that
+	// call the two APIs above from the browser; / redirects to it.
+	dashboard := gin.WrapH(web.Handler())
+	r.GET("/", dashboard)
+	r.GET("/dashboard", dashboard)
+	r.GET("/dashboard/*file", dashboard)
 }
 
 // handler is a gin handler that reports failure by returning an error.
@@ -110,7 +137,10 @@ func (a *api) renderError(c *gin.Context, err error) {
 	switch {
 	case errors.As(err, &ae):
 	case errors.As(err, &ve):
-		ae = apierr.InvalidRequest(ve.Message).WithParam(ve.Param)
+		ae = apierr.InvalidRequest(ve.Message)
+		if ve.Param != "" {
+			ae = ae.WithParam(ve.Param)
+		}
 	case errors.Is(err, keys.ErrNotFound):
 		ae = apierr.NotFound("No API key with id '" + c.Param("id") + "'.").WithParam("id")
 	case errors.Is(err, keys.ErrRevoked):
@@ -168,16 +198,41 @@ func (a *api) methodNotAllowed(c *gin.Context) error {
 		"Method "+c.Request.Method+" is not allowed on "+c.Request.URL.Path+".")
 }
 
-// requireAdmin lets the request through only with the admin token.
+// actorKey is where requireAdmin leaves the name of the admin token used.
+const actorKey = "qyai.admin.actor"
+
+// requireAdmin lets the request through only with an admin token, and
+// records the token's name as the actor of the request. A client address
+// with too many recent failures is refused with 429 before its token is
+// even looked at (otherwise a blocked client could go on guessing and tell
+// a right token by the status). The presented token is never logged.
 func (a *api) requireAdmin(c *gin.Context) error {
-	tok, ok := bearer(c.GetHeader("Authorization"))
-	sum := sha256.Sum256([]byte(tok))
-	if !ok || subtle.ConstantTimeCompare(sum[:], a.adminTokenSum[:]) != 1 {
+	client := adminauth.ClientKey(c.ClientIP())
+	if wait, blocked := a.AuthFailures.Blocked(client); blocked {
+		return tooManyFailures(c, wait)
+	}
+	tok, _ := bearer(c.GetHeader("Authorization"))
+	name, ok := a.tokens.Identify(tok)
+	if !ok {
+		_, blocked := a.AuthFailures.Fail(client)
+		a.Log.WarnContext(c.Request.Context(), "admin authentication failed",
+			"client", client, "route", c.FullPath(), "blocked", blocked)
 		return errAdminToken
 	}
+	c.Set(actorKey, name)
 	c.Next()
 	return nil
 }
+
+func tooManyFailures(c *gin.Context, wait time.Duration) error {
+	secs := max(1, int(math.Ceil(wait.Seconds())))
+	c.Header("Retry-After", strconv.Itoa(secs))
+	return apierr.RateLimited("Too many failed admin authentications from your address; retry after " +
+		strconv.Itoa(secs) + " seconds.").WithCode("too_many_failed_attempts")
+}
+
+// actor is the name of the admin token that authenticated the request.
+func actor(c *gin.Context) string { return c.GetString(actorKey) }
 
 // bearer extracts the token of an "Authorization: Bearer <token>" header.
 func bearer(h string) (string, bool) {

@@ -8,14 +8,18 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/gin-gonic/gin"
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/shopspring/decimal"
 
+	"github.com/qyai/qyai/admin/internal/adminauth"
 	"github.com/qyai/qyai/admin/internal/billing"
 	chstore "github.com/qyai/qyai/admin/internal/billing/clickhouse"
 	"github.com/qyai/qyai/admin/internal/httpapi"
@@ -29,6 +33,8 @@ import (
 
 const (
 	adminToken = "test-admin-token-0123456789"
+	// aliceToken is a second, named admin token.
+	aliceToken = "alice-admin-token-9876543210"
 	database   = "qyai"
 	// timeout is generous: tests share two cores with other suites.
 	timeout = 2 * time.Second
@@ -43,16 +49,45 @@ var (
 type env struct {
 	url   string
 	redis *testenv.Server
+	click *testenv.Server
 	rdb   *goredis.Client
 	ch    driver.Conn
+	conn  *chstore.Connector
+	logs  *syncBuffer
+}
+
+// syncBuffer is a log sink safe for the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvWith(t, nil)
+}
+
+// newEnvWith starts Redis and ClickHouse and serves the API; edit may change
+// the dependencies first.
+func newEnvWith(t *testing.T, edit func(*httpapi.Deps)) *env {
+	t.Helper()
 	rs, cs := testenv.Redis(t), testenv.ClickHouse(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: rs.Addr, ContextTimeoutEnabled: true, DisableIdentity: true, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	conn := chstore.NewConnector(chschema.Options{Addr: cs.Addr, Database: database}, chschema.ApplyOptions{}, log)
 	t.Cleanup(func() { conn.Close() })
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
@@ -66,20 +101,27 @@ func newEnv(t *testing.T) *env {
 	}
 	clock := func() time.Time { return now }
 	keyStore := redisstore.New(rdb, timeout)
-	h := httpapi.New(httpapi.Deps{
-		Keys:       keys.NewService(keyStore, pepper, tier.Default(), clock),
-		Billing:    billing.NewService(chstore.NewStore(conn, database, 10*time.Second), keyStore, clock),
-		AdminToken: adminToken,
+	usage := chstore.NewStore(conn, database, 10*time.Second)
+	d := httpapi.Deps{
+		Keys:        keys.NewService(keyStore, pepper, tier.Default(), clock),
+		Billing:     billing.NewService(usage, keyStore, clock),
+		AdminTokens: []adminauth.Token{{Name: "root", Secret: adminToken}, {Name: "alice", Secret: aliceToken}},
+		// Generous: the tests send many wrong tokens on purpose; the limit
+		// itself is tested with its own clock.
+		AuthFailures: adminauth.NewLimiter(1000, time.Minute, clock),
 		Ready: []httpapi.Check{
 			{Name: "redis", Timeout: timeout, Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 			{Name: "clickhouse", Timeout: timeout, Ping: conn.Ping},
 		},
 		Log: log,
 		Now: clock,
-	})
-	srv := httptest.NewServer(h)
+	}
+	if edit != nil {
+		edit(&d)
+	}
+	srv := httptest.NewServer(httpapi.New(d))
 	t.Cleanup(srv.Close)
-	return &env{url: srv.URL, redis: rs, rdb: rdb, ch: ch}
+	return &env{url: srv.URL, redis: rs, click: cs, rdb: rdb, ch: ch, conn: conn, logs: logs}
 }
 
 // do sends a request; auth is the whole Authorization header ("" for none).
@@ -209,6 +251,7 @@ func TestAdminAuth(t *testing.T) {
 		{"bare token", adminToken, http.StatusUnauthorized},
 		{"empty bearer", "Bearer ", http.StatusUnauthorized},
 		{"right token", "Bearer " + adminToken, http.StatusOK},
+		{"second named token", "Bearer " + aliceToken, http.StatusOK},
 		{"scheme is case-insensitive", "bearer " + adminToken, http.StatusOK},
 	}
 	for _, tt := range tests {
@@ -230,6 +273,16 @@ func TestAdminAuth(t *testing.T) {
 	expectError(t, code, body, http.StatusUnauthorized, "authentication_error", "")
 	if n, _ := e.rdb.SCard(t.Context(), apikey.IDsKey()).Result(); n != 0 {
 		t.Errorf("%d keys exist after unauthorized create", n)
+	}
+	// Failures are logged, never with the presented token.
+	logs := e.logs.String()
+	if !strings.Contains(logs, "admin authentication failed") {
+		t.Error("failed admin authentications are not logged")
+	}
+	for _, secret := range []string{adminToken, aliceToken, "not-the-token"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("logs contain a presented token %q...", secret[:4])
+		}
 	}
 }
 
@@ -340,7 +393,7 @@ func TestKeyLifecycle(t *testing.T) {
 	if newKey == created.Key || fieldString(t, b, "id") != created.ID || apikey.CheckFormat(newKey) != nil {
 		t.Fatalf("rotate answer %s", b)
 	}
-	if n, _ := e.rdb.Exists(ctx, apikey.AuthKey(hash)).Result(); n != 0 {
+	if liveAuthEntry(t, e, hash) {
 		t.Error("old auth entry survives rotation")
 	}
 	if n, _ := e.rdb.Exists(ctx, apikey.AuthKey(apikey.Hash(pepper, newKey))).Result(); n != 1 {
@@ -359,7 +412,7 @@ func TestKeyLifecycle(t *testing.T) {
 	}
 	code, b = e.do(t, "GET", "/v1/dashboard/billing/usage", "Bearer "+newKey, "")
 	expectError(t, code, b, http.StatusUnauthorized, "authentication_error", "")
-	if n, _ := e.rdb.Exists(ctx, apikey.AuthKey(apikey.Hash(pepper, newKey))).Result(); n != 0 {
+	if liveAuthEntry(t, e, apikey.Hash(pepper, newKey)) {
 		t.Error("auth entry survives deletion")
 	}
 	code, b = e.admin(t, "GET", "/admin/v1/keys/"+created.ID, "")
@@ -383,6 +436,27 @@ func TestKeyLifecycle(t *testing.T) {
 		code, b := e.admin(t, req[0], req[1], "")
 		expectError(t, code, b, http.StatusNotFound, "not_found_error", "id")
 	}
+}
+
+// liveAuthEntry reports whether the auth entry of hash exists and is not a
+// tombstone (what a revoked key or a rotated-out hash leaves for an hour).
+func liveAuthEntry(t *testing.T, e *env, hash string) bool {
+	t.Helper()
+	b, err := e.rdb.Get(t.Context(), apikey.AuthKey(hash)).Bytes()
+	if err != nil {
+		return false
+	}
+	var rec apikey.Record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatalf("decode auth entry: %v", err)
+	}
+	return rec.Status != apikey.StatusRevoked
+}
+
+func TestMain(m *testing.M) {
+	// Silence gin's debug route dump, as app.Serve does.
+	gin.SetMode(gin.ReleaseMode)
+	os.Exit(m.Run())
 }
 
 func fieldString(t *testing.T, b []byte, name string) string {
@@ -615,6 +689,7 @@ func TestUsageReport(t *testing.T) {
 		{"bad to", "to=tomorrow", "to"},
 		{"to before from", "from=2026-05-10&to=2026-05-09", "to"},
 		{"bad group", "group_by=week", "group_by"},
+		{"bad group case", "group_by=Key", "group_by"},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {

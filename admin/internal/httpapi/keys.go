@@ -28,6 +28,7 @@ type issuedKey struct {
 	Tier         string    `json:"tier"`
 	RPM          int64     `json:"rpm"`
 	MonthlyLimit int64     `json:"monthly_limit"`
+	TPM          int64     `json:"tpm,omitempty"`
 	Models       []string  `json:"models"`
 	CreatedAt    time.Time `json:"created_at"`
 }
@@ -40,6 +41,7 @@ type keyView struct {
 	Tier         string    `json:"tier"`
 	RPM          int64     `json:"rpm"`
 	MonthlyLimit int64     `json:"monthly_limit"`
+	TPM          int64     `json:"tpm,omitempty"`
 	Models       []string  `json:"models"`
 	Status       string    `json:"status"`
 	CreatedAt    time.Time `json:"created_at"`
@@ -55,14 +57,14 @@ func newIssued(is keys.Issued) issuedKey {
 	r := is.Record
 	return issuedKey{
 		ID: r.ID, Key: is.Key, KeyPrefix: r.KeyPrefix, Name: r.Name, Tier: r.Tier,
-		RPM: r.RPM, MonthlyLimit: r.MonthlyLimit, Models: nonNil(r.Models), CreatedAt: r.CreatedAt,
+		RPM: r.RPM, MonthlyLimit: r.MonthlyLimit, TPM: r.TPM, Models: nonNil(r.Models), CreatedAt: r.CreatedAt,
 	}
 }
 
 func newView(r apikey.Record) keyView {
 	return keyView{
 		ID: r.ID, KeyPrefix: r.KeyPrefix, Name: r.Name, Tier: r.Tier, RPM: r.RPM,
-		MonthlyLimit: r.MonthlyLimit, Models: nonNil(r.Models), Status: r.Status,
+		MonthlyLimit: r.MonthlyLimit, TPM: r.TPM, Models: nonNil(r.Models), Status: r.Status,
 		CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
 	}
 }
@@ -79,11 +81,11 @@ func (a *api) createKey(c *gin.Context) error {
 	if err := decodeJSON(c, &req); err != nil {
 		return err
 	}
-	is, err := a.Keys.Create(c.Request.Context(), req)
+	is, err := a.Keys.Create(c.Request.Context(), actor(c), req)
 	if err != nil {
 		return err
 	}
-	a.Log.InfoContext(c.Request.Context(), "key created", "key_id", is.Record.ID, "tier", is.Record.Tier)
+	a.Log.InfoContext(c.Request.Context(), "key created", "key_id", is.Record.ID, "tier", is.Record.Tier, "actor", actor(c))
 	c.JSON(http.StatusCreated, newIssued(is))
 	return nil
 }
@@ -110,21 +112,57 @@ func (a *api) getKey(c *gin.Context) error {
 	return nil
 }
 
-func (a *api) rotateKey(c *gin.Context) error {
-	is, err := a.Keys.Rotate(c.Request.Context(), c.Param("id"))
+// updateKey answers PATCH /admin/v1/keys/{id}: name, tier, rpm,
+// monthly_limit and models may be set; anything else is refused.
+func (a *api) updateKey(c *gin.Context) error {
+	var req keys.UpdateRequest
+	if err := decodeJSON(c, &req); err != nil {
+		return err
+	}
+	rec, err := a.Keys.Update(c.Request.Context(), actor(c), c.Param("id"), req)
 	if err != nil {
 		return err
 	}
-	a.Log.InfoContext(c.Request.Context(), "key rotated", "key_id", is.Record.ID)
+	a.Log.InfoContext(c.Request.Context(), "key updated", "key_id", rec.ID, "actor", actor(c))
+	c.JSON(http.StatusOK, newView(rec))
+	return nil
+}
+
+func (a *api) disableKey(c *gin.Context) error {
+	rec, err := a.Keys.Disable(c.Request.Context(), actor(c), c.Param("id"))
+	if err != nil {
+		return err
+	}
+	a.Log.InfoContext(c.Request.Context(), "key disabled", "key_id", rec.ID, "actor", actor(c))
+	c.JSON(http.StatusOK, newView(rec))
+	return nil
+}
+
+func (a *api) enableKey(c *gin.Context) error {
+	rec, err := a.Keys.Enable(c.Request.Context(), actor(c), c.Param("id"))
+	if err != nil {
+		return err
+	}
+	a.Log.InfoContext(c.Request.Context(), "key enabled", "key_id", rec.ID, "actor", actor(c))
+	c.JSON(http.StatusOK, newView(rec))
+	return nil
+}
+
+func (a *api) rotateKey(c *gin.Context) error {
+	is, err := a.Keys.Rotate(c.Request.Context(), actor(c), c.Param("id"))
+	if err != nil {
+		return err
+	}
+	a.Log.InfoContext(c.Request.Context(), "key rotated", "key_id", is.Record.ID, "actor", actor(c))
 	c.JSON(http.StatusOK, newIssued(is))
 	return nil
 }
 
 func (a *api) revokeKey(c *gin.Context) error {
-	if err := a.Keys.Revoke(c.Request.Context(), c.Param("id")); err != nil {
+	if err := a.Keys.Revoke(c.Request.Context(), actor(c), c.Param("id")); err != nil {
 		return err
 	}
-	a.Log.InfoContext(c.Request.Context(), "key revoked", "key_id", c.Param("id"))
+	a.Log.InfoContext(c.Request.Context(), "key revoked", "key_id", c.Param("id"), "actor", actor(c))
 	c.Status(http.StatusNoContent)
 	return nil
 }

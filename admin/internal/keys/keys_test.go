@@ -68,13 +68,68 @@ func TestMalformedIDsAreNotFound(t *testing.T) {
 			if _, err := s.Get(t.Context(), id); !errors.Is(err, ErrNotFound) {
 				t.Errorf("Get(%q) = %v, want ErrNotFound", id, err)
 			}
-			if _, err := s.Rotate(t.Context(), id); !errors.Is(err, ErrNotFound) {
+			if _, err := s.Rotate(t.Context(), "op", id); !errors.Is(err, ErrNotFound) {
 				t.Errorf("Rotate(%q) = %v, want ErrNotFound", id, err)
 			}
-			if err := s.Revoke(t.Context(), id); !errors.Is(err, ErrNotFound) {
+			if err := s.Revoke(t.Context(), "op", id); !errors.Is(err, ErrNotFound) {
 				t.Errorf("Revoke(%q) = %v, want ErrNotFound", id, err)
 			}
+			if _, err := s.Disable(t.Context(), "op", id); !errors.Is(err, ErrNotFound) {
+				t.Errorf("Disable(%q) = %v, want ErrNotFound", id, err)
+			}
+			if _, err := s.Enable(t.Context(), "op", id); !errors.Is(err, ErrNotFound) {
+				t.Errorf("Enable(%q) = %v, want ErrNotFound", id, err)
+			}
+			name := "x"
+			if _, err := s.Update(t.Context(), "op", id, UpdateRequest{Name: &name}); !errors.Is(err, ErrNotFound) {
+				t.Errorf("Update(%q) = %v, want ErrNotFound", id, err)
+			}
 		})
+	}
+}
+
+func TestValidateUpdate(t *testing.T) {
+	s := NewService(nil, []byte("pepper"), tier.Default(), time.Now)
+	str := func(v string) *string { return &v }
+	tests := []struct {
+		name      string
+		req       UpdateRequest
+		wantParam string // "-" means valid
+	}{
+		{name: "nothing", req: UpdateRequest{}, wantParam: ""},
+		{name: "name", req: UpdateRequest{Name: str("new name")}, wantParam: "-"},
+		{name: "blank name", req: UpdateRequest{Name: str(" ")}, wantParam: "name"},
+		{name: "tier", req: UpdateRequest{Tier: str("pro")}, wantParam: "-"},
+		{name: "unknown tier", req: UpdateRequest{Tier: str("gold")}, wantParam: "tier"},
+		{name: "rpm zero", req: UpdateRequest{RPM: ptr(int64(0))}, wantParam: "rpm"},
+		{name: "monthly huge", req: UpdateRequest{MonthlyLimit: ptr(int64(1) << 40)}, wantParam: "monthly_limit"},
+		{name: "models emptied", req: UpdateRequest{Models: &[]string{}}, wantParam: "-"},
+		{name: "model twice", req: UpdateRequest{Models: &[]string{"a", "a"}}, wantParam: "models"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := s.validateUpdate(tt.req)
+			if tt.wantParam == "-" {
+				if err != nil {
+					t.Fatalf("validateUpdate: %v", err)
+				}
+				return
+			}
+			var ve *ValidationError
+			if !errors.As(err, &ve) || ve.Param != tt.wantParam {
+				t.Fatalf("validateUpdate: %v, want a ValidationError on %q", err, tt.wantParam)
+			}
+		})
+	}
+}
+
+func TestNoActorNoChange(t *testing.T) {
+	s := NewService(nil, []byte("pepper"), tier.Default(), time.Now)
+	if _, err := s.Create(t.Context(), "", CreateRequest{Name: "a", Tier: "basic"}); !errors.Is(err, ErrNoActor) {
+		t.Errorf("Create without actor = %v", err)
+	}
+	if err := s.Revoke(t.Context(), "", "key_0123456789abcdef"); !errors.Is(err, ErrNoActor) {
+		t.Errorf("Revoke without actor = %v", err)
 	}
 }
 

@@ -1,7 +1,7 @@
 // Package app wires the meter: configuration, NATS JetStream (the USAGE
-// stream and the shared durable pull consumer), ClickHouse (migrations and
-// the usage_events writer), the sink loop, and the health and metrics
-// server.
+// stream and the shared durable pull consumer), ClickHouse (migrations, the
+// price table and the usage_events writer), the sink loop, the rollup loop
+// of the hourly aggregates, and the health and metrics server.
 package app
 
 import (
@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -28,6 +29,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/qyai/qyai/meter/internal/config"
+	"github.com/qyai/qyai/meter/internal/rollup"
 	"github.com/qyai/qyai/meter/internal/sink"
 	chsink "github.com/qyai/qyai/meter/internal/sink/clickhouse"
 	"github.com/qyai/qyai/pkg/chschema"
@@ -66,6 +68,9 @@ type Options struct {
 	// AfterWrite is sink.Config.AfterWrite: tests simulate a crash between
 	// insert and ack with it. Nil in production.
 	AfterWrite func(ctx context.Context, rows int) error
+	// RollupAfterAggregates is rollup.Config.AfterAggregates: tests
+	// simulate a crash inside a rollup run with it. Nil in production.
+	RollupAfterAggregates func(ctx context.Context, buckets int) error
 }
 
 // ConsumerConfig is the durable pull consumer every meter replica shares.
@@ -80,9 +85,10 @@ func ConsumerConfig(cfg config.Config) jetstream.ConsumerConfig {
 		// Never give up on a message: poison messages are terminated
 		// explicitly after dead-lettering, and anything else is retried.
 		MaxDeliver: -1,
-		// Room for twenty replicas each holding a full batch (possibly
-		// retrying it while ClickHouse is down) and one more in flight.
-		MaxAckPending: 20 * cfg.Batch.Size,
+		// Room for twenty replicas each holding three full batches (one
+		// being inserted, possibly retried while ClickHouse is down, one
+		// prepared, one being fetched).
+		MaxAckPending: 60 * cfg.Batch.Size,
 	}
 }
 
@@ -151,6 +157,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		return fmt.Errorf("create jetstream context: %w", err)
 	}
 
+	prices := pricing.Default()
 	var conn driver.Conn
 	err = retry(ctx, log, "prepare clickhouse", func(ctx context.Context) error {
 		c, err := chschema.Open(ctx, chschema.Options{
@@ -161,6 +168,10 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 			return err
 		}
 		err = chschema.Apply(ctx, c, cfg.ClickHouse.Database, chschema.ApplyOptions{Cluster: cfg.ClickHouse.Cluster, Logger: log})
+		if err == nil {
+			// The price table as data, for finance's SQL (docs/clickhouse.md).
+			err = chschema.SyncPrices(ctx, c, cfg.ClickHouse.Database, cfg.ClickHouse.Cluster, prices, time.Now())
+		}
 		if err != nil {
 			c.Close()
 			return err
@@ -193,7 +204,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 	}
 
 	writer := chsink.NewWriter(conn, cfg.ClickHouse.Database, cfg.ClickHouse.Cluster != "", time.Now)
-	sk, err := sink.New(cons, js, writer, pricing.Default(), log, meter, sink.Config{
+	sk, err := sink.New(cons, js, writer, prices, log, meter, sink.Config{
 		BatchSize:    cfg.Batch.Size,
 		MaxWait:      cfg.Batch.MaxAge,
 		AckWait:      cfg.NATS.AckWait,
@@ -203,8 +214,26 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 	if err != nil {
 		return err
 	}
+	var rollups sync.WaitGroup
+	if cfg.Rollup.Interval > 0 {
+		db := cfg.ClickHouse.Database
+		loop, err := rollup.New(func(ctx context.Context, o chschema.RollupOptions) (chschema.RollupStats, error) {
+			return chschema.Rollup(ctx, conn, db, o)
+		}, rollup.Config{
+			Interval: cfg.Rollup.Interval, Settle: cfg.Rollup.Settle, Cluster: cfg.ClickHouse.Cluster,
+			AfterAggregates: opts.RollupAfterAggregates,
+		}, log, meter, time.Now)
+		if err != nil {
+			return err
+		}
+		rctx, stopRollups := context.WithCancel(ctx)
+		defer func() { stopRollups(); rollups.Wait() }()
+		rollups.Go(func() { loop.Run(rctx) })
+	}
+
 	h.ready(nc, writer)
-	log.Info("meter ready", "consumer", cfg.NATS.Consumer, "batch_size", cfg.Batch.Size, "batch_max_age", cfg.Batch.MaxAge)
+	log.Info("meter ready", "consumer", cfg.NATS.Consumer, "batch_size", cfg.Batch.Size, "batch_max_age", cfg.Batch.MaxAge,
+		"rollup_interval", cfg.Rollup.Interval)
 	if err := sk.Run(ctx); err != nil {
 		return fmt.Errorf("run sink: %w", err)
 	}

@@ -76,6 +76,8 @@ func (e *env) config() config.Config {
 	c.Batch.Size = 100
 	c.Batch.MaxAge = 50 * time.Millisecond
 	c.Batch.DrainTimeout = 5 * time.Second
+	// The test events are months old: every hour is closed.
+	c.Rollup.Interval = 200 * time.Millisecond
 	return c
 }
 
@@ -270,6 +272,57 @@ func (e *env) waitTotals(t *testing.T, want totals, timeout time.Duration) {
 		}
 		return got == want, got.String()
 	})
+}
+
+// aggregateTotals reads the hourly aggregates alone, each bucket at its
+// best ledger run, and counts the buckets that are not clean: with none,
+// these totals are what the aggregates say by themselves.
+func (e *env) aggregateTotals(t *testing.T) (totals, uint64, error) {
+	t.Helper()
+	var s totals
+	var cost string
+	var dirty uint64
+	err := e.reader(t).QueryRow(t.Context(), `
+		SELECT sum(requests), sum(prompt_tokens), sum(cache_hit_tokens), sum(cache_miss_tokens),
+		       sum(completion_tokens), sum(reasoning_tokens), toString(sum(cost_usd)),
+		       sumIf(requests, price_version = ''),
+		       (SELECT count() FROM qyai.usage_rollup_state WHERE clean = 0)
+		FROM qyai.usage_rollup_hourly
+		WHERE (key_id, hour, version) IN (
+		    SELECT key_id, hour, argMax(version, inserted_rows) FROM qyai.usage_rollup_ledger GROUP BY key_id, hour)`).
+		Scan(&s.Rows, &s.Prompt, &s.Hit, &s.Miss, &s.Completion, &s.Reasoning, &cost, &s.Unpriced, &dirty)
+	if err != nil {
+		return s, 0, err
+	}
+	d, err := decimal.NewFromString(cost)
+	if err != nil {
+		return s, 0, fmt.Errorf("parse cost %q: %w", cost, err)
+	}
+	s.Cost = d.String()
+	return s, dirty, nil
+}
+
+// waitRolledUp polls until every bucket is clean and the aggregates alone
+// equal want: the rollup has caught up, exactly.
+func (e *env) waitRolledUp(t *testing.T, want totals, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, timeout, "aggregates exact "+want.String(), func() (bool, string) {
+		got, dirty, err := e.aggregateTotals(t)
+		if err != nil {
+			return false, err.Error()
+		}
+		return dirty == 0 && got == want, fmt.Sprintf("%s, %d dirty buckets", got, dirty)
+	})
+	// The view finance reads agrees.
+	var n uint64
+	var cost string
+	if err := e.reader(t).QueryRow(t.Context(), "SELECT sum(requests), toString(sum(cost_usd)) FROM qyai.usage_hourly").
+		Scan(&n, &cost); err != nil {
+		t.Fatal(err)
+	}
+	if n != want.Rows || decimal.RequireFromString(cost).String() != want.Cost {
+		t.Errorf("usage_hourly: %d requests, cost %s; want %d, %s", n, cost, want.Rows, want.Cost)
+	}
 }
 
 // rawRows counts rows without FINAL (duplicates not yet merged included).

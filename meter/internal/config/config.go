@@ -22,6 +22,7 @@ type Config struct {
 	NATS       NATS
 	ClickHouse ClickHouse
 	Batch      Batch
+	Rollup     Rollup
 }
 
 // NATS says where usage events come from.
@@ -62,6 +63,19 @@ type Batch struct {
 	DrainTimeout time.Duration
 }
 
+// Rollup tunes the hourly usage aggregates the meter keeps up to date
+// (chschema.Rollup; docs/clickhouse.md).
+type Rollup struct {
+	// Interval is the time between two rollups (METER_ROLLUP_INTERVAL).
+	// Zero disables them in this replica; readers stay exact either way,
+	// they just read more of usage_events.
+	Interval time.Duration
+	// Settle is how long after its end an hour is first rolled up
+	// (METER_ROLLUP_SETTLE): events of an hour still arrive while its
+	// longest requests finish. A later arrival is rolled up again.
+	Settle time.Duration
+}
+
 // Default returns the configuration used when no variable is set.
 func Default() Config {
 	return Config{
@@ -82,6 +96,10 @@ func Default() Config {
 			Size:         5000,
 			MaxAge:       500 * time.Millisecond,
 			DrainTimeout: 10 * time.Second,
+		},
+		Rollup: Rollup{
+			Interval: time.Minute,
+			Settle:   5 * time.Minute,
 		},
 	}
 }
@@ -135,6 +153,8 @@ func Load(getenv func(string) string) (Config, error) {
 	integer("METER_BATCH_SIZE", &c.Batch.Size)
 	duration("METER_BATCH_MAX_AGE", &c.Batch.MaxAge)
 	duration("METER_DRAIN_TIMEOUT", &c.Batch.DrainTimeout)
+	duration("METER_ROLLUP_INTERVAL", &c.Rollup.Interval)
+	duration("METER_ROLLUP_SETTLE", &c.Rollup.Settle)
 	return c, errors.Join(errs...)
 }
 
@@ -143,6 +163,10 @@ const (
 	MaxBatchSize = 100_000
 	MinBatchAge  = time.Millisecond
 	MaxBatchAge  = 30 * time.Second
+
+	MinRollupInterval = 100 * time.Millisecond
+	MaxRollupInterval = time.Hour
+	MaxRollupSettle   = 24 * time.Hour
 )
 
 // Validate reports every problem of c, each prefixed by its section.
@@ -191,6 +215,13 @@ func (c Config) Validate() error {
 	}
 	if c.Batch.DrainTimeout < 0 {
 		add("batch", "METER_DRAIN_TIMEOUT %s is negative", c.Batch.DrainTimeout)
+	}
+
+	if c.Rollup.Interval != 0 && (c.Rollup.Interval < MinRollupInterval || c.Rollup.Interval > MaxRollupInterval) {
+		add("rollup", "METER_ROLLUP_INTERVAL %s: want 0 (off) or %s..%s", c.Rollup.Interval, MinRollupInterval, MaxRollupInterval)
+	}
+	if c.Rollup.Settle < 0 || c.Rollup.Settle > MaxRollupSettle {
+		add("rollup", "METER_ROLLUP_SETTLE %s: want 0..%s", c.Rollup.Settle, MaxRollupSettle)
 	}
 	return errors.Join(errs...)
 }

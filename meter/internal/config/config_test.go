@@ -33,7 +33,7 @@ func TestLoadOverrides(t *testing.T) {
 		"STREAM_REPLICAS": "3", "METER_ACK_WAIT": "1m", "CLICKHOUSE_ADDR": "ch:9000",
 		"CLICKHOUSE_DATABASE": "billing", "CLICKHOUSE_USER": "meter", "CLICKHOUSE_PASSWORD": "pw",
 		"CLICKHOUSE_CLUSTER": "main", "METER_BATCH_SIZE": "20000", "METER_BATCH_MAX_AGE": "1s",
-		"METER_DRAIN_TIMEOUT": "30s", "LOG_LEVEL": "debug",
+		"METER_DRAIN_TIMEOUT": "30s", "LOG_LEVEL": "debug", "METER_ROLLUP_INTERVAL": "0s", "METER_ROLLUP_SETTLE": "10m",
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -46,6 +46,7 @@ func TestLoadOverrides(t *testing.T) {
 		NATS:       NATS{URL: "nats://nats:4222", Consumer: "meter-b", StreamReplicas: 3, AckWait: time.Minute},
 		ClickHouse: ClickHouse{Addr: "ch:9000", Database: "billing", User: "meter", Password: "pw", Cluster: "main"},
 		Batch:      Batch{Size: 20000, MaxAge: time.Second, DrainTimeout: 30 * time.Second},
+		Rollup:     Rollup{Interval: 0, Settle: 10 * time.Minute},
 	}
 	if c != want {
 		t.Errorf("got %+v\nwant %+v", c, want)
@@ -91,6 +92,9 @@ func TestValidate(t *testing.T) {
 		{name: "huge batch", change: func(c *Config) { c.Batch.Size = MaxBatchSize + 1 }, want: []string{"batch: METER_BATCH_SIZE"}},
 		{name: "zero batch age", change: func(c *Config) { c.Batch.MaxAge = 0 }, want: []string{"batch: METER_BATCH_MAX_AGE"}},
 		{name: "negative drain", change: func(c *Config) { c.Batch.DrainTimeout = -time.Second }, want: []string{"batch: METER_DRAIN_TIMEOUT"}},
+		{name: "rollup too often", change: func(c *Config) { c.Rollup.Interval = time.Millisecond }, want: []string{"rollup: METER_ROLLUP_INTERVAL"}},
+		{name: "rollup too rare", change: func(c *Config) { c.Rollup.Interval = 2 * time.Hour }, want: []string{"rollup: METER_ROLLUP_INTERVAL"}},
+		{name: "negative settle", change: func(c *Config) { c.Rollup.Settle = -time.Second }, want: []string{"rollup: METER_ROLLUP_SETTLE"}},
 		{name: "every problem at once", change: func(c *Config) {
 			c.Addr, c.NATS.StreamReplicas, c.ClickHouse.User, c.Batch.Size = "", 9, "", -1
 		}, want: []string{"meter: METER_ADDR", "nats: STREAM_REPLICAS", "clickhouse: CLICKHOUSE_USER", "batch: METER_BATCH_SIZE"}},

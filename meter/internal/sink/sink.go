@@ -5,7 +5,8 @@
 // ReplacingMergeTree read with FINAL), so nothing is lost and nothing counts
 // twice.
 //
-// One batch goes through these steps:
+// One batch goes through these steps (the next batch's steps 1 and 2 run
+// while this one is in steps 3 and 4):
 //
 //  1. Fetch up to BatchSize messages, waiting at most MaxWait.
 //  2. Decode and price each one. A message that cannot be stored (bad JSON,
@@ -159,10 +160,33 @@ func New(src Fetcher, dlq Publisher, w Writer, prices *pricing.Table, log *slog.
 	return s, nil
 }
 
-// Run processes batches until ctx is done, then stores and acks the batch in
-// hand (retrying for at most DrainTimeout) and returns nil. It returns an
+// Run processes batches until ctx is done, then stores and acks the batches
+// in hand (retrying for at most DrainTimeout) and returns nil. It returns an
 // error only when AfterWrite does.
+//
+// Two stages overlap: while one batch is being inserted and acked, the next
+// one is fetched, decoded and priced (at most one batch waits between
+// them). Batches are inserted one at a time, in the order they were
+// fetched, and each is acked only after its own insert. Every batch in hand,
+// waiting or being inserted, reports progress to JetStream.
 func (s *Sink) Run(ctx context.Context) error {
+	ready := make(chan *batch, 1)
+	failed := make(chan struct{}) // closed when the writer stops on an error
+	var werr error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for b := range ready {
+			if werr != nil {
+				b.abandon() // after a simulated crash: left for redelivery
+				continue
+			}
+			if err := s.commit(ctx, b); err != nil {
+				werr = err
+				close(failed)
+			}
+		}
+	})
+
 	delay := s.cfg.BackoffMin
 	for ctx.Err() == nil {
 		// A fetch is not interrupted by ctx: it ends within MaxWait, and
@@ -179,11 +203,43 @@ func (s *Sink) Run(ctx context.Context) error {
 		if len(msgs) == 0 {
 			continue
 		}
-		if err := s.handle(ctx, msgs); err != nil {
-			return err
+		b := s.prepare(ctx, msgs)
+		if b == nil {
+			continue
+		}
+		select {
+		case ready <- b:
+		case <-failed:
+			b.abandon()
+		}
+		select {
+		case <-failed:
+			close(ready)
+			wg.Wait()
+			return werr
+		default:
 		}
 	}
-	return nil
+	close(ready)
+	wg.Wait()
+	return werr
+}
+
+// batch is one fetched batch, decoded and priced, on its way to the store.
+type batch struct {
+	rows  []Row
+	toAck []jetstream.Msg
+	// hard is the batch's drain context (see drainContext).
+	hard         context.Context
+	cancel       context.CancelFunc
+	stopProgress func()
+}
+
+// abandon stops caring about b: no ack, no nak, JetStream redelivers it
+// after AckWait, as after a crash.
+func (b *batch) abandon() {
+	b.stopProgress()
+	b.cancel()
 }
 
 // drainContext returns a context that is not done when ctx is, but
@@ -224,15 +280,14 @@ func (s *Sink) fetch() ([]jetstream.Msg, error) {
 	return msgs, nil
 }
 
-// handle runs steps 2 to 4 on one fetched batch.
-func (s *Sink) handle(ctx context.Context, msgs []jetstream.Msg) error {
+// prepare runs step 2 on one fetched batch: decode, price, dead-letter the
+// poison, drop copies of an event within the batch. It acks at once a batch
+// left without rows and returns nil for it.
+func (s *Sink) prepare(ctx context.Context, msgs []jetstream.Msg) *batch {
 	hard, cancel := s.drainContext(ctx)
-	defer cancel()
-	stopProgress := s.reportProgress(msgs)
-	defer stopProgress()
-
-	rows := make([]Row, 0, len(msgs))
-	toAck := make([]jetstream.Msg, 0, len(msgs))
+	b := &batch{hard: hard, cancel: cancel, stopProgress: s.reportProgress(msgs)}
+	b.rows = make([]Row, 0, len(msgs))
+	b.toAck = make([]jetstream.Msg, 0, len(msgs))
 	seen := make(map[string]bool, len(msgs))
 	unpriced := map[string]int{}
 	for _, m := range msgs {
@@ -247,13 +302,13 @@ func (s *Sink) handle(ctx context.Context, msgs []jetstream.Msg) error {
 			s.deadLetter(hard, m, err)
 			continue
 		}
-		toAck = append(toAck, m)
+		b.toAck = append(b.toAck, m)
 		if seen[e.ID] {
 			s.m.duplicates.Add(hard, 1)
 			continue
 		}
 		seen[e.ID] = true
-		rows = append(rows, row)
+		b.rows = append(b.rows, row)
 	}
 	for model, n := range unpriced {
 		// Still a real request: stored at cost 0 so that finance sees it.
@@ -261,29 +316,37 @@ func (s *Sink) handle(ctx context.Context, msgs []jetstream.Msg) error {
 			"model", model, "events", n)
 		s.m.unpriced.Add(hard, int64(n))
 	}
-	if len(rows) == 0 {
-		stopProgress()
-		s.ack(context.WithoutCancel(ctx), toAck)
+	if len(b.rows) == 0 {
+		b.stopProgress()
+		s.ack(context.WithoutCancel(ctx), b.toAck)
+		cancel()
 		return nil
 	}
-	if !s.write(ctx, hard, rows) {
-		stopProgress()
+	return b
+}
+
+// commit runs steps 3 and 4 on a prepared batch: insert, then ack.
+func (s *Sink) commit(ctx context.Context, b *batch) error {
+	defer b.cancel()
+	defer b.stopProgress()
+	if !s.write(ctx, b.hard, b.rows) {
+		b.stopProgress()
 		// Shutting down with the store unreachable: hand the batch back so
 		// that another replica takes it now rather than after AckWait.
-		for _, m := range toAck {
+		for _, m := range b.toAck {
 			_ = m.Nak()
 		}
 		return nil
 	}
-	stopProgress()
+	b.stopProgress()
 	if s.cfg.AfterWrite != nil {
-		if err := s.cfg.AfterWrite(ctx, len(rows)); err != nil {
+		if err := s.cfg.AfterWrite(ctx, len(b.rows)); err != nil {
 			return err
 		}
 	}
-	s.ack(context.WithoutCancel(ctx), toAck)
-	s.m.inserted.Add(hard, int64(len(rows)))
-	s.m.batches.Add(hard, 1)
+	s.ack(context.WithoutCancel(ctx), b.toAck)
+	s.m.inserted.Add(b.hard, int64(len(b.rows)))
+	s.m.batches.Add(b.hard, 1)
 	return nil
 }
 

@@ -1,10 +1,11 @@
-// Package clickhouse implements billing.Store on the usage_events table of
+// Package clickhouse implements billing.Store on the usage tables of
 // pkg/chschema, and Connector, which connects and applies the schema in the
 // background so that admin starts (and serves keys) before ClickHouse does.
 //
-// usage_events is a ReplacingMergeTree whose sorting key contains event_id:
-// every read uses FINAL so that an event stored twice (a redelivery before
-// the background merge) counts once.
+// Reads are exact: an event stored twice (a redelivery) counts once. Hours
+// that the meter's rollup has aggregated, and that no row reached since,
+// come from the hourly aggregates; every other hour comes from
+// usage_events FINAL (see exactRows and docs/clickhouse.md).
 package clickhouse
 
 import (
@@ -126,27 +127,26 @@ type ConnSource interface {
 // Store implements billing.Store.
 type Store struct {
 	src     ConnSource
-	table   string // <db>.usage_events
+	db      string
 	timeout time.Duration
 }
 
-// NewStore returns a Store reading db.usage_events; timeout bounds each query.
-// db must be a plain identifier (config validates it), as it is spliced
-// into the SQL.
+// NewStore returns a Store reading db's usage tables; timeout bounds each
+// query. db must be a plain identifier (config validates it), as it is
+// spliced into the SQL.
 func NewStore(src ConnSource, db string, timeout time.Duration) *Store {
-	return &Store{src: src, table: db + ".usage_events", timeout: timeout}
+	return &Store{src: src, db: db, timeout: timeout}
 }
 
 var _ billing.Store = (*Store)(nil)
 
-// Times are passed as Unix seconds into toDateTime(), which means the same
-// instant whatever the server's time zone.
+// KeyTotals is the public summary: the sums of exactQuery (see there) for
+// one key. Clean hours come from the hourly aggregates that the meter's
+// rollup maintains, so a month costs about the same whatever the key's
+// traffic:
 //
-// KeyTotals is the public summary:
-//
-//	SELECT count(), sum(prompt_tokens), sum(completion_tokens)
-//	FROM <db>.usage_events FINAL
-//	WHERE key_id = ? AND started_at >= toDateTime(?) AND started_at < toDateTime(?)
+//	SELECT sum(requests), sum(prompt_tokens), sum(completion_tokens)
+//	FROM (<exact rows of key_id in [from, to)>)
 func (s *Store) KeyTotals(ctx context.Context, keyID string, from, to time.Time) (billing.Totals, error) {
 	conn, err := s.src.Conn()
 	if err != nil {
@@ -154,32 +154,37 @@ func (s *Store) KeyTotals(ctx context.Context, keyID string, from, to time.Time)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	q := "SELECT count(), sum(prompt_tokens), sum(completion_tokens) FROM " + s.table + " FINAL" +
-		" WHERE key_id = ? AND started_at >= toDateTime(?) AND started_at < toDateTime(?)"
+	ctx, q, args, err := exactQuery(ctx, conn, s.db, keyID, from, to,
+		"SELECT sum(requests), sum(prompt_tokens), sum(completion_tokens) FROM (%s)")
+	if err != nil {
+		return billing.Totals{}, fmt.Errorf("query key totals: %w", err)
+	}
 	var t billing.Totals
-	if err := conn.QueryRow(ctx, q, keyID, from.Unix(), to.Unix()).Scan(&t.Requests, &t.PromptTokens, &t.CompletionTokens); err != nil {
+	if err := conn.QueryRow(ctx, q, args...).Scan(&t.Requests, &t.PromptTokens, &t.CompletionTokens); err != nil {
 		return billing.Totals{}, fmt.Errorf("query key totals: %w", err)
 	}
 	return t, nil
 }
 
-// Usage is the finance report:
+// Usage is the finance report, grouped by UTC day, model or key:
 //
-//	SELECT <toString(toDate(started_at, 'UTC')) | model> AS grp, count(),
+//	SELECT <toString(toDate(hour)) | model | key_id> AS grp, sum(requests),
 //	       sum(prompt_tokens), sum(cache_hit_tokens), sum(cache_miss_tokens),
 //	       sum(completion_tokens), sum(reasoning_tokens), sum(cost_usd)
-//	FROM <db>.usage_events FINAL
-//	WHERE started_at >= toDateTime(?) AND started_at < toDateTime(?) [AND key_id = ?]
+//	FROM (<exact rows of [from, to), one key or all>)
 //	GROUP BY grp ORDER BY grp
 //
-// sum(cost_usd) is a Decimal(38, 9): exact.
+// Hours are UTC, so days are whole hours. sum(cost_usd) is a
+// Decimal(38, 9): exact.
 func (s *Store) Usage(ctx context.Context, q billing.Query) ([]billing.Row, error) {
 	var group string
 	switch q.GroupBy {
 	case billing.GroupByDay:
-		group = "toString(toDate(started_at, 'UTC'))"
+		group = "toString(toDate(hour, 'UTC'))"
 	case billing.GroupByModel:
 		group = "model"
+	case billing.GroupByKey:
+		group = "key_id"
 	default:
 		return nil, fmt.Errorf("usage report: unknown group %q", q.GroupBy)
 	}
@@ -189,16 +194,13 @@ func (s *Store) Usage(ctx context.Context, q billing.Query) ([]billing.Row, erro
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	sql := "SELECT " + group + " AS grp, count(), sum(prompt_tokens), sum(cache_hit_tokens)," +
-		" sum(cache_miss_tokens), sum(completion_tokens), sum(reasoning_tokens), sum(cost_usd)" +
-		" FROM " + s.table + " FINAL" +
-		" WHERE started_at >= toDateTime(?) AND started_at < toDateTime(?)"
-	args := []any{q.From.Unix(), q.To.Unix()}
-	if q.KeyID != "" {
-		sql += " AND key_id = ?"
-		args = append(args, q.KeyID)
+	ctx, sql, args, err := exactQuery(ctx, conn, s.db, q.KeyID, q.From, q.To,
+		"SELECT "+group+" AS grp, sum(requests), sum(prompt_tokens), sum(cache_hit_tokens),"+
+			" sum(cache_miss_tokens), sum(completion_tokens), sum(reasoning_tokens), sum(cost_usd)"+
+			" FROM (%s) GROUP BY grp ORDER BY grp")
+	if err != nil {
+		return nil, fmt.Errorf("query usage report: %w", err)
 	}
-	sql += " GROUP BY grp ORDER BY grp"
 	rows, err := conn.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("query usage report: %w", err)

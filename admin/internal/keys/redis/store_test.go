@@ -49,13 +49,15 @@ func rawRecord(t *testing.T, rdb *goredis.Client, key string) (apikey.Record, bo
 	return r, true
 }
 
-// authEntriesFor scans every auth entry and returns the hashes that point to id.
+// authEntriesFor scans every auth entry and returns the hashes that point to
+// id and are not tombstones (a tombstone is a revoked entry: it never
+// authenticates, see the store's package comment).
 func authEntriesFor(t *testing.T, rdb *goredis.Client, id string) []string {
 	t.Helper()
 	var out []string
 	iter := rdb.Scan(t.Context(), 0, "qyai:auth:*", 100).Iterator()
 	for iter.Next(t.Context()) {
-		if r, ok := rawRecord(t, rdb, iter.Val()); ok && r.ID == id {
+		if r, ok := rawRecord(t, rdb, iter.Val()); ok && r.ID == id && r.Status != apikey.StatusRevoked {
 			out = append(out, strings.TrimPrefix(iter.Val(), "qyai:auth:"))
 		}
 	}
@@ -87,7 +89,7 @@ func TestLifecycle(t *testing.T) {
 	}
 
 	// Create.
-	is, err := svc.Create(ctx, keys.CreateRequest{Name: "acme", Tier: "pro"})
+	is, err := svc.Create(ctx, "op", keys.CreateRequest{Name: "acme", Tier: "pro"})
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
@@ -123,7 +125,7 @@ func TestLifecycle(t *testing.T) {
 	}
 
 	// Rotate.
-	rot, err := svc.Rotate(ctx, id)
+	rot, err := svc.Rotate(ctx, "op", id)
 	if err != nil {
 		t.Fatalf("Rotate: %v", err)
 	}
@@ -131,8 +133,8 @@ func TestLifecycle(t *testing.T) {
 	if rot.Key == key || rot.Record.ID != id || rot.Record.Name != "acme" || !rot.Record.CreatedAt.Equal(is.Record.CreatedAt) {
 		t.Fatalf("rotated %+v", rot.Record)
 	}
-	if n, _ := rdb.Exists(ctx, apikey.AuthKey(hash)).Result(); n != 0 {
-		t.Error("old auth entry still exists after rotate")
+	if old, ok := rawRecord(t, rdb, apikey.AuthKey(hash)); ok && old.Status != apikey.StatusRevoked {
+		t.Errorf("old auth entry still live after rotate: %+v", old)
 	}
 	if _, err := svc.Authenticate(ctx, key); !errors.Is(err, keys.ErrUnauthenticated) {
 		t.Errorf("Authenticate(old key) = %v, want ErrUnauthenticated", err)
@@ -147,7 +149,7 @@ func TestLifecycle(t *testing.T) {
 
 	// Revoke, twice.
 	for i := range 2 {
-		if err := svc.Revoke(ctx, id); err != nil {
+		if err := svc.Revoke(ctx, "op", id); err != nil {
 			t.Fatalf("Revoke #%d: %v", i+1, err)
 		}
 		expectChange(id)
@@ -166,13 +168,13 @@ func TestLifecycle(t *testing.T) {
 	if err != nil || len(list) != 1 || list[0].Status != apikey.StatusRevoked {
 		t.Fatalf("List = %+v, %v", list, err)
 	}
-	if _, err := svc.Rotate(ctx, id); !errors.Is(err, keys.ErrRevoked) {
+	if _, err := svc.Rotate(ctx, "op", id); !errors.Is(err, keys.ErrRevoked) {
 		t.Errorf("Rotate(revoked) = %v, want ErrRevoked", err)
 	}
 	if _, err := svc.Get(ctx, "key_0000000000000000"); !errors.Is(err, keys.ErrNotFound) {
 		t.Errorf("Get(unknown) = %v", err)
 	}
-	if err := svc.Revoke(ctx, "key_0000000000000000"); !errors.Is(err, keys.ErrNotFound) {
+	if err := svc.Revoke(ctx, "op", "key_0000000000000000"); !errors.Is(err, keys.ErrNotFound) {
 		t.Errorf("Revoke(unknown) = %v", err)
 	}
 }
@@ -182,7 +184,7 @@ func TestLifecycle(t *testing.T) {
 func TestConcurrentRotations(t *testing.T) {
 	svc, rdb := setup(t)
 	ctx := t.Context()
-	is, err := svc.Create(ctx, keys.CreateRequest{Name: "race", Tier: "basic"})
+	is, err := svc.Create(ctx, "op", keys.CreateRequest{Name: "race", Tier: "basic"})
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
@@ -191,7 +193,7 @@ func TestConcurrentRotations(t *testing.T) {
 	issued := make(chan string, 8)
 	for range 8 {
 		wg.Go(func() {
-			rot, err := svc.Rotate(ctx, id)
+			rot, err := svc.Rotate(ctx, "op", id)
 			switch {
 			case err == nil:
 				issued <- rot.Key
@@ -226,7 +228,7 @@ func TestConcurrentRotations(t *testing.T) {
 func TestRevokeRacingRotations(t *testing.T) {
 	svc, rdb := setup(t)
 	ctx := t.Context()
-	is, err := svc.Create(ctx, keys.CreateRequest{Name: "race", Tier: "basic"})
+	is, err := svc.Create(ctx, "op", keys.CreateRequest{Name: "race", Tier: "basic"})
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
@@ -234,14 +236,14 @@ func TestRevokeRacingRotations(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 6 {
 		wg.Go(func() {
-			if _, err := svc.Rotate(ctx, id); err != nil && !errors.Is(err, keys.ErrConflict) && !errors.Is(err, keys.ErrRevoked) {
+			if _, err := svc.Rotate(ctx, "op", id); err != nil && !errors.Is(err, keys.ErrConflict) && !errors.Is(err, keys.ErrRevoked) {
 				t.Errorf("Rotate: %v", err)
 			}
 		})
 	}
 	wg.Go(func() {
 		for {
-			err := svc.Revoke(ctx, id)
+			err := svc.Revoke(ctx, "op", id)
 			if err == nil {
 				return
 			}
@@ -265,20 +267,20 @@ func TestRedisDownFailsFast(t *testing.T) {
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true, DisableIdentity: true, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
 	svc := keys.NewService(redisstore.New(rdb, 200*time.Millisecond), pepper, tier.Default(), time.Now)
-	is, err := svc.Create(t.Context(), keys.CreateRequest{Name: "x", Tier: "basic"})
+	is, err := svc.Create(t.Context(), "op", keys.CreateRequest{Name: "x", Tier: "basic"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv.Stop(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second) // a hang fails the test instead of the suite
 	defer cancel()
-	if _, err := svc.Create(ctx, keys.CreateRequest{Name: "y", Tier: "basic"}); err == nil {
+	if _, err := svc.Create(ctx, "op", keys.CreateRequest{Name: "y", Tier: "basic"}); err == nil {
 		t.Error("Create with Redis down: no error")
 	}
 	if _, err := svc.Authenticate(ctx, is.Key); err == nil || errors.Is(err, keys.ErrUnauthenticated) {
 		t.Errorf("Authenticate with Redis down = %v, want a backend error (not 'invalid key')", err)
 	}
-	if err := svc.Revoke(ctx, is.Record.ID); err == nil {
+	if err := svc.Revoke(ctx, "op", is.Record.ID); err == nil {
 		t.Error("Revoke with Redis down: no error")
 	}
 	if ctx.Err() != nil {

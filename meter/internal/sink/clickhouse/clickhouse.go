@@ -30,7 +30,11 @@ type Writer struct {
 
 // NewWriter returns a Writer on conn. With cluster set, inserts go through
 // the Distributed table synchronously (insert_distributed_sync=1), so that a
-// successful insert, and thus the ack, means every shard has its rows.
+// successful insert, and thus the ack, means every shard has its rows, and
+// without block deduplication (insert_deduplicate=0): a retried batch must
+// reach the materialized view that counts inserts (usage_inserts) again,
+// which a Replicated table skips for a block it drops as a duplicate. The
+// duplicate rows themselves are collapsed by FINAL and the rollup.
 func NewWriter(conn driver.Conn, database string, cluster bool, now func() time.Time) *Writer {
 	return &Writer{
 		conn:    conn,
@@ -43,7 +47,9 @@ func NewWriter(conn driver.Conn, database string, cluster bool, now func() time.
 // Write implements sink.Writer with one batch insert.
 func (w *Writer) Write(ctx context.Context, rows []sink.Row) error {
 	if w.cluster {
-		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"insert_distributed_sync": 1}))
+		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+			"insert_distributed_sync": 1, "insert_deduplicate": 0,
+		}))
 	}
 	batch, err := w.conn.PrepareBatch(ctx, w.insert)
 	if err != nil {
