@@ -202,7 +202,7 @@ func startStack(t *testing.T, gateways int) *stack {
 		"UPSTREAM_API_KEY":    "sk-upstream-e2e",
 		// Short, so that the 504 case of the conformance suite is quick.
 		"UPSTREAM_FIRST_BYTE_TIMEOUT": "3s",
-		"LOG_LEVEL":           "info",
+		"LOG_LEVEL":                   "info",
 	}
 	s.meter = startProc(t, "meter", s.env)
 	s.admin = startProc(t, "admin", s.env)
