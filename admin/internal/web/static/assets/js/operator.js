@@ -235,9 +235,12 @@ async function copySecret() {
   }
 }
 
+// closeSecret wipes the key before closing, so that it is gone the moment
+// the dialog is; the close event (Escape) wipes it too, but that event is
+// dispatched later.
 function closeSecret() {
-  const d = $('secret-dialog');
-  d.close();
+  wipeSecret();
+  $('secret-dialog').close();
 }
 
 function wipeSecret() {
