@@ -28,6 +28,9 @@ test: install ## Run every test (unit, integration against real servers, end to 
 bench: ## Benchmark the gateway against the simulator directly, in one run (not a test; ~75 s)
 	@deploy/local/bench.sh
 
+bench-meter: ## Measure the metering pipeline: events/s publisher -> NATS -> meter -> ClickHouse, and lag (not a test)
+	@deploy/local/bench-meter.sh
+
 fuzz: ## Fuzz request parsing for a minute per target
 	$(GO) test -run '^$$' -fuzz FuzzPrepare -fuzztime 60s ./gateway/internal/proxy
 	$(GO) test -run '^$$' -fuzz FuzzObject -fuzztime 60s ./gateway/internal/proxy
@@ -48,4 +51,4 @@ check: ## Format check, vet, tidy check and tests (what CI should run)
 clean: ## Remove build output and local stack data
 	rm -rf .bin .run
 
-.PHONY: help install run build test bench fuzz vet fmt tidy-check check clean
+.PHONY: help install run build test bench bench-meter fuzz vet fmt tidy-check check clean
