@@ -126,20 +126,22 @@ func TestStripUsage(t *testing.T) {
 	}
 }
 
-// TestStreamEventsAreFlushedAsTheyArrive checks pass-through: the client
-// sees the first chunk while the upstream is still holding the second.
-func TestStreamEventsAreFlushedAsTheyArrive(t *testing.T) {
+// heldStream relays a stream whose upstream sends first, then waits until
+// the test releases it before sending rest. It returns what the client read
+// before the release, and the rest of the stream after it.
+func heldStream(t *testing.T, first, rest string) (early, late string) {
+	t.Helper()
 	release := make(chan struct{})
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
-		_, _ = io.WriteString(w, "data: {\"choices\":[{\"delta\":{\"content\":\"first\"}}]}\n\n")
+		_, _ = io.WriteString(w, first)
 		w.(http.Flusher).Flush()
 		select {
 		case <-release:
 		case <-r.Context().Done():
 			return
 		}
-		_, _ = io.WriteString(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n")
+		_, _ = io.WriteString(w, rest)
 	}))
 	defer up.Close()
 	h, _ := newTestHandler(t, up.URL)
@@ -158,14 +160,25 @@ func TestStreamEventsAreFlushedAsTheyArrive(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	buf := make([]byte, 4096)
-	n, err := resp.Body.Read(buf)
-	if err != nil || !strings.Contains(string(buf[:n]), "first") {
-		t.Fatalf("first chunk not delivered before the upstream finished: %q %v", buf[:n], err)
+	n, err := resp.Body.Read(buf) // returns once the gateway flushed something
+	if err != nil {
+		t.Fatalf("reading the first flush: %v", err)
 	}
 	close(release)
-	rest, _ := io.ReadAll(resp.Body)
-	if !strings.HasSuffix(string(rest), "data: [DONE]\n\n") {
-		t.Errorf("stream did not end with [DONE]: %q", rest)
+	b, _ := io.ReadAll(resp.Body)
+	return string(buf[:n]), string(b)
+}
+
+// TestStreamEventsAreFlushedAsTheyArrive checks pass-through: the client
+// sees the first chunk while the upstream is still holding the second.
+func TestStreamEventsAreFlushedAsTheyArrive(t *testing.T) {
+	early, late := heldStream(t, "data: {\"choices\":[{\"delta\":{\"content\":\"first\"}}]}\n\n",
+		"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n")
+	if !strings.Contains(early, "first") {
+		t.Fatalf("first chunk not delivered before the upstream finished: %q", early)
+	}
+	if !strings.HasSuffix(late, "data: [DONE]\n\n") {
+		t.Errorf("stream did not end with [DONE]: %q", late)
 	}
 }
 
@@ -173,42 +186,12 @@ func TestStreamEventsAreFlushedAsTheyArrive(t *testing.T) {
 // event and half of the next in one write; the client must get the whole
 // one while the gateway waits for the rest.
 func TestStreamFlushesAnEventBeforeAPartialOne(t *testing.T) {
-	release := make(chan struct{})
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		_, _ = io.WriteString(w, "data: {\"choices\":[{\"delta\":{\"content\":\"whole\"}}]}\n\ndata: {\"choices\":[{\"delta\":")
-		w.(http.Flusher).Flush()
-		select {
-		case <-release:
-		case <-r.Context().Done():
-			return
-		}
-		_, _ = io.WriteString(w, "{\"content\":\"rest\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n")
-	}))
-	defer up.Close()
-	h, _ := newTestHandler(t, up.URL)
-	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if e := h.Chat(w, r, Request{Key: &apikey.Record{ID: "k"}, Start: time.Now()}); e != nil {
-			e.Write(w)
-		}
-	}))
-	defer gw.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, gw.URL, strings.NewReader(`{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	early, late := heldStream(t, "data: {\"choices\":[{\"delta\":{\"content\":\"whole\"}}]}\n\ndata: {\"choices\":[{\"delta\":",
+		"{\"content\":\"rest\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n")
+	if !strings.Contains(early, "whole") {
+		t.Fatalf("the whole event was held back behind a partial one: %q", early)
 	}
-	defer resp.Body.Close()
-	buf := make([]byte, 4096)
-	n, err := resp.Body.Read(buf)
-	if err != nil || !strings.Contains(string(buf[:n]), "whole") {
-		t.Fatalf("the whole event was held back behind a partial one: %q %v", buf[:n], err)
-	}
-	close(release)
-	rest, _ := io.ReadAll(resp.Body)
-	if !strings.Contains(string(rest), "rest") || !strings.HasSuffix(string(rest), "data: [DONE]\n\n") {
-		t.Errorf("rest of the stream: %q", rest)
+	if !strings.Contains(late, "rest") || !strings.HasSuffix(late, "data: [DONE]\n\n") {
+		t.Errorf("rest of the stream: %q", late)
 	}
 }
