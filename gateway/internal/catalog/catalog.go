@@ -145,9 +145,6 @@ func NewHolder(path string) (*Holder, error) {
 // Get returns the current catalog.
 func (h *Holder) Get() *Catalog { return h.cur.Load() }
 
-// Path is the file the holder reloads from ("" for the built-in catalog).
-func (h *Holder) Path() string { return h.path }
-
 // Reload reads the file again; on error the current catalog stays.
 func (h *Holder) Reload() error {
 	if h.path == "" {

@@ -55,6 +55,7 @@ const (
 	ctxReqID = "qyai.request_id"
 	ctxTrace = "qyai.trace_id"
 	ctxModel = "qyai.model"
+	ctxTTFB  = "qyai.ttfb"
 )
 
 // New returns the gateway's handler. The whole route table is here.
@@ -142,8 +143,6 @@ func (d *Deps) requestContext(c *gin.Context) {
 	}
 	d.Telemetry.ObserveRequest(ctx, route, model, status, d.Now().Sub(start), ttfb)
 }
-
-const ctxTTFB = "qyai.ttfb"
 
 func validRequestID(s string) bool {
 	if len(s) == 0 || len(s) > 128 {

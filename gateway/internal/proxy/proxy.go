@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -84,7 +85,7 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) (e *a
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
 			return apierr.New(http.StatusRequestEntityTooLarge, apierr.TypeInvalidRequest,
-				"request body is larger than the limit of "+itoa(h.MaxBody)+" bytes").WithCode("request_too_large")
+				"request body is larger than the limit of "+strconv.FormatInt(h.MaxBody, 10)+" bytes").WithCode("request_too_large")
 		}
 		return apierr.InvalidRequest("could not read the request body")
 	}
@@ -302,9 +303,4 @@ func newEventID() string {
 		return uuid.NewString()
 	}
 	return id.String()
-}
-
-func itoa(n int64) string {
-	b, _ := json.Marshal(n)
-	return string(b)
 }

@@ -64,9 +64,6 @@ func NewUpstream(cfg UpstreamConfig) *Upstream {
 	}
 }
 
-// Ejections reports how often each member was taken out of the pool.
-func (u *Upstream) Ejections() map[string]int64 { return u.pool.ejections() }
-
 // attemptError is a failed attempt, already mapped to what the client sees.
 type attemptError struct {
 	apiErr *apierr.Error
