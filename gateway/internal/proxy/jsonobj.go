@@ -9,16 +9,20 @@ import (
 // object is a JSON object held as its members' raw bytes, so the gateway
 // can read a few members and rewrite a few others while every other member
 // passes to the upstream byte for byte, without decoding and re-encoding
-// the whole body.
+// the whole body. Parsing allocates only for large objects and escaped keys.
 type object struct {
 	body    []byte
 	members []member
-	index   map[string]int
-	added   []string // keys set that were not in the body, in order
+	index   map[string]int // by key, once there are more than smallObject members
+	inline  [smallObject]member
 }
 
+// smallObject is how many members are found by a linear scan; a request
+// body has about ten.
+const smallObject = 16
+
 type member struct {
-	key     string
+	key     []byte // decoded
 	raw     []byte // the whole `"key": value` as in the body
 	val     []byte // the value's bytes
 	changed []byte // replacement value, or nil
@@ -33,62 +37,107 @@ var (
 // parseObject splits a body that is already known to be valid JSON into
 // its top-level members. Duplicate keys are refused: parsers disagree on
 // which one wins, and the gateway must validate what the upstream reads.
+// On any other input it returns an error and never panics.
 func parseObject(b []byte) (*object, error) {
+	o := &object{body: b}
+	o.members = o.inline[:0]
+	err := eachMember(b, func(key, raw, val []byte) error {
+		if o.find(key) >= 0 {
+			return errDuplicateKeys
+		}
+		o.add(member{key: key, raw: raw, val: val})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// eachMember calls fn with every member of the JSON object b: its decoded
+// key, the whole member as in b and its value. It stops at fn's first
+// error. Input that is not an object gives errNotObject, never a panic.
+func eachMember(b []byte, fn func(key, raw, val []byte) error) error {
 	i := skipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
-		return nil, errNotObject
+		return errNotObject
 	}
-	o := &object{body: b, index: map[string]int{}}
 	i = skipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
-		return o, nil
+		return nil
 	}
 	for i < len(b) {
 		start := i
 		if b[i] != '"' {
-			return nil, errNotObject
+			return errNotObject
 		}
 		keyEnd := skipString(b, i)
 		if keyEnd > len(b) || keyEnd < i+2 || b[keyEnd-1] != '"' {
-			return nil, errNotObject
+			return errNotObject
 		}
-		var key string
-		if bytes.IndexByte(b[i+1:keyEnd-1], '\\') >= 0 {
-			if err := json.Unmarshal(b[i:keyEnd], &key); err != nil {
-				return nil, err
+		key := b[i+1 : keyEnd-1]
+		if bytes.IndexByte(key, '\\') >= 0 {
+			var s string
+			if err := json.Unmarshal(b[i:keyEnd], &s); err != nil {
+				return err
 			}
-		} else {
-			key = string(b[i+1 : keyEnd-1])
+			key = []byte(s)
 		}
 		i = skipSpace(b, keyEnd)
 		if i >= len(b) || b[i] != ':' {
-			return nil, errNotObject
+			return errNotObject
 		}
 		i = skipSpace(b, i+1)
 		valStart := i
 		i = skipValue(b, i)
 		if i <= valStart || i > len(b) {
-			return nil, errNotObject
+			return errNotObject
 		}
-		if _, dup := o.index[key]; dup {
-			return nil, errDuplicateKeys
+		if err := fn(key, b[start:i], b[valStart:i]); err != nil {
+			return err
 		}
-		o.index[key] = len(o.members)
-		o.members = append(o.members, member{key: key, raw: b[start:i], val: b[valStart:i]})
 		i = skipSpace(b, i)
 		if i < len(b) && b[i] == ',' {
 			i = skipSpace(b, i+1)
 			continue
 		}
-		break
+		return nil
 	}
-	return o, nil
+	return nil
+}
+
+// find returns the index of the member named key, or -1.
+func (o *object) find(key []byte) int {
+	if o.index != nil {
+		if i, ok := o.index[string(key)]; ok {
+			return i
+		}
+		return -1
+	}
+	for i := range o.members {
+		if bytes.Equal(o.members[i].key, key) {
+			return i
+		}
+	}
+	return -1
+}
+
+func (o *object) add(m member) {
+	o.members = append(o.members, m)
+	if o.index == nil && len(o.members) > smallObject {
+		o.index = make(map[string]int, 2*len(o.members))
+		for i := range o.members {
+			o.index[string(o.members[i].key)] = i
+		}
+	} else if o.index != nil {
+		o.index[string(m.key)] = len(o.members) - 1
+	}
 }
 
 // get returns a member's current value.
 func (o *object) get(key string) (json.RawMessage, bool) {
-	i, ok := o.index[key]
-	if !ok || o.members[i].deleted {
+	i := o.find([]byte(key))
+	if i < 0 || o.members[i].deleted {
 		return nil, false
 	}
 	if o.members[i].changed != nil {
@@ -99,18 +148,16 @@ func (o *object) get(key string) (json.RawMessage, bool) {
 
 // set replaces or adds a member.
 func (o *object) set(key string, val []byte) {
-	if i, ok := o.index[key]; ok {
+	if i := o.find([]byte(key)); i >= 0 {
 		o.members[i].changed, o.members[i].deleted = val, false
 		return
 	}
-	o.index[key] = len(o.members)
-	o.members = append(o.members, member{key: key, changed: val})
-	o.added = append(o.added, key)
+	o.add(member{key: []byte(key), changed: val})
 }
 
 // del removes a member.
 func (o *object) del(key string) {
-	if i, ok := o.index[key]; ok {
+	if i := o.find([]byte(key)); i >= 0 {
 		o.members[i].deleted = true
 	}
 }
@@ -132,12 +179,24 @@ func (o *object) encode() []byte {
 			out = append(out, m.raw...)
 			continue
 		}
-		k, _ := json.Marshal(m.key)
-		out = append(out, k...)
+		out = appendJSONString(out, m.key)
 		out = append(out, ':')
 		out = append(out, m.changed...)
 	}
 	return append(out, '}')
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(out, s []byte) []byte {
+	for _, c := range s {
+		if c < 0x20 || c == '"' || c == '\\' || c >= 0x7f {
+			q, _ := json.Marshal(string(s))
+			return append(out, q...)
+		}
+	}
+	out = append(out, '"')
+	out = append(out, s...)
+	return append(out, '"')
 }
 
 func skipSpace(b []byte, i int) int {
@@ -197,11 +256,16 @@ func skipValue(b []byte, i int) int {
 // findMember returns the raw value of the top-level member named key in a
 // JSON object body, without decoding the other members (e.g. "usage" of a
 // completion, whose choices can be large). ok is false when it is not there
-// or the body is not an object.
-func findMember(b []byte, key string) (json.RawMessage, bool) {
-	o, err := parseObject(b)
+// or the body is not an object; the last of repeated members wins.
+func findMember(b []byte, key string) (val json.RawMessage, ok bool) {
+	err := eachMember(b, func(k, _, v []byte) error {
+		if string(k) == key {
+			val, ok = v, true
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, false
 	}
-	return o.get(key)
+	return val, ok
 }

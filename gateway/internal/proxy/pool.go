@@ -26,7 +26,8 @@ type pool struct {
 }
 
 type poolMember struct {
-	url, auth     string
+	url           string
+	auth          []string // the Authorization header's value; nil without a key
 	weight, cur   int
 	failures      int
 	ejectedUntil  time.Time
@@ -40,9 +41,9 @@ func newPool(ms []Member, ejectAfter int, cooldown time.Duration, now func() tim
 		if w <= 0 {
 			w = 1
 		}
-		auth := ""
+		var auth []string
 		if m.APIKey != "" {
-			auth = "Bearer " + m.APIKey
+			auth = []string{"Bearer " + m.APIKey}
 		}
 		p.members = append(p.members, &poolMember{url: m.BaseURL + "/chat/completions", auth: auth, weight: w})
 	}

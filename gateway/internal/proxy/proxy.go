@@ -6,6 +6,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -80,7 +81,7 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) (e *a
 			in.NotReached()
 		}
 	}()
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBody))
+	body, err := readAll(http.MaxBytesReader(w, r.Body, h.MaxBody), r.ContentLength, h.MaxBody)
 	if err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
@@ -150,7 +151,7 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) (e *a
 	if req.stream {
 		h.stream(w, r, ctx, req, body2, ev)
 	} else {
-		h.unary(w, ctx, req, body2, ev)
+		h.unary(w, ctx, req, resp, body2, ev)
 	}
 	h.finish(ev, in.Result)
 	return nil
@@ -186,8 +187,22 @@ func (h *Handler) attempt(ctx context.Context, body []byte) (*http.Response, *at
 	}
 }
 
-func (h *Handler) unary(w http.ResponseWriter, ctx context.Context, req *chatRequest, body io.Reader, ev *usage.Event) {
-	b, err := io.ReadAll(io.LimitReader(body, 64<<20))
+// maxUnaryBody bounds a non-streaming answer read from the upstream.
+const maxUnaryBody = 64 << 20
+
+// readAll reads r to the end into one buffer sized by the declared length
+// (Content-Length, -1 when unknown), trusting it only up to limit.
+func readAll(r io.Reader, declared, limit int64) ([]byte, error) {
+	if declared < 0 || declared > limit {
+		return io.ReadAll(r)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, declared+bytes.MinRead))
+	_, err := buf.ReadFrom(r)
+	return buf.Bytes(), err
+}
+
+func (h *Handler) unary(w http.ResponseWriter, ctx context.Context, req *chatRequest, resp *http.Response, body io.Reader, ev *usage.Event) {
+	b, err := readAll(io.LimitReader(body, maxUnaryBody), resp.ContentLength, maxUnaryBody)
 	if err != nil {
 		ae := readFailure(ctx)
 		ev.Status, ev.ErrorType, ev.Outcome = ae.Status, ae.Type, outcomeOf(ctx)

@@ -34,6 +34,91 @@ type message struct {
 	ToolCallID       json.RawMessage `json:"tool_call_id"`
 }
 
+// parseMessages reads the messages array (valid JSON) without reflection:
+// null elements become empty messages (check refuses them), and member
+// names match exactly, as the upstream matches them. ok is false when it is
+// not an array of objects or a role is not a string.
+func parseMessages(raw []byte) (msgs []message, ok bool) {
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '[' {
+		return nil, false
+	}
+	msgs = make([]message, 0, 8)
+	i = skipSpace(raw, i+1)
+	if i < len(raw) && raw[i] == ']' {
+		return msgs, true
+	}
+	for i < len(raw) {
+		end := skipValue(raw, i)
+		if end <= i || end > len(raw) {
+			return nil, false
+		}
+		var m message
+		switch elem := raw[i:end]; elem[0] {
+		case '{':
+			if !m.parse(elem) {
+				return nil, false
+			}
+		case 'n': // null
+		default:
+			return nil, false
+		}
+		msgs = append(msgs, m)
+		i = skipSpace(raw, end)
+		if i < len(raw) && raw[i] == ',' {
+			i = skipSpace(raw, i+1)
+			continue
+		}
+		break
+	}
+	return msgs, true
+}
+
+var errBadRole = errors.New("role is not a string")
+
+// parse fills m from one message object.
+func (m *message) parse(obj []byte) bool {
+	err := eachMember(obj, func(key, _, val []byte) error {
+		switch string(key) {
+		case "role":
+			m.Role = nil
+			if isNull(val) {
+				return nil
+			}
+			s, ok := jsonString(val)
+			if !ok {
+				return errBadRole
+			}
+			m.Role = &s
+		case "content":
+			m.Content = val
+		case "reasoning_content":
+			m.ReasoningContent = val
+		case "tool_calls":
+			m.ToolCalls = val
+		case "tool_call_id":
+			m.ToolCallID = val
+		}
+		return nil
+	})
+	return err == nil
+}
+
+// jsonString decodes a JSON string value; ok is false for any other value.
+func jsonString(val []byte) (string, bool) {
+	if len(val) < 2 || val[0] != '"' || val[len(val)-1] != '"' {
+		return "", false
+	}
+	if bytes.IndexByte(val, '\\') < 0 {
+		return string(val[1 : len(val)-1]), true
+	}
+	var s string
+	if json.Unmarshal(val, &s) != nil {
+		return "", false
+	}
+	return s, true
+}
+
 // check validates one message the way OpenAI does, so that a request the
 // upstream would refuse is refused here with the field named.
 func (m *message) check(i int) *apierr.Error {
@@ -102,7 +187,7 @@ func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
 	var modelID string
 	if raw, ok := top.get("model"); !ok || isNull(raw) {
 		return nil, apierr.InvalidRequest("you must provide a model parameter").WithParam("model")
-	} else if json.Unmarshal(raw, &modelID) != nil || modelID == "" {
+	} else if modelID, ok = jsonString(raw); !ok || modelID == "" {
 		return nil, apierr.InvalidRequest("model must be a non-empty string").WithParam("model")
 	}
 	req.model = cat.Lookup(modelID)
@@ -115,8 +200,8 @@ func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
 	if !ok || isNull(rawMsgs) {
 		return nil, apierr.InvalidRequest("you must provide a messages parameter").WithParam("messages")
 	}
-	var msgs []message
-	if err := json.Unmarshal(rawMsgs, &msgs); err != nil {
+	msgs, ok := parseMessages(rawMsgs)
+	if !ok {
 		return nil, apierr.InvalidRequest("messages must be an array of message objects, each with a role").WithParam("messages")
 	}
 	if len(msgs) == 0 {
@@ -208,8 +293,7 @@ func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
 		}
 	}
 
-	up, _ := json.Marshal(req.model.Upstream)
-	top.set("model", up)
+	top.set("model", appendJSONString(nil, []byte(req.model.Upstream)))
 	req.body = top.encode()
 	return req, nil
 }

@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
 	"net/http"
 	"strings"
 	"testing"
@@ -210,4 +213,80 @@ func FuzzPrepare(f *testing.F) {
 			t.Fatalf("upstream body not JSON for %q: %s", body, r.body)
 		}
 	})
+}
+
+// TestParseMessagesMatchesEncodingJSON: the reflection-free reader gives
+// what encoding/json gives for exactly spelled member names, and refuses
+// what it refuses.
+func TestParseMessagesMatchesEncodingJSON(t *testing.T) {
+	for _, in := range []string{
+		`[]`,
+		`[{"role":"user","content":"hi"}]`,
+		` [ {"role" : "assistant" , "content":null, "tool_calls":[{"id":"c1","function":{"name":"f","arguments":"{\"a\":[1]}"}}],
+		    "reasoning_content":"r"} , {"role":"tool","tool_call_id":"c1","content":[{"type":"text","text":"ok"}]} ] `,
+		`[null, {"role":null}, {}]`,
+		`[{"r\u006fle":"us\u0065r","content":"escaped"}]`,
+		`[{"role":"user","content":"a","role":"system"}]`,
+		`[{"role":"user","extra":{"role":"nested"},"content":"x"}]`,
+		`[{"role":5}]`, `[{"role":["user"]}]`, `["user"]`, `[1]`, `[[]]`, `{}`, `"x"`, `null`,
+	} {
+		var want []message
+		wantErr := json.Unmarshal([]byte(in), &want) != nil
+		got, ok := parseMessages([]byte(in))
+		if in == "null" { // encoding/json accepts null as an empty slice; prepare refuses it earlier
+			if ok {
+				t.Errorf("%s: accepted", in)
+			}
+			continue
+		}
+		if ok == wantErr {
+			t.Errorf("%s: ok=%v, encoding/json error=%v", in, ok, wantErr)
+			continue
+		}
+		if ok && !reflect.DeepEqual(normalize(got), normalize(want)) {
+			t.Errorf("%s:\n got  %+v\n want %+v", in, normalize(got), normalize(want))
+		}
+	}
+}
+
+// normalize prints messages for comparison (role pointers by value).
+func normalize(ms []message) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		role := "<nil>"
+		if m.Role != nil {
+			role = *m.Role
+		}
+		out[i] = fmt.Sprintf("role=%s content=%s rc=%s calls=%s id=%s", role, m.Content, m.ReasoningContent, m.ToolCalls, m.ToolCallID)
+	}
+	return out
+}
+
+// TestObjectManyMembers: past the linear-scan size, lookups and duplicate
+// detection go through the index.
+func TestObjectManyMembers(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("{")
+	for i := range 40 {
+		fmt.Fprintf(&b, `"k%d":%d,`, i, i)
+	}
+	b.WriteString(`"last":true}`)
+	o, err := parseObject([]byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := o.get("k33"); !ok || string(v) != "33" {
+		t.Errorf("k33 = %s %v", v, ok)
+	}
+	o.set("new", []byte(`1`))
+	o.del("k0")
+	if v, ok := o.get("new"); !ok || string(v) != "1" {
+		t.Errorf("new = %s %v", v, ok)
+	}
+	if _, ok := o.get("k0"); ok {
+		t.Error("k0 still there after del")
+	}
+	if _, err := parseObject([]byte(strings.Replace(b.String(), `"last"`, `"k39"`, 1))); !errors.Is(err, errDuplicateKeys) {
+		t.Errorf("duplicate after 40 members: %v", err)
+	}
 }

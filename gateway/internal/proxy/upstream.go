@@ -76,17 +76,23 @@ type attemptError struct {
 	credentialStatus int
 }
 
+var (
+	contentTypeJSON = []string{"application/json"}
+	acceptChat      = []string{"application/json, text/event-stream"}
+)
+
 // send posts body to member m and returns a 200 response, or the mapped failure.
 func (u *Upstream) send(ctx context.Context, m *poolMember, body []byte) (*http.Response, *attemptError) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, m.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, &attemptError{apiErr: apierr.Upstream("building the upstream request failed")}
 	}
+	// Shared, never modified value slices: no allocation per request.
 	h := req.Header
-	h.Set("Content-Type", "application/json")
-	h.Set("Accept", "application/json, text/event-stream")
-	if m.auth != "" {
-		h.Set("Authorization", m.auth)
+	h["Content-Type"] = contentTypeJSON
+	h["Accept"] = acceptChat
+	if m.auth != nil {
+		h["Authorization"] = m.auth
 	}
 	resp, err := u.client.Do(req)
 	if err != nil {

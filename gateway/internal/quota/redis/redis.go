@@ -77,8 +77,9 @@ return 0
 
 // Store implements quota.Store.
 type Store struct {
-	rdb     goredis.Scripter
+	rdb     goredis.Cmdable
 	timeout time.Duration
+	admits  *group
 }
 
 // attempts is how often an admission is tried before the store counts as
@@ -87,9 +88,13 @@ type Store struct {
 // sending requests to the inexact local fallback.
 const attempts = 3
 
+// admitPipelines is how many admission pipelines one store keeps in
+// flight; admissions that arrive meanwhile share the next one (see group).
+const admitPipelines = 2
+
 // NewStore returns a store whose every call attempt is bounded by timeout.
-func NewStore(rdb goredis.Scripter, timeout time.Duration) *Store {
-	return &Store{rdb: rdb, timeout: timeout}
+func NewStore(rdb goredis.Cmdable, timeout time.Duration) *Store {
+	return &Store{rdb: rdb, timeout: timeout, admits: newGroup(rdb, admitScript, timeout, admitPipelines)}
 }
 
 // Admit implements quota.Store.
@@ -101,10 +106,10 @@ func (s *Store) Admit(ctx context.Context, a quota.Admission) (quota.Decision, e
 	frac := float64(a.At.Unix()%60) / 60
 	keys := []string{apikey.WindowKey(keyID), apikey.MonthCounterKey(keyID, a.Month),
 		apikey.TokensKey(keyID, minute), apikey.TokensKey(keyID, minute-1)}
+	args := []any{quota.Window.Milliseconds(), a.RPM, a.Monthly, a.Token, int64(a.MonthTTL.Seconds()), a.TPM, frac}
 	for range attempts {
 		actx, cancel := context.WithTimeout(ctx, s.timeout)
-		res, err = admitScript.Run(actx, s.rdb, keys,
-			quota.Window.Milliseconds(), a.RPM, a.Monthly, a.Token, int64(a.MonthTTL.Seconds()), a.TPM, frac).Int64Slice()
+		res, err = s.admits.do(actx, keys, args)
 		cancel()
 		if err == nil || ctx.Err() != nil || !isTimeout(err) {
 			break
