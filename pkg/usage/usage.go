@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -86,8 +87,76 @@ type Event struct {
 // ErrInvalid wraps every validation failure of Decode.
 var ErrInvalid = errors.New("invalid usage event")
 
-// Marshal encodes e.
-func (e *Event) Marshal() ([]byte, error) { return json.Marshal(e) }
+// Marshal encodes e: the same bytes as json.Marshal(e), written without
+// reflection because the gateway encodes one event per request.
+func (e *Event) Marshal() ([]byte, error) {
+	if !marshalableTime(e.StartedAt) || !marshalableTime(e.FinishedAt) {
+		return json.Marshal(e) // its error
+	}
+	b := make([]byte, 0, 640)
+	b = append(b, `{"v":`...)
+	b = strconv.AppendInt(b, int64(e.SchemaVersion), 10)
+	b = appendString(b, `,"id":`, e.ID)
+	b = appendString(b, `,"request_id":`, e.RequestID)
+	b = appendTime(b, `,"started_at":`, e.StartedAt)
+	b = appendTime(b, `,"finished_at":`, e.FinishedAt)
+	b = appendString(b, `,"key_id":`, e.KeyID)
+	b = appendString(b, `,"key_prefix":`, e.KeyPrefix)
+	b = appendString(b, `,"tier":`, e.Tier)
+	b = appendString(b, `,"model":`, e.Model)
+	b = appendString(b, `,"upstream_model":`, e.UpstreamModel)
+	b = strconv.AppendBool(append(b, `,"thinking":`...), e.Thinking)
+	b = strconv.AppendBool(append(b, `,"stream":`...), e.Stream)
+	b = strconv.AppendInt(append(b, `,"status":`...), int64(e.Status), 10)
+	if e.ErrorType != "" {
+		b = appendString(b, `,"error_type":`, e.ErrorType)
+	}
+	b = appendString(b, `,"outcome":`, e.Outcome)
+	b = strconv.AppendInt(append(b, `,"prompt_tokens":`...), e.PromptTokens, 10)
+	b = strconv.AppendInt(append(b, `,"cache_hit_tokens":`...), e.CacheHitTokens, 10)
+	b = strconv.AppendInt(append(b, `,"cache_miss_tokens":`...), e.CacheMissTokens, 10)
+	b = strconv.AppendInt(append(b, `,"completion_tokens":`...), e.CompletionTokens, 10)
+	b = strconv.AppendInt(append(b, `,"reasoning_tokens":`...), e.ReasoningTokens, 10)
+	b = appendString(b, `,"usage_source":`, e.UsageSource)
+	b = strconv.AppendInt(append(b, `,"latency_ms":`...), e.LatencyMs, 10)
+	b = strconv.AppendInt(append(b, `,"ttft_ms":`...), e.TTFTMs, 10)
+	b = appendString(b, `,"gateway":`, e.Gateway)
+	if e.TraceID != "" {
+		b = appendString(b, `,"trace_id":`, e.TraceID)
+	}
+	return append(b, '}'), nil
+}
+
+// appendString appends name and s as encoding/json writes a string,
+// HTML-safe escapes included (anything unusual goes through it).
+func appendString(b []byte, name, s string) []byte {
+	b = append(b, name...)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// marshalableTime reports whether time.Time's MarshalJSON accepts t.
+func marshalableTime(t time.Time) bool {
+	y := t.Year()
+	_, off := t.Zone()
+	return y >= 0 && y <= 9999 && off%60 == 0 && off > -24*3600 && off < 24*3600
+}
+
+// appendTime appends name and t as time.Time's MarshalJSON does
+// (marshalableTime(t) holds).
+func appendTime(b []byte, name string, t time.Time) []byte {
+	b = append(b, name...)
+	b = append(b, '"')
+	b = t.AppendFormat(b, time.RFC3339Nano)
+	return append(b, '"')
+}
 
 // Decode parses and validates an event from the wire.
 func Decode(b []byte) (Event, error) {

@@ -56,3 +56,31 @@ func FuzzObject(f *testing.F) {
 		}
 	})
 }
+
+// TestUsageParseMatchesEncodingJSON: the reflection-free usage reader
+// agrees with encoding/json wherever it answers, and leaves the rest to it.
+func TestUsageParseMatchesEncodingJSON(t *testing.T) {
+	for _, in := range []string{
+		`{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"prompt_cache_hit_tokens":8,"prompt_cache_miss_tokens":4,
+		  "completion_tokens_details":{"reasoning_tokens":9}}`,
+		`{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":2,"audio_tokens":0}}`,
+		`{}`,
+		`{"prompt_tokens":null,"completion_tokens":3}`,
+		`{"prompt_tokens":1.5}`, `{"prompt_tokens":"7"}`, `{"prompt_tokens_details":null}`, `[]`,
+		`{"completion_tokens_details":{"reasoning_tokens":-3,"cached_tokens":99}}`,
+	} {
+		var want upstreamUsage
+		wantOK := json.Unmarshal([]byte(in), &want) == nil
+		var got upstreamUsage
+		if !got.parse([]byte(in)) {
+			continue // encoding/json decides these
+		}
+		if !wantOK || !reflect.DeepEqual(got, want) {
+			t.Errorf("%s:\n got  %+v\n want %+v (encoding/json ok=%v)", in, got, want, wantOK)
+		}
+	}
+	var u upstreamUsage
+	if !u.parse([]byte(`{"prompt_tokens":12,"completion_tokens":30,"prompt_cache_hit_tokens":8}`)) {
+		t.Error("the usual shape fell back to encoding/json")
+	}
+}

@@ -211,7 +211,7 @@ func (h *Handler) unary(w http.ResponseWriter, ctx context.Context, req *chatReq
 	}
 	if raw, ok := findMember(b, "usage"); ok && !isNull(raw) {
 		var u upstreamUsage
-		if json.Unmarshal(raw, &u) == nil {
+		if u.parse(raw) || json.Unmarshal(raw, &u) == nil {
 			u.apply(ev)
 		}
 	}
@@ -266,6 +266,72 @@ type upstreamUsage struct {
 	CompletionTokensDetails *struct {
 		ReasoningTokens int64 `json:"reasoning_tokens"`
 	} `json:"completion_tokens_details"`
+}
+
+// parse reads the usual shape of the usage object without reflection;
+// false means encoding/json must decide (anything unusual, errors included).
+func (u *upstreamUsage) parse(raw []byte) bool {
+	var v upstreamUsage
+	err := eachMember(raw, func(k, _, val []byte) error {
+		var err error
+		switch string(k) {
+		case "prompt_tokens":
+			v.PromptTokens, err = plainInt(val)
+		case "completion_tokens":
+			v.CompletionTokens, err = plainInt(val)
+		case "prompt_cache_hit_tokens":
+			v.PromptCacheHitTokens, err = plainIntPtr(val)
+		case "prompt_cache_miss_tokens":
+			v.PromptCacheMissTokens, err = plainIntPtr(val)
+		case "prompt_tokens_details":
+			var n int64
+			n, err = detail(val, "cached_tokens")
+			v.PromptTokensDetails = &struct {
+				CachedTokens int64 `json:"cached_tokens"`
+			}{n}
+		case "completion_tokens_details":
+			var n int64
+			n, err = detail(val, "reasoning_tokens")
+			v.CompletionTokensDetails = &struct {
+				ReasoningTokens int64 `json:"reasoning_tokens"`
+			}{n}
+		}
+		return err
+	})
+	if err != nil {
+		return false
+	}
+	*u = v
+	return true
+}
+
+var errUnusual = errors.New("not a plain integer")
+
+// detail reads the integer member name of a details object (0 when absent).
+func detail(obj []byte, name string) (n int64, err error) {
+	err = eachMember(obj, func(k, _, val []byte) error {
+		if string(k) != name {
+			return nil
+		}
+		var err error
+		n, err = plainInt(val)
+		return err
+	})
+	return n, err
+}
+
+// plainInt reads a JSON integer literal.
+func plainInt(val []byte) (int64, error) {
+	n, err := strconv.ParseInt(string(val), 10, 64)
+	if err != nil {
+		return 0, errUnusual
+	}
+	return n, nil
+}
+
+func plainIntPtr(val []byte) (*int64, error) {
+	n, err := plainInt(val)
+	return &n, err
 }
 
 func (u *upstreamUsage) apply(ev *usage.Event) {
