@@ -8,7 +8,10 @@
 // One batch goes through these steps (the next batch's steps 1 and 2 run
 // while this one is in steps 3 and 4):
 //
-//  1. Fetch up to BatchSize messages, waiting at most MaxWait.
+//  1. Take up to BatchSize messages waiting in the stream. When fewer were
+//     waiting, the next take is MaxWait after this one: events gather in the
+//     stream and arrive in one delivery, instead of being pushed to the
+//     meter one by one (a wake-up of the meter and a write by NATS each).
 //  2. Decode and price each one. A message that cannot be stored (bad JSON,
 //     failed validation, out-of-range values) is published to the dead-letter
 //     subject with the reason and then terminated, so it never blocks the
@@ -46,7 +49,7 @@ const (
 
 // Fetcher is the part of a JetStream pull consumer the sink uses.
 type Fetcher interface {
-	Fetch(batch int, opts ...jetstream.FetchOpt) (jetstream.MessageBatch, error)
+	FetchNoWait(batch int) (jetstream.MessageBatch, error)
 }
 
 // Publisher publishes dead letters and waits for the stream to store them.
@@ -64,7 +67,8 @@ type Writer interface {
 type Config struct {
 	// BatchSize is the most messages per fetch and per insert.
 	BatchSize int
-	// MaxWait is the longest a fetch waits for BatchSize messages.
+	// MaxWait is the longest an event waits in the stream for the meter
+	// to take it (when less than a batch is waiting).
 	MaxWait time.Duration
 	// AckWait is the consumer's ack wait: the sink reports progress every
 	// third of it while a batch is in hand.
@@ -188,10 +192,19 @@ func (s *Sink) Run(ctx context.Context) error {
 	})
 
 	delay := s.cfg.BackoffMin
+	var last time.Time // start of the last fetch
+	drained := false   // it found less than a batch waiting
 	for ctx.Err() == nil {
-		// A fetch is not interrupted by ctx: it ends within MaxWait, and
-		// what it brings is stored before Run returns.
+		if drained {
+			// Let the next events gather in the stream.
+			if sleep(ctx, s.cfg.MaxWait-time.Since(last)); ctx.Err() != nil {
+				break
+			}
+		}
+		// What a fetch brings is stored before Run returns.
+		last = time.Now()
 		msgs, err := s.fetch()
+		drained = err == nil && len(msgs) < s.cfg.BatchSize
 		if err != nil {
 			s.m.fetchError.Add(context.WithoutCancel(ctx), 1)
 			s.log.WarnContext(ctx, "fetch usage events", "retry_in", delay, "err", err)
@@ -266,7 +279,7 @@ func (s *Sink) drainContext(ctx context.Context) (context.Context, context.Cance
 }
 
 func (s *Sink) fetch() ([]jetstream.Msg, error) {
-	mb, err := s.src.Fetch(s.cfg.BatchSize, jetstream.FetchMaxWait(s.cfg.MaxWait))
+	mb, err := s.src.FetchNoWait(s.cfg.BatchSize)
 	if err != nil {
 		return nil, fmt.Errorf("fetch: %w", err)
 	}
