@@ -7,10 +7,14 @@
 # throwaway stack in a temporary directory, every part on a free port: Redis, NATS
 # JetStream, ClickHouse, the upstream simulator, meter, admin and ONE gateway in its
 # normal configuration (authentication, rate limits and metering on, LOG_LEVEL=warn).
-# It creates an enterprise key whose limits never bind, runs .bin/loadgen (the same
-# workload straight to the simulator and through the gateway, phase by phase) and
-# prints its Markdown table on stdout. Everything it started is stopped on exit,
-# Ctrl-C included, and the temporary directory removed.
+# It also starts refproxy, a bare net/http/httputil reverse proxy in front of the
+# same simulator (no authentication, limits or metering): a reference for what any
+# Go HTTP proxy costs on this machine, not a part of the product. It creates an
+# enterprise key whose limits never bind, runs .bin/loadgen (the same workload
+# straight to the simulator, through the reference proxy in the non-stream phases,
+# and through the gateway, phase by phase) and prints its Markdown tables on stdout.
+# Everything it started is stopped on exit, Ctrl-C included, and the temporary
+# directory removed.
 #
 # Environment:
 #   BENCH_DURATION              measurement per target and phase (default 10s)
@@ -18,8 +22,11 @@
 #   BENCH_RATE                  requests per second of the open loop (default 500)
 #   BENCH_STREAM_CONCURRENCY    workers of the streaming phase (default 16)
 #   BENCH_ROUNDS                split each phase into this many alternating direct/gateway
-#                               slices (default 1: direct, then gateway); more evens out
-#                               noise from other work on a shared machine
+#                               slices, the reference between them (default 1: direct,
+#                               reference, then gateway); more evens out noise from other
+#                               work on a shared machine
+#   BENCH_REFERENCE             1 (default): also measure the bare reverse proxy as a
+#                               reference; 0: do not build, start or measure it
 #
 # A benchmark, not a test: it fails only when the stack cannot start or nothing
 # answers; the targets in the table say PASS or MISS.
@@ -34,6 +41,7 @@ CONCURRENCY=${BENCH_CONCURRENCY:-32}
 RATE=${BENCH_RATE:-500}
 STREAM_CONCURRENCY=${BENCH_STREAM_CONCURRENCY:-16}
 ROUNDS=${BENCH_ROUNDS:-1}
+REFERENCE=${BENCH_REFERENCE:-1}
 ADMIN_TOKEN=qyai-bench-admin-token
 SIM_KEY=sk-sim-bench
 SERVICE_STOP_TIMEOUT=30
@@ -48,11 +56,17 @@ main() {
 	for v in CONCURRENCY RATE STREAM_CONCURRENCY ROUNDS; do
 		[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v=${!v}: want a positive integer"
 	done
+	[[ $REFERENCE == 0 || $REFERENCE == 1 ]] || die "BENCH_REFERENCE=$REFERENCE: want 0 or 1"
 
 	"$QYAI_LOCAL_DIR/install.sh"
-	log "building gateway, meter, admin, upstream-sim, loadgen into .bin/"
-	(cd "$ROOT" && go build -o "$BIN/" ./gateway/cmd/gateway ./meter/cmd/meter ./admin/cmd/admin \
-		./deploy/cmd/upstream-sim ./deploy/cmd/loadgen)
+	local pkgs=(./gateway/cmd/gateway ./meter/cmd/meter ./admin/cmd/admin ./deploy/cmd/upstream-sim ./deploy/cmd/loadgen)
+	if ((REFERENCE)); then
+		pkgs+=(./deploy/cmd/refproxy)
+		log "building gateway, meter, admin, upstream-sim, loadgen, refproxy into .bin/"
+	else
+		log "building gateway, meter, admin, upstream-sim, loadgen into .bin/"
+	fi
+	(cd "$ROOT" && go build -o "$BIN/" "${pkgs[@]}")
 
 	tmp=$(mktemp -d "${TMPDIR:-/tmp}/qyai-bench.XXXXXX")
 	mkdir -p "$tmp/logs" "$tmp/pids"
@@ -85,7 +99,7 @@ start_servers() {
 }
 
 start_services() {
-	local sim_addr meter_addr admin_addr gateway_addr
+	local sim_addr meter_addr admin_addr gateway_addr ref_addr
 	sim_addr=127.0.0.1:$(free_port)
 	meter_addr=127.0.0.1:$(free_port)
 	admin_addr=127.0.0.1:$(free_port)
@@ -93,6 +107,7 @@ start_services() {
 	SIM_URL=http://$sim_addr
 	ADMIN_URL=http://$admin_addr
 	GATEWAY_URL=http://$gateway_addr
+	REFPROXY_URL=""
 
 	# Shared by every service; each reads only its own variables.
 	local common=(
@@ -100,6 +115,11 @@ start_services() {
 		CLICKHOUSE_DATABASE=qyai KEY_PEPPER=qyai-bench-pepper LOG_LEVEL=warn
 	)
 	spawn_service upstream-sim env SIM_ADDR="$sim_addr" SIM_API_KEY="$SIM_KEY" LOG_LEVEL=warn "$BIN/upstream-sim"
+	if ((REFERENCE)); then
+		ref_addr=127.0.0.1:$(free_port)
+		REFPROXY_URL=http://$ref_addr
+		spawn_service refproxy env REFPROXY_ADDR="$ref_addr" REFPROXY_UPSTREAM="$SIM_URL" "$BIN/refproxy"
+	fi
 	spawn_service meter env "${common[@]}" METER_ADDR="$meter_addr" "$BIN/meter"
 	spawn_service admin env "${common[@]}" ADMIN_ADDR="$admin_addr" ADMIN_TOKEN="$ADMIN_TOKEN" "$BIN/admin"
 	spawn_service gateway env "${common[@]}" GATEWAY_ADDR="$gateway_addr" GATEWAY_INSTANCE=bench \
@@ -107,6 +127,7 @@ start_services() {
 		SPOOL_DIR="$tmp/spool" "$BIN/gateway"
 
 	wait_service upstream-sim "$SIM_URL/_sim/healthz"
+	if ((REFERENCE)); then wait_service refproxy "$REFPROXY_URL/healthz"; fi
 	wait_service meter "http://$meter_addr/healthz"
 	wait_service admin "$ADMIN_URL/readyz"
 	wait_service gateway "$GATEWAY_URL/readyz"
@@ -148,11 +169,18 @@ create_key() {
 }
 
 run_loadgen() {
-	local key=$1 gateway_pid revision command
+	local key=$1 gateway_pid ref_pid revision command targets="direct, gateway" reference=()
 	gateway_pid=$(<"$tmp/pids/gateway.pid")
 	# spawn execs in place (setsid, then env), so the PID is the gateway itself.
 	[[ $(cat "/proc/$gateway_pid/comm" 2>/dev/null) == gateway ]] ||
 		die "pid $gateway_pid is not the gateway; cannot read its CPU time"
+	if ((REFERENCE)); then
+		ref_pid=$(<"$tmp/pids/refproxy.pid")
+		[[ $(cat "/proc/$ref_pid/comm" 2>/dev/null) == refproxy ]] ||
+			die "pid $ref_pid is not refproxy; cannot read its CPU time"
+		reference=(-reference "$REFPROXY_URL" -reference-key "$SIM_KEY" -reference-pid "$ref_pid")
+		targets="direct, reference (non-stream phases), gateway"
+	fi
 	revision=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 	if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then
 		revision+=" with uncommitted changes"
@@ -160,12 +188,14 @@ run_loadgen() {
 	command="BENCH_DURATION=$DURATION BENCH_CONCURRENCY=$CONCURRENCY BENCH_RATE=$RATE make bench"
 	if [[ $STREAM_CONCURRENCY != 16 ]]; then command="BENCH_STREAM_CONCURRENCY=$STREAM_CONCURRENCY $command"; fi
 	if [[ $ROUNDS != 1 ]]; then command="BENCH_ROUNDS=$ROUNDS $command"; fi
-	log "running the load generator: 3 phases x (direct, gateway), $DURATION each"
+	if ((!REFERENCE)); then command="BENCH_REFERENCE=0 $command"; fi
+	log "running the load generator: 3 phases x ($targets), $DURATION each"
 	# In the background and waited for, so that a signal to this script runs the
 	# cleanup at once instead of after the run; cleanup stops the load generator.
 	"$BIN/loadgen" -gateway "$GATEWAY_URL" -key "$key" -direct "$SIM_URL" -direct-key "$SIM_KEY" \
 		-gateway-pid "$gateway_pid" -duration "$DURATION" -concurrency "$CONCURRENCY" -rate "$RATE" \
-		-stream-concurrency "$STREAM_CONCURRENCY" -rounds "$ROUNDS" -command "$command" -revision "$revision" &
+		-stream-concurrency "$STREAM_CONCURRENCY" -rounds "$ROUNDS" -command "$command" -revision "$revision" \
+		"${reference[@]}" &
 	loadgen_pid=$!
 	wait "$loadgen_pid"
 	loadgen_pid=""

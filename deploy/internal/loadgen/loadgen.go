@@ -4,8 +4,15 @@
 // gateway costs: throughput, latency added at p50 and p99, CPU time per
 // request and memory.
 //
+// Optionally (Config.ReferenceURL) a third target, the reference, is
+// measured in the two non-stream phases: a bare reverse proxy in front of
+// the same simulator (deploy/cmd/refproxy), whose cost is the floor of what
+// any Go HTTP proxy costs on the machine. It gets a table of its own and
+// changes no target verdict.
+//
 // Three phases run in order; in each one the simulator is measured first,
-// then the gateway, so that both see the same machine a few seconds apart:
+// then the reference if any, then the gateway, so that all see the same
+// machine a few seconds apart:
 //
 //  1. non-stream, closed loop: Concurrency workers each send a request as
 //     soon as the previous one is answered;
@@ -46,13 +53,21 @@ type Config struct {
 	// GatewayPID, when not zero, is the gateway process whose CPU time and
 	// RSS are read from /proc around each gateway measurement.
 	GatewayPID int
+	// ReferenceURL, when set, is the base URL of a bare reverse proxy in
+	// front of the simulator, measured in the non-stream phases as a
+	// reference; requests go to ReferenceURL + "/v1/chat/completions" with
+	// ReferenceKey. ReferencePID, when not zero, is its process, read from
+	// /proc like GatewayPID. Empty: no reference.
+	ReferenceURL string
+	ReferenceKey string
+	ReferencePID int
 
 	// Duration is how long each target is measured in each phase.
 	Duration time.Duration
 	// Rounds splits each phase's Duration into that many slices per
-	// target, alternating direct, gateway, direct, gateway, ... so that
-	// noise from other work on a shared machine falls on both alike. 1
-	// measures direct for Duration, then the gateway.
+	// target, alternating direct, (reference,) gateway, direct, ... so that
+	// noise from other work on a shared machine falls on all alike. 1
+	// measures direct for Duration, then the reference, then the gateway.
 	Rounds int
 	// Warmup is how long each target runs the phase's workload, unmeasured,
 	// before its measurement.
@@ -88,6 +103,9 @@ func (c Config) Validate() error {
 	}
 	checkURL("gateway", c.GatewayURL)
 	checkURL("direct", c.DirectURL)
+	if c.ReferenceURL != "" {
+		checkURL("reference", c.ReferenceURL)
+	}
 	if c.GatewayKey == "" {
 		errs = append(errs, errors.New("key: the gateway API key is required"))
 	}
@@ -103,6 +121,9 @@ func (c Config) Validate() error {
 	positive("stream-tokens", c.StreamTokens)
 	if c.GatewayPID < 0 {
 		errs = append(errs, fmt.Errorf("gateway-pid: %d, want >= 0", c.GatewayPID))
+	}
+	if c.ReferencePID < 0 {
+		errs = append(errs, fmt.Errorf("reference-pid: %d, want >= 0", c.ReferencePID))
 	}
 	if rounds := max(c.Rounds, 1); c.Duration/time.Duration(rounds) < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("duration: %v in %d round(s), want >= 100ms a round", c.Duration, rounds))
@@ -132,8 +153,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.DirectURL, "direct", "", "upstream simulator base URL, e.g. http://127.0.0.1:8090")
 	fs.StringVar(&c.DirectKey, "direct-key", "", "the simulator's API key (SIM_API_KEY)")
 	fs.IntVar(&c.GatewayPID, "gateway-pid", 0, "gateway PID for CPU and RSS from /proc (0: do not measure)")
+	fs.StringVar(&c.ReferenceURL, "reference", "", "base URL of a bare reverse proxy to the simulator, measured as a reference in the non-stream phases (empty: none)")
+	fs.StringVar(&c.ReferenceKey, "reference-key", "", "API key sent to the reference proxy (the simulator's)")
+	fs.IntVar(&c.ReferencePID, "reference-pid", 0, "reference proxy PID for CPU and RSS from /proc (0: do not measure)")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measurement per target and phase")
-	fs.IntVar(&c.Rounds, "rounds", 1, "alternating direct/gateway slices per phase (noise control)")
+	fs.IntVar(&c.Rounds, "rounds", 1, "alternating direct/(reference/)gateway slices per phase (noise control)")
 	fs.DurationVar(&c.Warmup, "warmup", 1500*time.Millisecond, "unmeasured warm-up per target and phase")
 	fs.IntVar(&c.Concurrency, "concurrency", 32, "workers of the non-stream closed loop")
 	fs.IntVar(&c.Rate, "rate", 500, "requests per second of the open loop")
@@ -163,7 +187,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return rep.WriteMarkdown(stdout)
 }
 
-// Run measures every phase against both targets and returns the results.
+// Run measures every phase against every target and returns the results.
 // Progress goes to progress, one line per measurement.
 func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 	if err := c.Validate(); err != nil {
@@ -173,6 +197,10 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 	defer client.CloseIdleConnections()
 	direct := &target{name: "direct", url: strings.TrimRight(c.DirectURL, "/") + "/chat/completions", key: c.DirectKey}
 	gateway := &target{name: "gateway", url: strings.TrimRight(c.GatewayURL, "/") + "/v1/chat/completions", key: c.GatewayKey, pid: c.GatewayPID}
+	var reference *target
+	if c.ReferenceURL != "" {
+		reference = &target{name: "reference", url: strings.TrimRight(c.ReferenceURL, "/") + "/v1/chat/completions", key: c.ReferenceKey, pid: c.ReferencePID}
+	}
 
 	w := newWorkload(client, c.RequestTimeout, c.StreamTokens)
 	phases := []*phase{
@@ -213,8 +241,12 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 	rep := &Report{Config: c, Machine: describeMachine(), Started: time.Now()}
 	slice := c.Duration / time.Duration(c.Rounds)
 	for i, p := range phases {
+		targets := []*target{direct, gateway}
+		if reference != nil && !p.stream {
+			targets = []*target{direct, reference, gateway}
+		}
 		for round := range c.Rounds {
-			for _, t := range []*target{direct, gateway} {
+			for _, t := range targets {
 				if err := ctx.Err(); err != nil {
 					return nil, fmt.Errorf("benchmark interrupted: %w", err)
 				}
@@ -225,23 +257,33 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 				if err != nil {
 					return nil, fmt.Errorf("measure %s, %s: %w", p.title, t.name, err)
 				}
-				if t == direct {
+				switch t {
+				case direct:
 					p.direct = p.direct.combine(r)
-				} else {
+				case reference:
+					p.reference = p.reference.combine(r)
+				default:
 					p.gateway = p.gateway.combine(r)
 				}
 			}
 		}
 		fmt.Fprintf(progress, "phase %d/%d direct  %s: %s\n", i+1, len(phases), p.title, p.direct.summary())
+		if p.reference != nil {
+			fmt.Fprintf(progress, "phase %d/%d reference %s: %s\n", i+1, len(phases), p.title, p.reference.summary())
+		}
 		fmt.Fprintf(progress, "phase %d/%d gateway %s: %s\n", i+1, len(phases), p.title, p.gateway.summary())
 		rep.Phases = append(rep.Phases, p)
 	}
 	rep.Elapsed = time.Since(rep.Started)
 	for _, p := range rep.Phases {
-		if p.direct.ok == 0 || p.gateway.ok == 0 {
+		if p.direct.ok == 0 || p.gateway.ok == 0 || (p.reference != nil && p.reference.ok == 0) {
 			_ = rep.WriteMarkdown(progress)
-			return nil, fmt.Errorf("%s: no successful request (direct %d, gateway %d); see the errors above",
-				p.title, p.direct.ok, p.gateway.ok)
+			ref := ""
+			if p.reference != nil {
+				ref = fmt.Sprintf(", reference %d", p.reference.ok)
+			}
+			return nil, fmt.Errorf("%s: no successful request (direct %d%s, gateway %d); see the errors above",
+				p.title, p.direct.ok, ref, p.gateway.ok)
 		}
 	}
 	return rep, nil

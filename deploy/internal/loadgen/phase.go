@@ -36,7 +36,7 @@ func validPhase(name string) bool {
 	return name == phaseClosed.String() || name == phaseOpen.String() || name == phaseStream.String()
 }
 
-// phase is one workload, measured against both targets.
+// phase is one workload, measured against every target.
 type phase struct {
 	kind   phaseKind
 	title  string
@@ -44,6 +44,9 @@ type phase struct {
 	// run drives the workload against a target for d and returns what it saw.
 	run             func(ctx context.Context, t *target, d time.Duration) *result
 	direct, gateway *result
+	// reference is the bare reverse proxy's result; nil when it was not
+	// measured (no Config.ReferenceURL, or the stream phase).
+	reference *result
 }
 
 // result is what one measurement saw.

@@ -42,7 +42,8 @@ func (rep *Report) phase(k phaseKind) *phase {
 
 // WriteMarkdown prints the results: the machine, the command that
 // reproduces them, one table comparing direct and gateway phase by phase,
-// and the targets with their verdicts.
+// the reference proxy's table when it was measured, and the targets with
+// their verdicts.
 func (rep *Report) WriteMarkdown(w io.Writer) error {
 	var b bytes.Buffer
 	c, m := rep.Config, rep.Machine
@@ -108,6 +109,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		}
 	}
 	writeErrors(&b, rep.Phases)
+	writeReference(&b, rep.Phases)
 
 	b.WriteString("\n| Target | Measured | Verdict |\n|---|--:|:-:|\n")
 	if p := rep.phase(phaseClosed); p != nil {
@@ -126,6 +128,14 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		added := quantile(p.gateway.lat, 0.99) - quantile(p.direct.lat, 0.99)
 		fmt.Fprintf(&b, "| p99 latency added at %d req/s, open loop ≤ %s ms | %s ms | %s |\n",
 			c.Rate, ms(targetAddedP99), signedMs(added), verdict(added <= targetAddedP99))
+	}
+	if p := rep.phase(phaseClosed); p != nil && p.reference != nil {
+		cpu := ""
+		if p.reference.hasProc {
+			cpu = fmt.Sprintf(" at %s ms CPU per request", msPrec(p.reference.cpuPerRequest(), 3))
+		}
+		fmt.Fprintf(&b, "\nFor scale: the bare reverse proxy reached %.2f of direct throughput%s.\n",
+			safeDiv(p.reference.rps(), p.direct.rps()), cpu)
 	}
 	_, err := w.Write(b.Bytes())
 	return err
@@ -147,14 +157,42 @@ func row(b *bytes.Buffer, title string, d, g *result, dl, gl []time.Duration, di
 		title, rate, ms(d50), ms(g50), signedMs(g50-d50), ms(d99), ms(g99), signedMs(g99-d99), errs, cpu, rss)
 }
 
+// writeReference prints the reference proxy's table, one row per phase it
+// was measured in; nothing when it was not.
+func writeReference(b *bytes.Buffer, phases []*phase) {
+	var rows []*phase
+	for _, p := range phases {
+		if p.reference != nil {
+			rows = append(rows, p)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	b.WriteString("\nReference, same run: a bare reverse proxy (deploy/cmd/refproxy: net/http/httputil, no authentication, " +
+		"limits or metering) in front of the same simulator. It shows what any Go HTTP proxy costs on this machine. " +
+		"Added = reference − direct, in ms.\n\n")
+	b.WriteString("| Phase | Direct req/s | Reference req/s | Reference/direct | Added p50 | Added p99 | Reference CPU/req |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|\n")
+	for _, p := range rows {
+		d, r := p.direct, p.reference
+		cpu := "—"
+		if r.hasProc {
+			cpu = msPrec(r.cpuPerRequest(), 3) + " ms"
+		}
+		fmt.Fprintf(b, "| %s | %.0f | %.0f | %.2f | %s | %s | %s |\n", p.title, d.rps(), r.rps(), safeDiv(r.rps(), d.rps()),
+			signedMs(quantile(r.lat, 0.50)-quantile(d.lat, 0.50)), signedMs(quantile(r.lat, 0.99)-quantile(d.lat, 0.99)), cpu)
+	}
+}
+
 func writeErrors(b *bytes.Buffer, phases []*phase) {
 	var lines []string
 	for _, p := range phases {
 		for _, r := range []struct {
 			name string
 			res  *result
-		}{{"direct", p.direct}, {"gateway", p.gateway}} {
-			if len(r.res.errs) == 0 {
+		}{{"direct", p.direct}, {"reference", p.reference}, {"gateway", p.gateway}} {
+			if r.res == nil || len(r.res.errs) == 0 {
 				continue
 			}
 			var parts []string

@@ -14,7 +14,8 @@ import (
 	"time"
 )
 
-// target is one side of the comparison: the simulator or the gateway.
+// target is one side of the comparison: the simulator, the gateway or the
+// reference proxy.
 type target struct {
 	name string
 	url  string // the chat completions URL

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestHandler checks that requests reach the upstream with their path,
+// query and Authorization header unchanged, and that /healthz does not.
+func TestHandler(t *testing.T) {
+	var hits atomic.Int64
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Header().Set("X-Seen-Auth", r.Header.Get("Authorization"))
+		w.WriteHeader(http.StatusTeapot)
+		_, _ = io.WriteString(w, r.Method+" "+r.URL.RequestURI())
+	}))
+	t.Cleanup(upstream.Close)
+	target, err := url.Parse(upstream.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httptest.NewServer(newHandler(target, log.New(io.Discard, "", 0)))
+	t.Cleanup(proxy.Close)
+
+	for _, path := range []string{"/v1/chat/completions", "/chat/completions?x=1", "//a/../b"} {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, proxy.URL+path, strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer sk-test")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusTeapot || string(body) != "POST "+path {
+			t.Errorf("%s: got %d %q, want 418 %q", path, resp.StatusCode, body, "POST "+path)
+		}
+		if got := resp.Header.Get("X-Seen-Auth"); got != "Bearer sk-test" {
+			t.Errorf("%s: upstream saw Authorization %q", path, got)
+		}
+	}
+	before := hits.Load()
+	resp, err := http.Get(proxy.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || hits.Load() != before {
+		t.Errorf("/healthz: status %d, upstream hits %d -> %d; want 200 answered by refproxy", resp.StatusCode, before, hits.Load())
+	}
+}
+
+func TestRunConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantErr string
+	}{
+		{name: "no addr", env: map[string]string{"REFPROXY_UPSTREAM": "http://127.0.0.1:1"}, wantErr: "REFPROXY_ADDR is required"},
+		{name: "no upstream", env: map[string]string{"REFPROXY_ADDR": "127.0.0.1:0"}, wantErr: "REFPROXY_UPSTREAM is required"},
+		{name: "bad upstream", env: map[string]string{"REFPROXY_ADDR": "127.0.0.1:0", "REFPROXY_UPSTREAM": "127.0.0.1:8090"}, wantErr: "not an http(s) URL"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := run(t.Context(), func(k string) string { return tc.env[k] }, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("got %v, want an error with %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestRunShutdown checks that run returns nil once its context is done.
+func TestRunShutdown(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	env := map[string]string{"REFPROXY_ADDR": "127.0.0.1:0", "REFPROXY_UPSTREAM": "http://127.0.0.1:1"}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, func(k string) string { return env[k] }, io.Discard) }()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("run did not return after cancel")
+	}
+}
