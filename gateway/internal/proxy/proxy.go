@@ -215,10 +215,17 @@ func (h *Handler) unary(w http.ResponseWriter, ctx context.Context, req *chatReq
 			u.apply(ev)
 		}
 	}
-	w.Header().Set("Content-Type", "application/json")
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Content-Length", strconv.Itoa(len(b)))
 	ev.TTFTMs = h.Now().Sub(ev.StartedAt).Milliseconds()
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(b)
+	// The client has its whole answer now, before the usage event, metrics
+	// and span are recorded (net/http would send it only after the handler).
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
 	ev.Status = http.StatusOK
 	ev.Outcome = usage.OutcomeCompleted
 	if ev.UsageSource == usage.SourceNone {
