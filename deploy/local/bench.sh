@@ -22,9 +22,10 @@
 #   BENCH_RATE                  requests per second of the open loop (default 500)
 #   BENCH_STREAM_CONCURRENCY    workers of the streaming phase (default 16)
 #   BENCH_ROUNDS                split each phase into this many alternating direct/gateway
-#                               slices, the reference between them (default 1: direct,
-#                               reference, then gateway); more evens out noise from other
-#                               work on a shared machine
+#                               slices, the reference between them (default 5: five 2 s
+#                               slices of a 10 s phase, so that noise from other work on a
+#                               shared machine falls on every target alike; 1: direct,
+#                               reference, then gateway, each in one piece)
 #   BENCH_REFERENCE             1 (default): also measure the bare reverse proxy as a
 #                               reference; 0: do not build, start or measure it
 #
@@ -40,7 +41,7 @@ DURATION=${BENCH_DURATION:-10s}
 CONCURRENCY=${BENCH_CONCURRENCY:-32}
 RATE=${BENCH_RATE:-500}
 STREAM_CONCURRENCY=${BENCH_STREAM_CONCURRENCY:-16}
-ROUNDS=${BENCH_ROUNDS:-1}
+ROUNDS=${BENCH_ROUNDS:-5}
 REFERENCE=${BENCH_REFERENCE:-1}
 ADMIN_TOKEN=qyai-bench-admin-token
 SIM_KEY=sk-sim-bench
@@ -185,9 +186,8 @@ run_loadgen() {
 	if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then
 		revision+=" with uncommitted changes"
 	fi
-	command="BENCH_DURATION=$DURATION BENCH_CONCURRENCY=$CONCURRENCY BENCH_RATE=$RATE make bench"
+	command="BENCH_DURATION=$DURATION BENCH_ROUNDS=$ROUNDS BENCH_CONCURRENCY=$CONCURRENCY BENCH_RATE=$RATE make bench"
 	if [[ $STREAM_CONCURRENCY != 16 ]]; then command="BENCH_STREAM_CONCURRENCY=$STREAM_CONCURRENCY $command"; fi
-	if [[ $ROUNDS != 1 ]]; then command="BENCH_ROUNDS=$ROUNDS $command"; fi
 	if ((!REFERENCE)); then command="BENCH_REFERENCE=0 $command"; fi
 	log "running the load generator: 3 phases x ($targets), $DURATION each"
 	# In the background and waited for, so that a signal to this script runs the
