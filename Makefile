@@ -25,7 +25,7 @@ test: install ## Run every test (unit, integration against real servers, end to 
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzPrepare -fuzztime 8s ./gateway/internal/proxy
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzObject -fuzztime 5s ./gateway/internal/proxy
 
-bench: ## Benchmark the gateway against the simulator directly, in one run (not a test; ~75 s)
+bench: ## Benchmark the gateway and a bare reference proxy against the simulator directly, in one run (not a test; ~95 s)
 	@deploy/local/bench.sh
 
 bench-meter: ## Measure the metering pipeline: events/s publisher -> NATS -> meter -> ClickHouse, and lag (not a test)
