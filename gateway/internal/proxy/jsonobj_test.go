@@ -68,6 +68,7 @@ func TestUsageParseMatchesEncodingJSON(t *testing.T) {
 		`{"prompt_tokens":null,"completion_tokens":3}`,
 		`{"prompt_tokens":1.5}`, `{"prompt_tokens":"7"}`, `{"prompt_tokens_details":null}`, `[]`,
 		`{"completion_tokens_details":{"reasoning_tokens":-3,"cached_tokens":99}}`,
+		`{"prompt_tokens":+5}`, `{"prompt_tokens":05}`, `{"prompt_tokens":-0}`, `{"prompt_tokens":1e3}`,
 	} {
 		var want upstreamUsage
 		wantOK := json.Unmarshal([]byte(in), &want) == nil

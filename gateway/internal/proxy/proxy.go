@@ -327,8 +327,15 @@ func detail(obj []byte, name string) (n int64, err error) {
 	return n, err
 }
 
-// plainInt reads a JSON integer literal.
+// plainInt reads a JSON integer literal (no sign but '-', no leading zero).
 func plainInt(val []byte) (int64, error) {
+	digits := val
+	if len(digits) > 0 && digits[0] == '-' {
+		digits = digits[1:]
+	}
+	if len(digits) == 0 || digits[0] < '0' || digits[0] > '9' || (digits[0] == '0' && len(digits) > 1) {
+		return 0, errUnusual
+	}
 	n, err := strconv.ParseInt(string(val), 10, 64)
 	if err != nil {
 		return 0, errUnusual
