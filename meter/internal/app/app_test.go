@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -374,19 +375,29 @@ func TestRollupCrashAndRestart(t *testing.T) {
 
 var errRollupCrash = errors.New("simulated crash between the aggregate insert and the ledger write")
 
-// TestGracefulShutdownFlushes: cancelling the meter while a batch is being
-// collected stores and acks that batch before Serve returns.
+// TestGracefulShutdownFlushes: batches the meter holds when it is told to
+// stop, one written but not yet acked and one waiting behind it, are stored
+// and acked before it exits instead of being left for redelivery.
 func TestGracefulShutdownFlushes(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.config()
-	cfg.Batch.Size = 10_000
-	cfg.Batch.MaxAge = 5 * time.Second
-	cfg.NATS.AckWait = 30 * time.Second
-	m := startMeter(t, cfg, Options{})
+	cfg.NATS.AckWait = 30 * time.Second // a redelivery by timeout would hide a missing ack
+	held := make(chan struct{})
+	var once sync.Once
+	m := startMeter(t, cfg, Options{AfterWrite: func(ctx context.Context, _ int) error {
+		once.Do(func() { close(held) })
+		<-ctx.Done() // keep the batch, written and unacked, until shutdown begins
+		return nil
+	}})
 	m.waitReady(t)
-	evs := makeEvents("graceful", 120)
+	evs := makeEvents("graceful", 120) // more than one batch of 100
 	e.publish(t, evs...)
-	waitFor(t, 10*time.Second, "events delivered to the open fetch", func() (bool, string) {
+	select {
+	case <-held:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the meter never wrote a batch")
+	}
+	waitFor(t, 10*time.Second, "every event in the meter's hands", func() (bool, string) {
 		info := e.consumerInfo(t)
 		return info.NumAckPending == len(evs), "ack pending " + itoa(uint64(info.NumAckPending))
 	})
