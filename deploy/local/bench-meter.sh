@@ -54,13 +54,7 @@ main() {
 
 start_servers() {
 	servers=(nats clickhouse)
-	local name pids=() failed=0
-	for name in "${servers[@]}"; do
-		"$QYAI_LOCAL_DIR/$name.sh" start "$tmp/$name" &
-		pids+=($!)
-	done
-	for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-	((failed == 0)) || die "a server did not start (see above)"
+	start_servers_in "$tmp" "${servers[@]}"
 	NATS_URL=nats://127.0.0.1:$(<"$tmp/nats/port")
 	CLICKHOUSE_ADDR=127.0.0.1:$(<"$tmp/clickhouse/port")
 }
@@ -99,7 +93,7 @@ run_bench() {
 
 # cleanup stops the meter, then the servers, and removes $tmp.
 cleanup() {
-	local rc=$? name
+	local rc=$?
 	trap - EXIT
 	trap '' INT TERM HUP
 	[[ -n $tmp ]] || exit "$rc"
@@ -108,10 +102,7 @@ cleanup() {
 	fi
 	log "stopping the bench stack..."
 	((meter_started)) && stop_pidfile "$tmp/meter.pid" meter "$SERVICE_STOP_TIMEOUT"
-	for name in "${servers[@]}"; do
-		"$QYAI_LOCAL_DIR/$name.sh" stop "$tmp/$name" &
-	done
-	wait
+	stop_servers_in "$tmp" "${servers[@]}"
 	rm -rf "$tmp"
 	log "stopped"
 	exit "$rc"

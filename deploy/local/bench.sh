@@ -87,13 +87,7 @@ main() {
 # start_servers starts Redis, NATS and ClickHouse on free ports, in parallel.
 start_servers() {
 	servers=(redis nats clickhouse)
-	local name pids=() failed=0
-	for name in "${servers[@]}"; do
-		"$QYAI_LOCAL_DIR/$name.sh" start "$tmp/$name" &
-		pids+=($!)
-	done
-	for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-	((failed == 0)) || die "a server did not start (see above)"
+	start_servers_in "$tmp" "${servers[@]}"
 	REDIS_ADDR=127.0.0.1:$(<"$tmp/redis/port")
 	NATS_URL=nats://127.0.0.1:$(<"$tmp/nats/port")
 	CLICKHOUSE_ADDR=127.0.0.1:$(<"$tmp/clickhouse/port")
@@ -225,10 +219,7 @@ cleanup() {
 		[[ $name == gateway ]] || stop_pidfile "$tmp/pids/$name.pid" "$name" "$SERVICE_STOP_TIMEOUT" &
 	done
 	wait
-	for name in "${servers[@]}"; do
-		"$QYAI_LOCAL_DIR/$name.sh" stop "$tmp/$name" &
-	done
-	wait
+	stop_servers_in "$tmp" "${servers[@]}"
 	rm -rf "$tmp"
 	log "stopped"
 	exit "$rc"

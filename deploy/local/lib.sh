@@ -234,6 +234,30 @@ start_attempts() {
 	done
 }
 
+# start_servers_in <dir> <name>...: start the named servers (redis, nats,
+# clickhouse: <name>.sh) at once, each on free ports in <dir>/<name>; dies when
+# one does not start. The benchmarks' throwaway stacks use it.
+start_servers_in() {
+	local dir=$1 name pid pids=() failed=0
+	shift
+	for name in "$@"; do
+		"$QYAI_LOCAL_DIR/$name.sh" start "$dir/$name" &
+		pids+=($!)
+	done
+	for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+	((failed == 0)) || die "a server did not start (see above)"
+}
+
+# stop_servers_in <dir> <name>...: stop servers start_servers_in started, at once.
+stop_servers_in() {
+	local dir=$1 name
+	shift
+	for name in "$@"; do
+		"$QYAI_LOCAL_DIR/$name.sh" stop "$dir/$name" &
+	done
+	wait
+}
+
 # elapsed <start>: seconds since start (an $EPOCHREALTIME value), e.g. "0.12s".
 elapsed() {
 	perl -e 'printf "%.2fs", $ARGV[1] - $ARGV[0]' "$1" "$EPOCHREALTIME"
