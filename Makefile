@@ -2,7 +2,7 @@
 # once they grow beyond one line.
 SHELL := /bin/bash
 GO ?= go
-MODULES := ./pkg/... ./gateway/... ./meter/... ./admin/... ./deploy/...
+MODULES := ./pkg/... ./gateway/... ./meter/... ./admin/... ./deploy/... ./testkit/...
 GATEWAY_REPLICAS ?= 1
 export GATEWAY_REPLICAS
 

@@ -41,6 +41,7 @@ require (
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/otlptranslator v1.0.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
+	github.com/qyai/qyai/testkit v0.0.0
 	github.com/segmentio/asm v1.2.0 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/otel/log v1.47.0 // indirect
@@ -53,3 +54,5 @@ require (
 )
 
 replace github.com/qyai/qyai/pkg => ../pkg
+
+replace github.com/qyai/qyai/testkit => ../testkit

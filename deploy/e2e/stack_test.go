@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qyai/qyai/pkg/testenv"
+	"github.com/qyai/qyai/testkit/testenv"
 )
 
 // binaries builds the service binaries once per test binary.
@@ -175,9 +175,9 @@ type stack struct {
 func startStack(t *testing.T, gateways int) *stack {
 	t.Helper()
 	s := &stack{adminToken: "e2e-admin-token"}
-	s.redis = testenv.Redis(t)
-	s.clickhouse = testenv.ClickHouse(t)
-	s.nats = testenv.NATSProcess(t)
+	s.redis = scripts.Redis(t)
+	s.clickhouse = scripts.ClickHouse(t)
+	s.nats = scripts.NATSProcess(t)
 
 	simAddr := freeAddr(t)
 	s.simURL = "http://" + simAddr

@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/qyai/qyai/pkg/chschema"
-	"github.com/qyai/qyai/pkg/testenv"
 )
 
 // wantColumns is the usage_events table of docs/contracts-internal.md.
@@ -21,7 +20,7 @@ var wantColumns = []string{
 }
 
 func TestApplyIdempotent(t *testing.T) {
-	ch := testenv.ClickHouse(t)
+	ch := scripts.ClickHouse(t)
 	ctx := t.Context()
 	// The database does not exist yet: Open creates it.
 	conn, err := chschema.Open(ctx, chschema.Options{Addr: ch.Addr, Database: "qyai", User: "default"})

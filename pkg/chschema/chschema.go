@@ -155,7 +155,7 @@ type Migration struct {
 
 // Migrations renders every embedded migration for db, oldest first.
 func Migrations(db string, opts ApplyOptions) ([]Migration, error) {
-	if err := checkNames(db, opts.Cluster); err != nil {
+	if err := CheckNames(db, opts.Cluster); err != nil {
 		return nil, err
 	}
 	entries, err := fs.ReadDir(migrationFiles, "migrations")
@@ -327,7 +327,7 @@ func Apply(ctx context.Context, conn driver.Conn, db string, opts ApplyOptions) 
 
 // AppliedVersions returns the migration versions recorded in db.
 func AppliedVersions(ctx context.Context, conn driver.Conn, db string) ([]int, error) {
-	if err := checkNames(db, ""); err != nil {
+	if err := CheckNames(db, ""); err != nil {
 		return nil, err
 	}
 	set, err := appliedVersions(ctx, conn, db)
@@ -363,7 +363,7 @@ func appliedVersions(ctx context.Context, conn driver.Conn, db string) (map[int]
 }
 
 func createDatabase(ctx context.Context, conn driver.Conn, db, cluster string) error {
-	if err := checkNames(db, cluster); err != nil {
+	if err := CheckNames(db, cluster); err != nil {
 		return err
 	}
 	q := "CREATE DATABASE IF NOT EXISTS " + db
@@ -396,7 +396,9 @@ func isCode(err error, code int32) bool {
 	return errors.As(err, &ex) && ex.Code == code
 }
 
-func checkNames(db, cluster string) error {
+// CheckNames checks that db and cluster (when set) are plain identifiers, safe
+// to splice into SQL; the error wraps ErrInvalidName.
+func CheckNames(db, cluster string) error {
 	var errs []error
 	if !identRE.MatchString(db) {
 		errs = append(errs, fmt.Errorf("database %q: %w", db, ErrInvalidName))

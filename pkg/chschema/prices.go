@@ -19,7 +19,7 @@ import (
 // copies collapse in a ReplacingMergeTree, and readers use FINAL. With
 // cluster set the insert goes through the Distributed table synchronously.
 func SyncPrices(ctx context.Context, conn driver.Conn, db, cluster string, tb *pricing.Table, now time.Time) error {
-	if err := checkNames(db, cluster); err != nil {
+	if err := CheckNames(db, cluster); err != nil {
 		return err
 	}
 	if cluster != "" {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/qyai/qyai/admin/internal/config"
-	"github.com/qyai/qyai/pkg/testenv"
 )
 
 func TestValidateFlag(t *testing.T) {
@@ -94,7 +93,7 @@ func (s *syncBuffer) String() string {
 // schema is applied in the background and everything is ready. Then a
 // cancelled context shuts the server down cleanly.
 func TestServeBeforeClickHouse(t *testing.T) {
-	rs, cs := testenv.Redis(t), testenv.ClickHouse(t)
+	rs, cs := scripts.Redis(t), scripts.ClickHouse(t)
 	cs.Stop(t)
 	const token = "app-test-admin-token"
 	cfg, err := config.Load(func(k string) string {

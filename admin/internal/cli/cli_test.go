@@ -25,7 +25,6 @@ import (
 	"github.com/qyai/qyai/admin/internal/config"
 	"github.com/qyai/qyai/pkg/apikey"
 	"github.com/qyai/qyai/pkg/chschema"
-	"github.com/qyai/qyai/pkg/testenv"
 )
 
 const (
@@ -44,7 +43,7 @@ type stack struct {
 
 func newStack(t *testing.T) *stack {
 	t.Helper()
-	rs, cs := testenv.Redis(t), testenv.ClickHouse(t)
+	rs, cs := scripts.Redis(t), scripts.ClickHouse(t)
 	env := map[string]string{
 		"ADMIN_ADDR": "127.0.0.1:0", "ADMIN_TOKENS": "ops:" + opsToken, "REDIS_ADDR": rs.Addr, "REDIS_TIMEOUT": "2s",
 		"CLICKHOUSE_ADDR": cs.Addr, "AUDIT_FLUSH_INTERVAL": "100ms", "KEY_PEPPER": "cli-test-pepper",
@@ -528,7 +527,7 @@ func TestRebuildRedis(t *testing.T) {
 }
 
 func TestRebuildRedisFailsClearly(t *testing.T) {
-	rs := testenv.Redis(t)
+	rs := scripts.Redis(t)
 	cfg := config.Client{
 		URL:        "http://127.0.0.1:1",
 		Redis:      config.Redis{Addrs: []string{rs.Addr}, Timeout: time.Second},

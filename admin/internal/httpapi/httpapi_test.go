@@ -27,8 +27,8 @@ import (
 	redisstore "github.com/qyai/qyai/admin/internal/keys/redis"
 	"github.com/qyai/qyai/pkg/apikey"
 	"github.com/qyai/qyai/pkg/chschema"
-	"github.com/qyai/qyai/pkg/testenv"
 	"github.com/qyai/qyai/pkg/tier"
+	"github.com/qyai/qyai/testkit/testenv"
 )
 
 const (
@@ -83,7 +83,7 @@ func newEnv(t *testing.T) *env {
 // the dependencies first.
 func newEnvWith(t *testing.T, edit func(*httpapi.Deps)) *env {
 	t.Helper()
-	rs, cs := testenv.Redis(t), testenv.ClickHouse(t)
+	rs, cs := scripts.Redis(t), scripts.ClickHouse(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: rs.Addr, ContextTimeoutEnabled: true, DisableIdentity: true, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
 	logs := &syncBuffer{}

@@ -18,7 +18,7 @@ import (
 	"strconv"
 	"syscall"
 
-	"github.com/qyai/qyai/pkg/upstreamsim"
+	"github.com/qyai/qyai/testkit/upstreamsim"
 )
 
 func main() {

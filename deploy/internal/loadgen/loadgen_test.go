@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qyai/qyai/pkg/upstreamsim"
+	"github.com/qyai/qyai/testkit/upstreamsim"
 )
 
 // TestRun drives every phase, briefly, against an in-process simulator that

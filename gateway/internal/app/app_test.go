@@ -21,9 +21,10 @@ import (
 
 	"github.com/qyai/qyai/gateway/internal/config"
 	"github.com/qyai/qyai/pkg/apikey"
-	"github.com/qyai/qyai/pkg/testenv"
-	"github.com/qyai/qyai/pkg/upstreamsim"
 	"github.com/qyai/qyai/pkg/usage"
+	"github.com/qyai/qyai/testkit/embednats"
+	"github.com/qyai/qyai/testkit/testenv"
+	"github.com/qyai/qyai/testkit/upstreamsim"
 )
 
 const pepper = "test-pepper"
@@ -54,12 +55,12 @@ func freePort(t *testing.T) string {
 
 func startGateway(t *testing.T, mutate func(*config.Config)) *harness {
 	t.Helper()
-	return startGatewayWith(t, testenv.Redis(t), mutate)
+	return startGatewayWith(t, scripts.Redis(t), mutate)
 }
 
 func startGatewayWith(t *testing.T, rs *testenv.Server, mutate func(*config.Config)) *harness {
 	t.Helper()
-	ns := testenv.NATS(t)
+	ns := embednats.Start(t)
 	sim := upstreamsim.New(upstreamsim.Config{APIKey: "sk-upstream", DefaultTokens: 12})
 	simTS := httptest.NewServer(sim)
 	t.Cleanup(simTS.Close)

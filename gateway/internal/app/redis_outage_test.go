@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/qyai/qyai/pkg/apikey"
-	"github.com/qyai/qyai/pkg/testenv"
 )
 
 // TestRedisOutageUnderLoad stops the real redis-server while requests
@@ -16,7 +15,7 @@ import (
 // local share of their limits, unknown keys get 503 service_unavailable,
 // nothing hangs, and the gateway recovers by itself.
 func TestRedisOutageUnderLoad(t *testing.T) {
-	rs := testenv.RedisPersistent(t) // the key records must survive the restart
+	rs := scripts.RedisPersistent(t) // the key records must survive the restart
 	h := startGatewayWith(t, rs, nil)
 	known := h.addKeyWith(t, "key_known", func(r *apikey.Record) { r.RPM, r.MonthlyLimit = 100000, 1000000 })
 	if r := h.post(t, known, `{"model":"deepseek-chat","messages":[{"role":"user","content":"warm"}]}`); r.status != 200 {

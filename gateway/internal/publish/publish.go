@@ -273,6 +273,7 @@ func (p *Publisher) sendOne(ev *usage.Event, drain context.Context) {
 		p.spool.Put(spool.Bytes(data))
 		return
 	}
+	// Dedup layer 1 (pkg/ledger): the event id as Nats-Msg-Id.
 	fut, err := p.js.PublishAsync(p.subject, data, jetstream.WithMsgID(ev.ID))
 	if err != nil {
 		p.failed(err)

@@ -16,9 +16,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qyai/qyai/gateway/internal/publish/spool"
-	"github.com/qyai/qyai/pkg/testenv"
 	"github.com/qyai/qyai/pkg/usage"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
+	"github.com/qyai/qyai/testkit/embednats"
+	"github.com/qyai/qyai/testkit/testenv"
 )
 
 // natsEnv is an embedded JetStream server with the USAGE stream, the
@@ -31,7 +32,7 @@ type natsEnv struct {
 
 func startNATS(t *testing.T, withStream bool) *natsEnv {
 	t.Helper()
-	ns := testenv.NATS(t)
+	ns := embednats.Start(t)
 	e := &natsEnv{srv: ns, js: gatewayJS(t, ns.URL), obs: gatewayJS(t, ns.URL)}
 	if withStream {
 		if _, err := usagejs.EnsureStream(t.Context(), e.obs, usagejs.StreamConfig{}); err != nil {

@@ -67,6 +67,7 @@ func (p *Publisher) replay(ctx, drain context.Context, liveDone <-chan struct{})
 				win = append(win, sent{next: e.Next, n: 1})
 				continue
 			}
+			// Dedup layer 1 (pkg/ledger): replayed with the original event id.
 			fut, err := p.js.PublishAsync(p.subject, e.Data, jetstream.WithMsgID(id))
 			if err != nil {
 				failure = err

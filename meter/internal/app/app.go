@@ -33,6 +33,7 @@ import (
 	"github.com/qyai/qyai/meter/internal/sink"
 	chsink "github.com/qyai/qyai/meter/internal/sink/clickhouse"
 	"github.com/qyai/qyai/pkg/chschema"
+	"github.com/qyai/qyai/pkg/ledger"
 	"github.com/qyai/qyai/pkg/pricing"
 	"github.com/qyai/qyai/pkg/usage"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
@@ -65,12 +66,10 @@ type Options struct {
 	// Listener, when set, serves health and metrics instead of listening
 	// on cfg.Addr (tests pass one on port 0).
 	Listener net.Listener
-	// AfterWrite is sink.Config.AfterWrite: tests simulate a crash between
-	// insert and ack with it. Nil in production.
-	AfterWrite func(ctx context.Context, rows int) error
-	// RollupAfterAggregates is rollup.Config.AfterAggregates: tests
-	// simulate a crash inside a rollup run with it. Nil in production.
-	RollupAfterAggregates func(ctx context.Context, buckets int) error
+	// OpenClickHouse opens the ClickHouse connection; nil means
+	// chschema.Open. Embedders wrap the connection with it (tests inject
+	// faults into inserts that way).
+	OpenClickHouse func(ctx context.Context, opts chschema.Options) (driver.Conn, error)
 }
 
 // ConsumerConfig is the durable pull consumer every meter replica shares.
@@ -158,9 +157,13 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 	}
 
 	prices := pricing.Default()
+	open := opts.OpenClickHouse
+	if open == nil {
+		open = chschema.Open
+	}
 	var conn driver.Conn
 	err = retry(ctx, log, "prepare clickhouse", func(ctx context.Context) error {
-		c, err := chschema.Open(ctx, chschema.Options{
+		c, err := open(ctx, chschema.Options{
 			Addr: cfg.ClickHouse.Addr, Database: cfg.ClickHouse.Database,
 			User: cfg.ClickHouse.User, Password: cfg.ClickHouse.Password, Cluster: cfg.ClickHouse.Cluster,
 		})
@@ -209,7 +212,6 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		MaxWait:      cfg.Batch.MaxAge,
 		AckWait:      cfg.NATS.AckWait,
 		DrainTimeout: cfg.Batch.DrainTimeout,
-		AfterWrite:   opts.AfterWrite,
 	})
 	if err != nil {
 		return err
@@ -217,11 +219,10 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 	var rollups sync.WaitGroup
 	if cfg.Rollup.Interval > 0 {
 		db := cfg.ClickHouse.Database
-		loop, err := rollup.New(func(ctx context.Context, o chschema.RollupOptions) (chschema.RollupStats, error) {
-			return chschema.Rollup(ctx, conn, db, o)
+		loop, err := rollup.New(func(ctx context.Context, o ledger.RollupOptions) (ledger.RollupStats, error) {
+			return ledger.Rollup(ctx, conn, db, o)
 		}, rollup.Config{
 			Interval: cfg.Rollup.Interval, Settle: cfg.Rollup.Settle, Cluster: cfg.ClickHouse.Cluster,
-			AfterAggregates: opts.RollupAfterAggregates,
 		}, log, meter, time.Now)
 		if err != nil {
 			return err
@@ -234,9 +235,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 	h.ready(nc, writer)
 	log.Info("meter ready", "consumer", cfg.NATS.Consumer, "batch_size", cfg.Batch.Size, "batch_max_age", cfg.Batch.MaxAge,
 		"rollup_interval", cfg.Rollup.Interval)
-	if err := sk.Run(ctx); err != nil {
-		return fmt.Errorf("run sink: %w", err)
-	}
+	sk.Run(ctx)
 	// Acks and naks are fire-and-forget publishes: send them before closing.
 	if err := nc.FlushTimeout(2 * time.Second); err != nil {
 		log.Warn("flush nats at shutdown: unacked messages will be redelivered", "err", err)

@@ -2,7 +2,6 @@ package app
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -284,25 +283,38 @@ func TestPoisonMessages(t *testing.T) {
 
 var errCrash = errors.New("simulated crash between insert and ack")
 
-// TestCrashAndRestart: the meter dies after a batch is inserted and before
-// it is acked; a new meter gets the batch again after AckWait, inserts it
-// again, and FINAL totals are still exact.
+// TestCrashAndRestart: the meter stops after a batch was stored and before
+// it was acked (the insert's answer is lost, and the meter is shut down
+// while it cannot store anything); a new meter gets the batch again,
+// inserts it again, and FINAL totals are still exact.
 func TestCrashAndRestart(t *testing.T) {
 	e := newEnv(t)
 	evs := makeEvents("crash", 500)
 	e.publish(t, evs[:250]...)
 
 	var writes, written atomic.Int32
-	cfg := e.config()
-	m1 := startMeter(t, cfg, Options{AfterWrite: func(_ context.Context, rows int) error {
+	crashed := make(chan struct{})
+	f := &faults{afterInsert: func(rows int) error {
 		written.Add(int32(rows))
-		if writes.Add(1) == 2 {
+		switch n := writes.Add(1); {
+		case n == 2:
+			close(crashed)
+			return errCrash
+		case n > 2:
 			return errCrash
 		}
 		return nil
-	}})
-	if err := m1.wait(30 * time.Second); !errors.Is(err, errCrash) {
-		t.Fatalf("first meter ended with %v, want the simulated crash", err)
+	}}
+	cfg := e.config()
+	cfg.Batch.DrainTimeout = 500 * time.Millisecond
+	m1 := startMeter(t, cfg, Options{OpenClickHouse: f.open})
+	select {
+	case <-crashed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first meter never stored a second batch")
+	}
+	if err := m1.stop(); err != nil {
+		t.Fatalf("first meter stopped with %v", err)
 	}
 	e.publish(t, evs[250:]...)
 
@@ -332,10 +344,11 @@ func TestRollupCrashAndRestart(t *testing.T) {
 	e.publish(t, evs[:300]...)
 	var crashes atomic.Int32
 	cfg := e.config()
-	m1 := startMeter(t, cfg, Options{RollupAfterAggregates: func(context.Context, int) error {
+	f := &faults{beforeLedger: func() error {
 		crashes.Add(1)
 		return errRollupCrash
-	}})
+	}}
+	m1 := startMeter(t, cfg, Options{OpenClickHouse: f.open})
 	m1.waitReady(t)
 	e.waitTotals(t, expected(t, evs[:300]...), 30*time.Second)
 	waitFor(t, 20*time.Second, "rollup runs crashed", func() (bool, string) {
@@ -382,13 +395,14 @@ func TestGracefulShutdownFlushes(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.config()
 	cfg.NATS.AckWait = 30 * time.Second // a redelivery by timeout would hide a missing ack
-	held := make(chan struct{})
+	held, shutdown := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	m := startMeter(t, cfg, Options{AfterWrite: func(ctx context.Context, _ int) error {
+	f := &faults{afterInsert: func(int) error {
 		once.Do(func() { close(held) })
-		<-ctx.Done() // keep the batch, written and unacked, until shutdown begins
+		<-shutdown // keep the batch, written and unacked, until shutdown begins
 		return nil
-	}})
+	}}
+	m := startMeter(t, cfg, Options{OpenClickHouse: f.open})
 	m.waitReady(t)
 	evs := makeEvents("graceful", 120) // more than one batch of 100
 	e.publish(t, evs...)
@@ -401,7 +415,9 @@ func TestGracefulShutdownFlushes(t *testing.T) {
 		info := e.consumerInfo(t)
 		return info.NumAckPending == len(evs), "ack pending " + itoa(uint64(info.NumAckPending))
 	})
-	if err := m.stop(); err != nil {
+	m.cancel()
+	close(shutdown)
+	if err := m.wait(30 * time.Second); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	got, err := e.totals(t)

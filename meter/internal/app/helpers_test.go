@@ -22,9 +22,10 @@ import (
 	"github.com/qyai/qyai/meter/internal/config"
 	"github.com/qyai/qyai/pkg/chschema"
 	"github.com/qyai/qyai/pkg/pricing"
-	"github.com/qyai/qyai/pkg/testenv"
 	"github.com/qyai/qyai/pkg/usage"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
+	"github.com/qyai/qyai/testkit/embednats"
+	"github.com/qyai/qyai/testkit/testenv"
 )
 
 // env is one test's servers plus the clients the test itself uses: a
@@ -38,7 +39,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e := &env{nats: testenv.NATS(t), ch: testenv.ClickHouse(t)}
+	e := &env{nats: embednats.Start(t), ch: scripts.ClickHouse(t)}
 	var err error
 	if e.nc, err = nats.Connect(e.nats.URL, nats.MaxReconnects(-1)); err != nil {
 		t.Fatalf("connect to nats: %v", err)

@@ -1,8 +1,8 @@
 // Package rollup keeps ClickHouse's hourly usage aggregates up to date: every
-// Interval it runs chschema.Rollup over the hours that ended at least Settle
+// Interval it runs ledger.Rollup over the hours that ended at least Settle
 // ago, repeating while a call reports more work pending. Any number of meter
 // replicas may run it at once: each run is self-contained and exact (see
-// pkg/chschema and docs/clickhouse.md); the cost of running it twice is
+// pkg/ledger and docs/clickhouse.md); the cost of running it twice is
 // only the work done twice.
 //
 // A rollup looks back DefaultLookback for changed hours; the first rollup
@@ -20,15 +20,15 @@ import (
 
 	"go.opentelemetry.io/otel/metric"
 
-	"github.com/qyai/qyai/pkg/chschema"
+	"github.com/qyai/qyai/pkg/ledger"
 )
 
 // FullEvery is how often a rollup searches every hour for changes.
 const FullEvery = time.Hour
 
-// Func runs one rollup call: chschema.Rollup bound to a connection and a
+// Func runs one rollup call: ledger.Rollup bound to a connection and a
 // database.
-type Func func(ctx context.Context, opts chschema.RollupOptions) (chschema.RollupStats, error)
+type Func func(ctx context.Context, opts ledger.RollupOptions) (ledger.RollupStats, error)
 
 // Config tunes a Loop.
 type Config struct {
@@ -36,11 +36,8 @@ type Config struct {
 	Interval time.Duration
 	// Settle is how long after its end an hour is first rolled up.
 	Settle time.Duration
-	// Cluster is passed on to chschema.Rollup.
+	// Cluster is passed on to ledger.Rollup.
 	Cluster string
-	// AfterAggregates is chschema.RollupOptions.AfterAggregates: a seam for
-	// tests that simulate a crash inside a run. Nil in production.
-	AfterAggregates func(ctx context.Context, buckets int) error
 }
 
 // Loop runs rollups on a schedule.
@@ -97,18 +94,17 @@ func (l *Loop) Run(ctx context.Context) {
 }
 
 // Once rolls up every changed hour that ended Settle ago (within
-// chschema.DefaultRollupLookback, or every hour when full), calling the
+// ledger.DefaultRollupLookback, or every hour when full), calling the
 // rollup again while it reports work pending.
 func (l *Loop) Once(ctx context.Context, full bool) error {
-	lookback := time.Duration(0) // chschema.DefaultRollupLookback
+	lookback := time.Duration(0) // ledger.DefaultRollupLookback
 	if full {
 		lookback = -1
 	}
 	for {
 		start := l.now()
-		st, err := l.fn(ctx, chschema.RollupOptions{
+		st, err := l.fn(ctx, ledger.RollupOptions{
 			Cluster: l.cfg.Cluster, Before: start.Add(-l.cfg.Settle), Lookback: lookback, Now: l.now,
-			AfterAggregates: l.cfg.AfterAggregates,
 		})
 		l.seconds.Record(context.WithoutCancel(ctx), l.now().Sub(start).Seconds())
 		l.buckets.Add(context.WithoutCancel(ctx), int64(st.Buckets))

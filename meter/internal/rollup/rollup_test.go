@@ -9,7 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel/metric/noop"
 
-	"github.com/qyai/qyai/pkg/chschema"
+	"github.com/qyai/qyai/pkg/ledger"
 )
 
 // call records what one rollup call was asked.
@@ -23,20 +23,20 @@ func TestOnce(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		full      bool
-		results   []chschema.RollupStats
+		results   []ledger.RollupStats
 		err       error
 		wantCalls int
 		wantErr   bool
 	}{
-		{name: "one call when nothing is pending", results: []chschema.RollupStats{{Buckets: 3}}, wantCalls: 1},
+		{name: "one call when nothing is pending", results: []ledger.RollupStats{{Buckets: 3}}, wantCalls: 1},
 		{name: "repeats while pending", full: true,
-			results: []chschema.RollupStats{{Buckets: 5, Pending: true}, {Buckets: 5, Pending: true}, {Buckets: 1}}, wantCalls: 3},
-		{name: "error stops the round", results: []chschema.RollupStats{{Pending: true}}, err: errors.New("down"),
+			results: []ledger.RollupStats{{Buckets: 5, Pending: true}, {Buckets: 5, Pending: true}, {Buckets: 1}}, wantCalls: 3},
+		{name: "error stops the round", results: []ledger.RollupStats{{Pending: true}}, err: errors.New("down"),
 			wantCalls: 1, wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var calls []call
-			fn := func(_ context.Context, o chschema.RollupOptions) (chschema.RollupStats, error) {
+			fn := func(_ context.Context, o ledger.RollupOptions) (ledger.RollupStats, error) {
 				calls = append(calls, call{o.Before, o.Lookback})
 				st := tc.results[min(len(calls), len(tc.results))-1]
 				return st, tc.err
@@ -68,13 +68,13 @@ func TestOnce(t *testing.T) {
 func TestRunSchedule(t *testing.T) {
 	calls := make(chan call, 100)
 	n := 0
-	fn := func(_ context.Context, o chschema.RollupOptions) (chschema.RollupStats, error) {
+	fn := func(_ context.Context, o ledger.RollupOptions) (ledger.RollupStats, error) {
 		n++
 		calls <- call{o.Before, o.Lookback}
 		if n == 2 {
-			return chschema.RollupStats{}, errors.New("clickhouse down")
+			return ledger.RollupStats{}, errors.New("clickhouse down")
 		}
-		return chschema.RollupStats{}, nil
+		return ledger.RollupStats{}, nil
 	}
 	l, err := New(fn, Config{Interval: 10 * time.Millisecond}, slog.New(slog.DiscardHandler), noop.NewMeterProvider().Meter(""), time.Now)
 	if err != nil {

@@ -81,10 +81,6 @@ type Config struct {
 	// BackoffMin and BackoffMax bound the delay between insert attempts.
 	// Defaults 100 ms and 5 s.
 	BackoffMin, BackoffMax time.Duration
-	// AfterWrite, when set, runs after a successful write and before the
-	// acks. An error makes Run return it at once with the batch unacked,
-	// exactly as a crash there would. It is a seam for tests.
-	AfterWrite func(ctx context.Context, rows int) error
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -165,29 +161,19 @@ func New(src Fetcher, dlq Publisher, w Writer, prices *pricing.Table, log *slog.
 }
 
 // Run processes batches until ctx is done, then stores and acks the batches
-// in hand (retrying for at most DrainTimeout) and returns nil. It returns an
-// error only when AfterWrite does.
+// in hand (retrying for at most DrainTimeout) and returns.
 //
 // Two stages overlap: while one batch is being inserted and acked, the next
 // one is fetched, decoded and priced (at most one batch waits between
 // them). Batches are inserted one at a time, in the order they were
 // fetched, and each is acked only after its own insert. Every batch in hand,
 // waiting or being inserted, reports progress to JetStream.
-func (s *Sink) Run(ctx context.Context) error {
+func (s *Sink) Run(ctx context.Context) {
 	ready := make(chan *batch, 1)
-	failed := make(chan struct{}) // closed when the writer stops on an error
-	var werr error
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for b := range ready {
-			if werr != nil {
-				b.abandon() // after a simulated crash: left for redelivery
-				continue
-			}
-			if err := s.commit(ctx, b); err != nil {
-				werr = err
-				close(failed)
-			}
+			s.commit(ctx, b)
 		}
 	})
 
@@ -220,22 +206,10 @@ func (s *Sink) Run(ctx context.Context) error {
 		if b == nil {
 			continue
 		}
-		select {
-		case ready <- b:
-		case <-failed:
-			b.abandon()
-		}
-		select {
-		case <-failed:
-			close(ready)
-			wg.Wait()
-			return werr
-		default:
-		}
+		ready <- b
 	}
 	close(ready)
 	wg.Wait()
-	return werr
 }
 
 // batch is one fetched batch, decoded and priced, on its way to the store.
@@ -246,13 +220,6 @@ type batch struct {
 	hard         context.Context
 	cancel       context.CancelFunc
 	stopProgress func()
-}
-
-// abandon stops caring about b: no ack, no nak, JetStream redelivers it
-// after AckWait, as after a crash.
-func (b *batch) abandon() {
-	b.stopProgress()
-	b.cancel()
 }
 
 // drainContext returns a context that is not done when ctx is, but
@@ -316,7 +283,7 @@ func (s *Sink) prepare(ctx context.Context, msgs []jetstream.Msg) *batch {
 			continue
 		}
 		b.toAck = append(b.toAck, m)
-		if seen[e.ID] {
+		if seen[e.ID] { // dedup layer 2 (pkg/ledger): once per batch
 			s.m.duplicates.Add(hard, 1)
 			continue
 		}
@@ -339,7 +306,7 @@ func (s *Sink) prepare(ctx context.Context, msgs []jetstream.Msg) *batch {
 }
 
 // commit runs steps 3 and 4 on a prepared batch: insert, then ack.
-func (s *Sink) commit(ctx context.Context, b *batch) error {
+func (s *Sink) commit(ctx context.Context, b *batch) {
 	defer b.cancel()
 	defer b.stopProgress()
 	if !s.write(ctx, b.hard, b.rows) {
@@ -349,18 +316,12 @@ func (s *Sink) commit(ctx context.Context, b *batch) error {
 		for _, m := range b.toAck {
 			_ = m.Nak()
 		}
-		return nil
+		return
 	}
 	b.stopProgress()
-	if s.cfg.AfterWrite != nil {
-		if err := s.cfg.AfterWrite(ctx, len(b.rows)); err != nil {
-			return err
-		}
-	}
 	s.ack(context.WithoutCancel(ctx), b.toAck)
 	s.m.inserted.Add(b.hard, int64(len(b.rows)))
 	s.m.batches.Add(b.hard, 1)
-	return nil
 }
 
 // write inserts rows, retrying with backoff until it succeeds (true) or hard

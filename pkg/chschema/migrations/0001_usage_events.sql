@@ -1,4 +1,5 @@
 -- usage_events: one row per request that reached the upstream (pkg/usage.Event),
+-- dedup layer 3 (pkg/ledger): ReplacingMergeTree + FINAL.
 -- written by the meter. A redelivered event has the same sorting key
 -- (key_id, started_at, event_id), so ReplacingMergeTree collapses it and
 -- exact reads use FINAL. started_at decides the billing month (UTC).

@@ -6,7 +6,7 @@
 --    into usage_events (duplicates included), through a materialized view.
 --    ClickHouse writes a block to usage_events before it pushes it to the
 --    view, so whatever the counter shows is already visible in the raw table.
---  * A rollup (chschema.Rollup, run by the meter) reads that counter for a
+--  * A rollup (ledger.Rollup, run by the meter) reads that counter for a
 --    bucket, then recomputes the bucket from usage_events FINAL into
 --    usage_rollup_hourly under a fresh version, and only then records
 --    (bucket, version, counter value, row count) in usage_rollup_ledger.

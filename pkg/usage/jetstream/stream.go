@@ -57,9 +57,10 @@ type StreamConfig struct {
 	// Replicas is the number of copies of each stream in a JetStream
 	// cluster: 1 on one server, 3 in production. Default 1.
 	Replicas int
-	// Duplicates is the window in which a repeated Nats-Msg-Id (the event
-	// id) is dropped by the server. Default 2 minutes. Duplicates older than
-	// the window are collapsed by ClickHouse (ReplacingMergeTree + FINAL).
+	// Duplicates is the window of dedup layer 1 (pkg/ledger): a repeated
+	// Nats-Msg-Id (the event id) is dropped by the server. Default 2
+	// minutes. Duplicates older than the window are collapsed by ClickHouse
+	// (ReplacingMergeTree + FINAL).
 	Duplicates time.Duration
 	// MaxBytes bounds the unconsumed backlog of USAGE; publishes beyond it
 	// fail (discard new). 0 or -1: bounded only by the server's storage.

@@ -9,14 +9,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/qyai/qyai/pkg/testenv"
 	"github.com/qyai/qyai/pkg/usage"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
 
 func connect(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	srv := testenv.NATS(t)
+	srv := scripts.NATSProcess(t)
 	nc, err := nats.Connect(srv.URL)
 	if err != nil {
 		t.Fatalf("connect: %v", err)

@@ -14,7 +14,6 @@ import (
 	"github.com/qyai/qyai/admin/internal/audit"
 	auditredis "github.com/qyai/qyai/admin/internal/audit/redis"
 	"github.com/qyai/qyai/pkg/apikey"
-	"github.com/qyai/qyai/pkg/testenv"
 )
 
 // recordingSink stores what it is given and can be made to fail.
@@ -52,7 +51,7 @@ func entry(t *testing.T, rev uint64) string {
 // after the sink took them; undecodable entries are set aside instead of
 // blocking the flusher.
 func TestFlush(t *testing.T) {
-	srv := testenv.Redis(t)
+	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, DisableIdentity: true})
 	t.Cleanup(func() { rdb.Close() })
 	ctx := t.Context()
@@ -101,7 +100,7 @@ func TestFlush(t *testing.T) {
 
 // TestHistoriesPages: a rebuild reads every pending entry, however many.
 func TestHistoriesPages(t *testing.T) {
-	srv := testenv.Redis(t)
+	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, DisableIdentity: true})
 	t.Cleanup(func() { rdb.Close() })
 	ctx := t.Context()

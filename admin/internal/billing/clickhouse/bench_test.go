@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/qyai/qyai/admin/internal/billing"
-	"github.com/qyai/qyai/pkg/chschema"
+	"github.com/qyai/qyai/pkg/ledger"
 )
 
 var benchEvents = flag.Int("bench-events", 10_000_000, "usage events seeded by BenchmarkBilling")
@@ -46,7 +46,7 @@ func BenchmarkBilling(b *testing.B) {
 	t0 = time.Now()
 	var buckets, runs int
 	for {
-		st, err := chschema.Rollup(ctx, e.conn, db, chschema.RollupOptions{Before: now.Add(-5 * time.Minute), Lookback: -1})
+		st, err := ledger.Rollup(ctx, e.conn, db, ledger.RollupOptions{Before: now.Add(-5 * time.Minute), Lookback: -1})
 		if err != nil {
 			b.Fatalf("rollup: %v", err)
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/qyai/qyai/admin/internal/billing"
 	"github.com/qyai/qyai/pkg/chschema"
+	"github.com/qyai/qyai/pkg/ledger"
 )
 
 // Backoff bounds of Connector's retries.
@@ -140,7 +141,7 @@ func NewStore(src ConnSource, db string, timeout time.Duration) *Store {
 
 var _ billing.Store = (*Store)(nil)
 
-// KeyTotals is the public summary: the sums of exactQuery (see there) for
+// KeyTotals is the public summary: the sums of ExactQuery (see package ledger) for
 // one key. Clean hours come from the hourly aggregates that the meter's
 // rollup maintains, so a month costs about the same whatever the key's
 // traffic:
@@ -154,7 +155,7 @@ func (s *Store) KeyTotals(ctx context.Context, keyID string, from, to time.Time)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	ctx, q, args, err := exactQuery(ctx, conn, s.db, keyID, from, to,
+	ctx, q, args, err := ledger.ExactQuery(ctx, conn, s.db, keyID, from, to,
 		"SELECT sum(requests), sum(prompt_tokens), sum(completion_tokens) FROM (%s)")
 	if err != nil {
 		return billing.Totals{}, fmt.Errorf("query key totals: %w", err)
@@ -194,7 +195,7 @@ func (s *Store) Usage(ctx context.Context, q billing.Query) ([]billing.Row, erro
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	ctx, sql, args, err := exactQuery(ctx, conn, s.db, q.KeyID, q.From, q.To,
+	ctx, sql, args, err := ledger.ExactQuery(ctx, conn, s.db, q.KeyID, q.From, q.To,
 		"SELECT "+group+" AS grp, sum(requests), sum(prompt_tokens), sum(cache_hit_tokens),"+
 			" sum(cache_miss_tokens), sum(completion_tokens), sum(reasoning_tokens), sum(cost_usd)"+
 			" FROM (%s) GROUP BY grp ORDER BY grp")

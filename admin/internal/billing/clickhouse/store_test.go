@@ -18,8 +18,8 @@ import (
 	"github.com/qyai/qyai/admin/internal/billing"
 	chstore "github.com/qyai/qyai/admin/internal/billing/clickhouse"
 	"github.com/qyai/qyai/pkg/chschema"
+	"github.com/qyai/qyai/pkg/ledger"
 	"github.com/qyai/qyai/pkg/pricing"
-	"github.com/qyai/qyai/pkg/testenv"
 )
 
 const db = "qyai"
@@ -31,7 +31,7 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	ch := testenv.ClickHouse(t)
+	ch := scripts.ClickHouse(t)
 	c := chstore.NewConnector(chschema.Options{Addr: ch.Addr, Database: db}, chschema.ApplyOptions{},
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	t.Cleanup(func() { c.Close() })
@@ -95,9 +95,9 @@ func (e *env) insert(t testing.TB, evs ...ev) {
 	}
 }
 
-func (e *env) rollup(t testing.TB, before time.Time) chschema.RollupStats {
+func (e *env) rollup(t testing.TB, before time.Time) ledger.RollupStats {
 	t.Helper()
-	st, err := chschema.Rollup(context.Background(), e.conn, db, chschema.RollupOptions{Before: before, Lookback: -1})
+	st, err := ledger.Rollup(context.Background(), e.conn, db, ledger.RollupOptions{Before: before, Lookback: -1})
 	if err != nil {
 		t.Fatalf("rollup: %v", err)
 	}
@@ -273,7 +273,7 @@ func TestStoreLiveReads(t *testing.T) {
 	for range 2 {
 		bg.Go(func() {
 			for ctx.Err() == nil {
-				if _, err := chschema.Rollup(ctx, e.conn, db, chschema.RollupOptions{Before: april.AddDate(0, 1, 0), Lookback: -1}); err != nil && ctx.Err() == nil {
+				if _, err := ledger.Rollup(ctx, e.conn, db, ledger.RollupOptions{Before: april.AddDate(0, 1, 0), Lookback: -1}); err != nil && ctx.Err() == nil {
 					fail(err)
 					return
 				}

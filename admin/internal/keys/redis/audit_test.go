@@ -15,7 +15,6 @@ import (
 	"github.com/qyai/qyai/admin/internal/keys"
 	redisstore "github.com/qyai/qyai/admin/internal/keys/redis"
 	"github.com/qyai/qyai/pkg/apikey"
-	"github.com/qyai/qyai/pkg/testenv"
 	"github.com/qyai/qyai/pkg/tier"
 )
 
@@ -216,7 +215,7 @@ func TestDisableEnable(t *testing.T) {
 // TestStaleStateCannotResurrect: a write of an older state (a slow admin
 // request, a rebuild from a lagging audit log) never overrides a newer one.
 func TestStaleStateCannotResurrect(t *testing.T) {
-	srv := testenv.Redis(t)
+	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true, DisableIdentity: true})
 	t.Cleanup(func() { rdb.Close() })
 	store := redisstore.New(rdb, timeout)

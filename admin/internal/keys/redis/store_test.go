@@ -14,7 +14,6 @@ import (
 	"github.com/qyai/qyai/admin/internal/keys"
 	redisstore "github.com/qyai/qyai/admin/internal/keys/redis"
 	"github.com/qyai/qyai/pkg/apikey"
-	"github.com/qyai/qyai/pkg/testenv"
 	"github.com/qyai/qyai/pkg/tier"
 )
 
@@ -26,7 +25,7 @@ const timeout = 2 * time.Second
 
 func setup(t *testing.T) (*keys.Service, *goredis.Client) {
 	t.Helper()
-	srv := testenv.Redis(t)
+	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true, DisableIdentity: true})
 	t.Cleanup(func() { rdb.Close() })
 	now := func() time.Time { return time.Date(2026, 5, 20, 12, 0, 0, 0, time.UTC) }
@@ -263,7 +262,7 @@ func TestRevokeRacingRotations(t *testing.T) {
 }
 
 func TestRedisDownFailsFast(t *testing.T) {
-	srv := testenv.Redis(t)
+	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true, DisableIdentity: true, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
 	svc := keys.NewService(redisstore.New(rdb, 200*time.Millisecond), pepper, tier.Default(), time.Now)

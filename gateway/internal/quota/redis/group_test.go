@@ -9,8 +9,6 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
-
-	"github.com/qyai/qyai/pkg/testenv"
 )
 
 // echoScript answers with its argument, and counts its calls in Redis.
@@ -46,7 +44,7 @@ func (h *countingHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) gor
 // pipeline in flight each get their own answer, every script ran exactly
 // once per call, and the calls shared pipelines.
 func TestGroupSharesRoundTrips(t *testing.T) {
-	srv := testenv.Redis(t)
+	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
 	hook := &countingHook{}
@@ -89,7 +87,7 @@ func TestGroupSharesRoundTrips(t *testing.T) {
 // TestGroupReloadsFlushedScript: after SCRIPT FLUSH (a Redis restart or
 // failover loses loaded scripts), calls in a pipeline still succeed.
 func TestGroupReloadsFlushedScript(t *testing.T) {
-	srv := testenv.Redis(t)
+	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
 	g := newGroup(rdb, echoScript, 5*time.Second, 1)
@@ -116,7 +114,7 @@ func TestGroupReloadsFlushedScript(t *testing.T) {
 // TestGroupQueuedCallerGivesUp: a caller queued behind a stuck pipeline
 // returns when its context ends, and the queue forgets it.
 func TestGroupQueuedCallerGivesUp(t *testing.T) {
-	srv := testenv.Redis(t)
+	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
 	g := newGroup(rdb, echoScript, 5*time.Second, 1)

@@ -12,12 +12,12 @@ import (
 
 	"github.com/qyai/qyai/gateway/internal/quota"
 	"github.com/qyai/qyai/pkg/apikey"
-	"github.com/qyai/qyai/pkg/testenv"
+	"github.com/qyai/qyai/testkit/testenv"
 )
 
 func newLimiter(t *testing.T) (*quota.Limiter, *goredis.Client, *testenv.Server) {
 	t.Helper()
-	srv := testenv.Redis(t)
+	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, PoolSize: 64, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
 	return quota.NewLimiter(NewStore(rdb, time.Second), 1, time.Now), rdb, srv
@@ -99,7 +99,7 @@ func TestMonthlyQuotaExactAndReleased(t *testing.T) {
 // TestRedisDownFallsBackToLocalShare stops the real Redis: admissions must
 // not fail or hang, and follow this replica's share of the limit.
 func TestRedisDownFallsBackToLocalShare(t *testing.T) {
-	srv := testenv.Redis(t)
+	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, DialTimeout: 100 * time.Millisecond, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
 	l := quota.NewLimiter(NewStore(rdb, 50*time.Millisecond), 3, time.Now)

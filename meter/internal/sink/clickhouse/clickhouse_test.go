@@ -9,13 +9,12 @@ import (
 	"github.com/qyai/qyai/meter/internal/sink"
 	chsink "github.com/qyai/qyai/meter/internal/sink/clickhouse"
 	"github.com/qyai/qyai/pkg/chschema"
-	"github.com/qyai/qyai/pkg/testenv"
 	"github.com/qyai/qyai/pkg/usage"
 )
 
 // TestWriteRoundTrip writes edge values and reads them back unchanged.
 func TestWriteRoundTrip(t *testing.T) {
-	ch := testenv.ClickHouse(t)
+	ch := scripts.ClickHouse(t)
 	ctx := t.Context()
 	conn, err := chschema.Open(ctx, chschema.Options{Addr: ch.Addr, Database: "qyai", User: "default"})
 	if err != nil {

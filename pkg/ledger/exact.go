@@ -1,4 +1,4 @@
-package clickhouse
+package ledger
 
 import (
 	"context"
@@ -11,18 +11,18 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
-// exactColumns are the columns of the rows exactQuery selects from.
-const exactColumns = "key_id, hour, model, requests, prompt_tokens, cache_hit_tokens, cache_miss_tokens," +
+// ExactColumns are the columns of the rows ExactQuery selects from.
+const ExactColumns = "key_id, hour, model, requests, prompt_tokens, cache_hit_tokens, cache_miss_tokens," +
 	" completion_tokens, reasoning_tokens, cost_usd"
 
-// exactQuery answers "usage of one key (or all) in [from, to)" exactly, in
+// ExactQuery answers "usage of one key (or all) in [from, to)" exactly, in
 // two steps (docs/clickhouse.md, "How exactness is guaranteed"):
 //
 //  1. It reads, for every (key, UTC hour) bucket of the whole hours of the
 //     period, the insert counter (usage_inserts) and the ledger run that
 //     saw the most rows (usage_rollup_ledger). A bucket whose run still
 //     matches the counter is clean: nothing reached it since.
-//  2. It returns a query over rows with exactColumns: for clean buckets
+//  2. It returns a query over rows with ExactColumns: for clean buckets
 //     the aggregate rows of exactly that run (usage_rollup_hourly), for
 //     every other bucket, and for partial hours at either end, the rows of
 //     usage_events FINAL grouped by hour.
@@ -32,7 +32,7 @@ const exactColumns = "key_id, hour, model, requests, prompt_tokens, cache_hit_to
 // so it is counted from exactly one source. The sets travel as external
 // tables (clean, dirty) in the returned context. fill is SELECT ... FROM
 // (%s) GROUP BY ...: the caller's aggregation over the rows.
-func exactQuery(ctx context.Context, conn driver.Conn, db, keyID string, from, to time.Time, fill string) (context.Context, string, []any, error) {
+func ExactQuery(ctx context.Context, conn driver.Conn, db, keyID string, from, to time.Time, fill string) (context.Context, string, []any, error) {
 	from, to = from.UTC(), to.UTC()
 	// Whole hours [fh, th) come from buckets; partial hours from raw rows.
 	fh := from.Truncate(time.Hour)
@@ -73,7 +73,7 @@ func exactQuery(ctx context.Context, conn driver.Conn, db, keyID string, from, t
 	var tables []*ext.Table
 	if clean != nil {
 		tables = append(tables, clean)
-		parts = append(parts, "SELECT "+exactColumns+" FROM "+db+".usage_rollup_hourly"+
+		parts = append(parts, "SELECT "+ExactColumns+" FROM "+db+".usage_rollup_hourly"+
 			" WHERE hour >= toDateTime(@fh) AND hour < toDateTime(@th)"+key+" AND (key_id, hour, version) IN clean")
 	}
 	if len(ranges) > 0 {
@@ -94,7 +94,7 @@ func exactQuery(ctx context.Context, conn driver.Conn, db, keyID string, from, t
 	}
 	if len(parts) == 0 {
 		// Nothing stored in the period: an empty source of the right shape.
-		parts = append(parts, "SELECT "+exactColumns+" FROM "+db+".usage_rollup_hourly WHERE 0")
+		parts = append(parts, "SELECT "+ExactColumns+" FROM "+db+".usage_rollup_hourly WHERE 0")
 	}
 	if len(tables) > 0 {
 		ctx = clickhouse.Context(ctx, clickhouse.WithExternalTable(tables...))
@@ -102,7 +102,7 @@ func exactQuery(ctx context.Context, conn driver.Conn, db, keyID string, from, t
 	return ctx, fmt.Sprintf(fill, strings.Join(parts, " UNION ALL ")), args, nil
 }
 
-// bucketStates runs step 1 of exactQuery over the whole hours [@fh, @th):
+// bucketStates runs step 1 of ExactQuery over the whole hours [@fh, @th):
 // it returns the clean buckets with their run's version and the dirty
 // buckets as external tables (nil when empty), and reports every dirty
 // hour, merged into ranges, to addRange.

@@ -1,4 +1,4 @@
-package chschema_test
+package ledger_test
 
 import (
 	"context"
@@ -15,7 +15,6 @@ import (
 
 	"github.com/qyai/qyai/pkg/chschema"
 	"github.com/qyai/qyai/pkg/pricing"
-	"github.com/qyai/qyai/pkg/testenv"
 )
 
 const db = "qyai"
@@ -24,7 +23,7 @@ const db = "qyai"
 // connection to it.
 func open(t *testing.T) driver.Conn {
 	t.Helper()
-	ch := testenv.ClickHouse(t)
+	ch := scripts.ClickHouse(t)
 	conn, err := chschema.Open(t.Context(), chschema.Options{Addr: ch.Addr, Database: db, User: "default"})
 	if err != nil {
 		t.Fatalf("open: %v", err)

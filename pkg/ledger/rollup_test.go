@@ -1,10 +1,11 @@
-package chschema_test
+package ledger_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/shopspring/decimal"
 
 	"github.com/qyai/qyai/pkg/chschema"
+	"github.com/qyai/qyai/pkg/ledger"
 )
 
 // base is the start of the test data: closed hours, well before any Before.
@@ -23,7 +25,7 @@ var base = time.Date(2026, 3, 30, 20, 0, 0, 0, time.UTC)
 var later = time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
 
 // rollup runs one full rollup and fails the test on error.
-func rollup(t testing.TB, conn driver.Conn, opts chschema.RollupOptions) chschema.RollupStats {
+func rollup(t testing.TB, conn driver.Conn, opts ledger.RollupOptions) ledger.RollupStats {
 	t.Helper()
 	if opts.Before.IsZero() {
 		opts.Before = later
@@ -31,7 +33,7 @@ func rollup(t testing.TB, conn driver.Conn, opts chschema.RollupOptions) chschem
 	if opts.Lookback == 0 {
 		opts.Lookback = -1
 	}
-	st, err := chschema.Rollup(context.Background(), conn, db, opts)
+	st, err := ledger.Rollup(context.Background(), conn, db, opts)
 	if err != nil {
 		t.Fatalf("rollup: %v", err)
 	}
@@ -73,7 +75,7 @@ func TestRollupExactUnderRedelivery(t *testing.T) {
 	insert(t, conn, evs[7], evs[7], evs[7])
 	checkExact(t, conn, evs, false)
 
-	st := rollup(t, conn, chschema.RollupOptions{})
+	st := rollup(t, conn, ledger.RollupOptions{})
 	if st.Buckets == 0 || st.Pending {
 		t.Fatalf("rollup stats %+v: want buckets rolled and nothing pending", st)
 	}
@@ -87,7 +89,7 @@ func TestRollupExactUnderRedelivery(t *testing.T) {
 			t.Fatal("redelivered copies did not mark their buckets dirty")
 		}
 		checkExact(t, conn, evs, false) // dirty buckets come from usage_events
-		if st := rollup(t, conn, chschema.RollupOptions{}); st.Buckets == 0 {
+		if st := rollup(t, conn, ledger.RollupOptions{}); st.Buckets == 0 {
 			t.Fatalf("second rollup did nothing: %+v", st)
 		}
 		checkExact(t, conn, evs, true)
@@ -99,16 +101,32 @@ func TestRollupExactUnderRedelivery(t *testing.T) {
 		insert(t, conn, late[:50]...)
 		all := append(append([]ev{}, evs...), late...)
 		checkExact(t, conn, all, false)
-		rollup(t, conn, chschema.RollupOptions{})
+		rollup(t, conn, ledger.RollupOptions{})
 		checkExact(t, conn, all, true)
 		// Nothing changed: a rollup now has nothing to do.
-		if st := rollup(t, conn, chschema.RollupOptions{}); st.Buckets != 0 {
+		if st := rollup(t, conn, ledger.RollupOptions{}); st.Buckets != 0 {
 			t.Errorf("idle rollup recomputed %d buckets", st.Buckets)
 		}
 	})
 }
 
 var errCrash = errors.New("simulated crash between aggregate insert and ledger write")
+
+// crashConn fails the crashAt-th ledger write of a rollup (counting from
+// 1), after that run's aggregate rows were stored: what a crash between the
+// two inserts leaves behind.
+type crashConn struct {
+	driver.Conn
+	crashAt int32
+	ledger  atomic.Int32
+}
+
+func (c *crashConn) PrepareBatch(ctx context.Context, query string, opts ...driver.PrepareBatchOption) (driver.Batch, error) {
+	if strings.Contains(query, ".usage_rollup_ledger") && c.ledger.Add(1) == c.crashAt {
+		return nil, errCrash
+	}
+	return c.Conn.PrepareBatch(ctx, query, opts...)
+}
 
 // TestRollupCrashBetweenSteps: a run that stored its aggregate rows and
 // died before its ledger rows (and stray rows of a run that died half-way
@@ -123,15 +141,8 @@ func TestRollupCrashBetweenSteps(t *testing.T) {
 	}
 
 	// A first rollup completes some hours, then crashes on the third run.
-	var runs atomic.Int32
-	_, err := chschema.Rollup(t.Context(), conn, db, chschema.RollupOptions{
+	_, err := ledger.Rollup(t.Context(), &crashConn{Conn: conn, crashAt: 3}, db, ledger.RollupOptions{
 		Before: later, Lookback: -1, BucketsPerRun: 2,
-		AfterAggregates: func(context.Context, int) error {
-			if runs.Add(1) == 3 {
-				return errCrash
-			}
-			return nil
-		},
 	})
 	if !errors.Is(err, errCrash) {
 		t.Fatalf("rollup = %v, want the simulated crash", err)
@@ -155,7 +166,7 @@ func TestRollupCrashBetweenSteps(t *testing.T) {
 	insert(t, conn, pick(r, evs, 200)...)
 	checkExact(t, conn, evs, false)
 
-	rollup(t, conn, chschema.RollupOptions{})
+	rollup(t, conn, ledger.RollupOptions{})
 	checkExact(t, conn, evs, true)
 }
 
@@ -182,7 +193,7 @@ func TestRollupConcurrent(t *testing.T) {
 	for range rollers {
 		bg.Go(func() {
 			for ctx.Err() == nil {
-				st, err := chschema.Rollup(ctx, conn, db, chschema.RollupOptions{Before: later, Lookback: -1, BucketsPerRun: 3})
+				st, err := ledger.Rollup(ctx, conn, db, ledger.RollupOptions{Before: later, Lookback: -1, BucketsPerRun: 3})
 				if err != nil && ctx.Err() == nil {
 					fail(err)
 					return
@@ -263,7 +274,7 @@ func TestRollupConcurrent(t *testing.T) {
 		t.Fatalf("rolled %d buckets and read %d times concurrently: the test raced nothing", rolled.Load(), liveReads.Load())
 	}
 	t.Logf("%d buckets rolled up and %d live reads during the writes", rolled.Load(), liveReads.Load())
-	rollup(t, conn, chschema.RollupOptions{})
+	rollup(t, conn, ledger.RollupOptions{})
 	checkExact(t, conn, evs, true)
 }
 
@@ -321,11 +332,11 @@ func TestRollupBounds(t *testing.T) {
 
 	// Before 20:59 on 1 April: the recent hour has not ended; the old one
 	// was inserted too long ago for a 3-hour lookback.
-	if st := rollup(t, conn, chschema.RollupOptions{Before: base.Add(48*time.Hour + 59*time.Minute), Lookback: 3 * time.Hour}); st.Buckets != 0 {
+	if st := rollup(t, conn, ledger.RollupOptions{Before: base.Add(48*time.Hour + 59*time.Minute), Lookback: 3 * time.Hour}); st.Buckets != 0 {
 		t.Errorf("rollup rolled %d buckets, want none", st.Buckets)
 	}
 	// Before 21:30: the recent hour (2 buckets) is rolled, still not the old one.
-	if st := rollup(t, conn, chschema.RollupOptions{Before: base.Add(49*time.Hour + 30*time.Minute), Lookback: 3 * time.Hour}); st.Buckets != 2 {
+	if st := rollup(t, conn, ledger.RollupOptions{Before: base.Add(49*time.Hour + 30*time.Minute), Lookback: 3 * time.Hour}); st.Buckets != 2 {
 		t.Errorf("lookback rollup rolled %d buckets, want the 2 of the recent hour", st.Buckets)
 	}
 	if n := dirty(t, conn); n != 2 {
@@ -334,12 +345,12 @@ func TestRollupBounds(t *testing.T) {
 	checkExact(t, conn, all, false)
 	// A late copy into the old hour is a recent insertion: found again.
 	insert(t, conn, old[0])
-	if st := rollup(t, conn, chschema.RollupOptions{Lookback: 3 * time.Hour}); st.Buckets != 1 {
+	if st := rollup(t, conn, ledger.RollupOptions{Lookback: 3 * time.Hour}); st.Buckets != 1 {
 		t.Errorf("lookback rollup after a late copy rolled %d buckets, want its 1", st.Buckets)
 	}
 	// MaxBuckets: one bucket per call, oldest first; the full search finds
 	// the last old bucket.
-	if st := rollup(t, conn, chschema.RollupOptions{MaxBuckets: 1}); st.Buckets != 1 || st.Pending {
+	if st := rollup(t, conn, ledger.RollupOptions{MaxBuckets: 1}); st.Buckets != 1 || st.Pending {
 		t.Errorf("full rollup with MaxBuckets 1 = %+v, want 1 bucket and nothing pending", st)
 	}
 	checkExact(t, conn, all, true)
@@ -374,14 +385,14 @@ func TestRollupManyKeys(t *testing.T) {
 	insert(t, conn, evs...)
 	// Roll up a third of the buckets first, so that the big run below
 	// spans clean buckets it must not touch.
-	if st := rollup(t, conn, chschema.RollupOptions{MaxBuckets: 1000}); !st.Pending {
+	if st := rollup(t, conn, ledger.RollupOptions{MaxBuckets: 1000}); !st.Pending {
 		t.Fatalf("first rollup %+v: want it to stop at 1000 buckets", st)
 	}
 	var before uint64
 	if err := conn.QueryRow(t.Context(), "SELECT count() FROM "+db+".usage_rollup_ledger").Scan(&before); err != nil {
 		t.Fatal(err)
 	}
-	st := rollup(t, conn, chschema.RollupOptions{})
+	st := rollup(t, conn, ledger.RollupOptions{})
 	if st.Runs != 1 || uint64(st.Buckets)+before != uint64(len(truthBuckets(evs))) {
 		t.Fatalf("rollup %+v after %d buckets: want one run over the other %d buckets", st, before, len(truthBuckets(evs))-int(before))
 	}
@@ -433,7 +444,7 @@ func TestCounterBackfill(t *testing.T) {
 			t.Fatalf("backfill: %v", err)
 		}
 	}
-	rollup(t, conn, chschema.RollupOptions{})
+	rollup(t, conn, ledger.RollupOptions{})
 	checkExact(t, conn, evs, true)
 	insert(t, conn, evs[:10]...)
 	checkExact(t, conn, evs, false)

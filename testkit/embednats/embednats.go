@@ -1,4 +1,8 @@
-package testenv
+// Package embednats runs a nats-server with JetStream inside the test binary: ready
+// in tens of milliseconds, for tests that start many servers or restart them often.
+// It is the only package of the test kit that links nats-server, so modules whose
+// tests do not use it do not depend on the server's code.
+package embednats
 
 import (
 	"errors"
@@ -10,53 +14,64 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/qyai/qyai/testkit/testenv"
 )
 
-// NATS starts an in-process nats-server with JetStream on a free loopback port (the
-// nats-server test idiom: Port -1, StoreDir in t.TempDir()); ready in tens of
-// milliseconds. HTTPAddr is its monitoring endpoint (/healthz, /jsz). Stop shuts it
-// down as a SIGTERM would; Start brings it back on the same port over the same store,
-// so streams, consumers and messages survive. It is stopped when the test ends.
-func NATS(t testing.TB) *Server {
+// Start starts an in-process nats-server with JetStream on a free loopback port (the
+// nats-server test idiom: Port -1, StoreDir in t.TempDir()). HTTPAddr is its
+// monitoring endpoint (/healthz, /jsz). Stop shuts it down as a SIGTERM would; Start
+// brings it back on the same port over the same store, so streams, consumers and
+// messages survive. It is stopped when the test ends.
+func Start(t testing.TB) *testenv.Server {
 	t.Helper()
-	s := &Server{Name: "nats", Dir: t.TempDir()}
-	s.nats = &embeddedNATS{storeDir: s.Dir}
-	start := time.Now()
-	if err := s.nats.start(server.RANDOM_PORT, server.RANDOM_PORT); err != nil {
-		t.Fatalf("testenv: start embedded nats: %v", err)
+	dir := t.TempDir()
+	e := &embeddedNATS{storeDir: dir, port: server.RANDOM_PORT, http: server.RANDOM_PORT}
+	begin := time.Now()
+	port, httpPort, err := e.Start()
+	if err != nil {
+		t.Fatalf("embednats: start: %v", err)
 	}
-	s.running = true
-	t.Cleanup(func() {
-		if err := s.stop(); err != nil {
-			t.Errorf("testenv: %v", err)
-		}
-	})
-	addr, ok := s.nats.srv.Addr().(*net.TCPAddr)
-	if !ok {
-		t.Fatalf("testenv: start embedded nats: no client listener")
-	}
-	s.port = addr.Port
-	s.Addr = hostPort(addr.Port)
-	s.URL = "nats://" + s.Addr
-	if m := s.nats.srv.MonitorAddr(); m != nil {
-		s.http = m.Port
-		s.HTTPAddr = hostPort(m.Port)
-	}
-	t.Logf("testenv: nats (embedded) on %s in %v", s.Addr, time.Since(start).Round(time.Millisecond))
+	s := testenv.Custom(t, "nats", "nats", dir, port, httpPort, e)
+	t.Logf("embednats: nats on %s in %v", s.Addr, time.Since(begin).Round(time.Millisecond))
 	return s
 }
 
 // embeddedNATS is an in-process nats-server; a restart builds a new server.Server on
 // the same store directory.
 type embeddedNATS struct {
-	storeDir string
-	srv      *server.Server
-	logs     *tailLogger
+	storeDir   string
+	port, http int // RANDOM_PORT until the first start has bound them
+	srv        *server.Server
+	logs       *tailLogger
+}
+
+// Start implements testenv.Controller.
+func (e *embeddedNATS) Start() (port, httpPort int, err error) {
+	if err := e.start(e.port, e.http); err != nil {
+		return 0, 0, err
+	}
+	addr, ok := e.srv.Addr().(*net.TCPAddr)
+	if !ok {
+		e.stop()
+		return 0, 0, errors.New("no client listener")
+	}
+	e.port = addr.Port
+	if m := e.srv.MonitorAddr(); m != nil {
+		e.http = m.Port
+	}
+	return e.port, e.http, nil
+}
+
+// Stop implements testenv.Controller.
+func (e *embeddedNATS) Stop() error {
+	e.stop()
+	return nil
 }
 
 func (e *embeddedNATS) start(port, httpPort int) error {
 	opts := &server.Options{
-		ServerName: "testenv",
+		ServerName: "embednats",
 		Host:       "127.0.0.1",
 		Port:       port,
 		HTTPHost:   "127.0.0.1",

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,18 +13,9 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/shopspring/decimal"
 
-	"github.com/qyai/qyai/pkg/testenv"
+	"github.com/qyai/qyai/testkit/embednats"
+	"github.com/qyai/qyai/testkit/testenv"
 )
-
-func TestRepoRoot(t *testing.T) {
-	root := testenv.RepoRoot(t)
-	if _, err := os.Stat(filepath.Join(root, "go.work")); err != nil {
-		t.Fatalf("RepoRoot() = %s, which holds no go.work: %v", root, err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "deploy", "local", "redis.sh")); err != nil {
-		t.Fatalf("RepoRoot() = %s: %v", root, err)
-	}
-}
 
 func TestRedis(t *testing.T) {
 	t.Parallel()
@@ -35,8 +24,8 @@ func TestRedis(t *testing.T) {
 		start     func(testing.TB) *testenv.Server
 		persisted bool // the value written before Stop is there after Start
 	}{
-		{name: "ephemeral", start: testenv.Redis, persisted: false},
-		{name: "persistent", start: testenv.RedisPersistent, persisted: true},
+		{name: "ephemeral", start: scripts.Redis, persisted: false},
+		{name: "persistent", start: scripts.RedisPersistent, persisted: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -81,7 +70,7 @@ func TestRedis(t *testing.T) {
 
 func TestClickHouse(t *testing.T) {
 	t.Parallel()
-	srv := testenv.ClickHouse(t)
+	srv := scripts.ClickHouse(t)
 	ctx := t.Context()
 	if srv.HTTPAddr == "" || srv.HTTPAddr == srv.Addr {
 		t.Fatalf("HTTPAddr = %q, Addr = %q: want two ports", srv.HTTPAddr, srv.Addr)
@@ -162,8 +151,8 @@ func TestNATS(t *testing.T) {
 		name  string
 		start func(testing.TB) *testenv.Server
 	}{
-		{name: "embedded", start: testenv.NATS},
-		{name: "process", start: testenv.NATSProcess},
+		{name: "embedded", start: embednats.Start},
+		{name: "process", start: scripts.NATSProcess},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,4 +1,4 @@
-package chschema
+package ledger
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/shopspring/decimal"
+
+	"github.com/qyai/qyai/pkg/chschema"
 )
 
 // Rollup defaults.
@@ -51,10 +53,6 @@ type RollupOptions struct {
 	BucketsPerRun int
 	// Now is the clock of rolled_at and of versions; nil means time.Now.
 	Now func() time.Time
-	// AfterAggregates, when set, runs after a run's aggregate rows were
-	// inserted and before its ledger rows are: an error aborts Rollup
-	// there, exactly as a crash would. It is a seam for tests.
-	AfterAggregates func(ctx context.Context, buckets int) error
 }
 
 // RollupStats says what one Rollup call did.
@@ -78,7 +76,7 @@ type bucket struct {
 
 // Rollup brings usage_rollup_hourly up to date for every bucket (key, UTC
 // hour) that changed since it was last rolled up, or never was, and ended
-// before opts.Before. It is safe to run concurrently with inserts, with
+// before opts.Before; with ExactQuery it is dedup layer 4 (package doc). It is safe to run concurrently with inserts, with
 // readers and with other Rollup calls (in other meter replicas): each run
 // is self-contained (see docs/clickhouse.md, "How exactness is
 // guaranteed"). For each run of up to BucketsPerRun buckets, oldest hours
@@ -96,7 +94,7 @@ type bucket struct {
 // and is read from usage_events until a later call completes it.
 func Rollup(ctx context.Context, conn driver.Conn, db string, opts RollupOptions) (RollupStats, error) {
 	var stats RollupStats
-	if err := checkNames(db, opts.Cluster); err != nil {
+	if err := chschema.CheckNames(db, opts.Cluster); err != nil {
 		return stats, err
 	}
 	if opts.Before.IsZero() {
@@ -279,11 +277,6 @@ func rollupRun(ctx context.Context, conn driver.Conn, db string, run []bucket, o
 		}
 		if err := batch.Send(); err != nil {
 			return fmt.Errorf("rollup: insert aggregates of %s (%d buckets): %w", span, len(run), err)
-		}
-	}
-	if opts.AfterAggregates != nil {
-		if err := opts.AfterAggregates(ctx, len(run)); err != nil {
-			return err
 		}
 	}
 	batch, err := conn.PrepareBatch(ctx, "INSERT INTO "+db+".usage_rollup_ledger (key_id, hour, version, inserted_rows, agg_rows, rolled_at)")

@@ -2,19 +2,30 @@
 // ClickHouse) on free loopback ports for integration tests, and stops them when the
 // test ends, passed or failed.
 //
-// Redis and ClickHouse run as processes through the scripts in deploy/local, the same
-// ones `make run` uses; NATS runs embedded in the test binary (NATS), or as a process
-// for end-to-end tests (NATSProcess). A server that cannot start fails the test with
-// the tail of its log: a suite that silently skips is a defect, so nothing here ever
+// The servers run as processes through the scripts in deploy/local, the same ones
+// `make run` uses. A test package names that directory explicitly, relative to its
+// own directory (go test runs a test binary there), and starts servers from it:
+//
+//	const scripts testenv.Scripts = "../../../deploy/local"
+//
+//	rdb := scripts.Redis(t)
+//
+// Nothing walks the file system to find the repository. NATS can also run embedded
+// in the test binary (package embednats, the only package of the kit that links
+// nats-server), through Custom. A server that cannot start fails the test with the
+// tail of its log: a suite that silently skips is a defect, so nothing here ever
 // calls t.Skip. Install the servers with deploy/local/install.sh.
 //
 // Every Server can be stopped and started again on the same port with the same data
 // directory, for fault-injection tests:
 //
-//	nc := testenv.NATS(t)
+//	nc := scripts.NATSProcess(t)
 //	nc.Stop(t)
 //	// ... the gateway spools events while NATS is down ...
 //	nc.Start(t) // same URL, JetStream streams and messages kept
+//
+// This module is test support: only _test.go files and the simulator's command
+// import it (the lint gate's depguard rules check that).
 package testenv
 
 import (
@@ -41,7 +52,7 @@ const scriptTimeout = 90 * time.Second
 
 // Server is one running (or stopped) server owned by a test.
 type Server struct {
-	// Name is "redis", "clickhouse", "nats" or "nats-process".
+	// Name is "redis", "clickhouse", "nats-process", or a Custom server's name.
 	Name string
 	// Addr is host:port of the main protocol (RESP, ClickHouse native, NATS).
 	Addr string
@@ -58,9 +69,42 @@ type Server struct {
 	running bool
 	port    int
 	http    int
-	script  string   // deploy/local script for process servers
-	env     []string // extra environment for the script
-	nats    *embeddedNATS
+	script  string     // deploy/local script for process servers
+	env     []string   // extra environment for the script
+	ctl     Controller // set for Custom servers instead of script
+}
+
+// Scripts is the directory that holds the deploy/local scripts, as a path relative
+// to the test's working directory (its package directory) or absolute.
+type Scripts string
+
+// Controller starts and stops a server that does not run through a script (an
+// embedded one). Start must bring it up on the same ports, over the same data,
+// after the first time.
+type Controller interface {
+	// Start starts the server and returns its main and HTTP ports (0: none).
+	Start() (port, httpPort int, err error)
+	// Stop stops it; its data stays for the next Start.
+	Stop() error
+}
+
+// Custom registers a server run by ctl, already started by the caller on port and
+// httpPort, with data in dir; scheme makes its URL (scheme://host:port). It is
+// stopped when the test ends.
+func Custom(t testing.TB, name, scheme, dir string, port, httpPort int, ctl Controller) *Server {
+	t.Helper()
+	s := &Server{Name: name, Dir: dir, ctl: ctl, running: true, port: port, http: httpPort}
+	s.Addr = hostPort(port)
+	s.URL = scheme + "://" + s.Addr
+	if httpPort != 0 {
+		s.HTTPAddr = hostPort(httpPort)
+	}
+	t.Cleanup(func() {
+		if err := s.stop(); err != nil {
+			t.Errorf("testenv: %v", err)
+		}
+	})
+	return s
 }
 
 // Port returns the port of the main protocol.
@@ -73,63 +117,36 @@ func (s *Server) Running() bool {
 	return s.running
 }
 
-// RepoRoot returns the repository root: the nearest directory at or above the working
-// directory that holds go.work.
-func RepoRoot(t testing.TB) string {
-	t.Helper()
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
-	return root
-}
-
-func repoRoot() (string, error) {
-	wd, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("find repository root: %w", err)
-	}
-	for dir := wd; ; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		if filepath.Dir(dir) == dir {
-			return "", fmt.Errorf("find repository root: no go.work at or above %s", wd)
-		}
-	}
-}
-
 // Redis starts a Redis server (deploy/local/redis.sh) on a free port with a fresh data
 // directory, without persistence: its data does not survive Stop (use RedisPersistent
 // for that). It is stopped when the test ends.
-func Redis(t testing.TB) *Server {
+func (d Scripts) Redis(t testing.TB) *Server {
 	t.Helper()
-	return startProcess(t, "redis", "redis.sh", nil)
+	return d.startProcess(t, "redis", "redis.sh", nil)
 }
 
 // RedisPersistent is Redis with an append-only file, so that keys written before Stop
 // are there again after Start, as with a production Redis.
-func RedisPersistent(t testing.TB) *Server {
+func (d Scripts) RedisPersistent(t testing.TB) *Server {
 	t.Helper()
-	return startProcess(t, "redis", "redis.sh", []string{"REDIS_PERSIST=1"})
+	return d.startProcess(t, "redis", "redis.sh", []string{"REDIS_PERSIST=1"})
 }
 
 // ClickHouse starts a ClickHouse server (deploy/local/clickhouse.sh) on free native
 // and HTTP ports with a fresh data directory. Connect with clickhouse-go v2.26.0 over
 // the native protocol at Addr (see DESIGN.md: newer clients cannot insert into 18.16).
 // It is stopped when the test ends.
-func ClickHouse(t testing.TB) *Server {
+func (d Scripts) ClickHouse(t testing.TB) *Server {
 	t.Helper()
-	return startProcess(t, "clickhouse", "clickhouse.sh", nil)
+	return d.startProcess(t, "clickhouse", "clickhouse.sh", nil)
 }
 
 // NATSProcess starts a real nats-server process with JetStream (deploy/local/nats.sh,
-// binary <repo>/.bin/nats-server), for end-to-end tests that run the service binaries.
-// Unit and integration tests use the faster embedded NATS. It is stopped when the
-// test ends.
-func NATSProcess(t testing.TB) *Server {
+// binary <repo>/.bin/nats-server). Tests that need many fast restarts can use the
+// embedded server of package embednats instead. It is stopped when the test ends.
+func (d Scripts) NATSProcess(t testing.TB) *Server {
 	t.Helper()
-	return startProcess(t, "nats-process", "nats.sh", nil)
+	return d.startProcess(t, "nats-process", "nats.sh", nil)
 }
 
 // Start starts a stopped server again on the same port(s) with the same data.
@@ -141,8 +158,8 @@ func (s *Server) Start(t testing.TB) {
 		return
 	}
 	var err error
-	if s.nats != nil {
-		err = s.nats.start(s.port, s.http)
+	if s.ctl != nil {
+		_, _, err = s.ctl.Start()
 	} else {
 		ports := []string{strconv.Itoa(s.port)}
 		if s.http != 0 {
@@ -170,8 +187,10 @@ func (s *Server) stop() error {
 	if !s.running {
 		return nil
 	}
-	if s.nats != nil {
-		s.nats.stop()
+	if s.ctl != nil {
+		if err := s.ctl.Stop(); err != nil {
+			return fmt.Errorf("stop %s: %w", s.Name, err)
+		}
 	} else if err := s.runScript("stop"); err != nil {
 		return fmt.Errorf("stop %s: %w", s.Name, err)
 	}
@@ -180,12 +199,22 @@ func (s *Server) stop() error {
 }
 
 // startProcess starts a server through a deploy/local script and registers its stop.
-func startProcess(t testing.TB, name, script string, env []string) *Server {
+func (d Scripts) startProcess(t testing.TB, name, script string, env []string) *Server {
 	t.Helper()
+	if d == "" {
+		t.Fatal("testenv: no scripts directory (declare const scripts testenv.Scripts = \"<relative path>/deploy/local\")")
+	}
+	path, err := filepath.Abs(filepath.Join(string(d), script))
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("testenv: scripts directory %s: %v", d, err)
+	}
 	s := &Server{
 		Name:   name,
 		Dir:    t.TempDir(),
-		script: filepath.Join(RepoRoot(t), "deploy", "local", script),
+		script: path,
 		env:    env,
 	}
 	start := time.Now()
@@ -199,7 +228,6 @@ func startProcess(t testing.TB, name, script string, env []string) *Server {
 			t.Errorf("testenv: %v", err)
 		}
 	})
-	var err error
 	if s.port, err = readPort(s.Dir, "port"); err != nil {
 		t.Fatalf("testenv: start %s: %v", name, err)
 	}

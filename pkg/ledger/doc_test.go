@@ -1,4 +1,4 @@
-package chschema_test
+package ledger_test
 
 import (
 	"fmt"
@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/qyai/qyai/pkg/chschema"
+	"github.com/qyai/qyai/pkg/ledger"
 	"github.com/qyai/qyai/pkg/pricing"
-	"github.com/qyai/qyai/pkg/testenv"
 )
 
 // docQueryRE matches a query of docs/clickhouse.md: an HTML comment naming
@@ -28,7 +28,7 @@ var docQueryRE = regexp.MustCompile("(?s)<!-- query: ([a-z_]+) -->\n```sql\n(.*?
 // untested).
 func docQueries(t *testing.T) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), "docs", "clickhouse.md"))
+	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "clickhouse.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func docQueries(t *testing.T) map[string]string {
 // redeliveries, and after the next rollup.
 func TestDocQueries(t *testing.T) {
 	queries := docQueries(t)
-	ch := testenv.ClickHouse(t)
+	ch := scripts.ClickHouse(t)
 	conn, err := chschema.Open(t.Context(), chschema.Options{Addr: ch.Addr, Database: db, User: "default"})
 	if err != nil {
 		t.Fatal(err)
@@ -100,9 +100,9 @@ func TestDocQueries(t *testing.T) {
 		}
 	}
 	t.Run("before any rollup", func(t *testing.T) { run(t, evs) })
-	rollup(t, conn, chschema.RollupOptions{Before: time.Date(2026, 3, 15, 12, 0, 0, 0, time.UTC)})
+	rollup(t, conn, ledger.RollupOptions{Before: time.Date(2026, 3, 15, 12, 0, 0, 0, time.UTC)})
 	t.Run("half of March rolled up", func(t *testing.T) { run(t, evs) })
-	rollup(t, conn, chschema.RollupOptions{})
+	rollup(t, conn, ledger.RollupOptions{})
 	t.Run("all rolled up", func(t *testing.T) {
 		run(t, evs)
 		if got := httpQuery(t, ch.HTTPAddr, queries["rollup_lag"]); !strings.HasPrefix(got, "0\t") {
@@ -114,7 +114,7 @@ func TestDocQueries(t *testing.T) {
 	insert(t, conn, pick(r, evs, 300)...)
 	all := append(append([]ev{}, evs...), late...)
 	t.Run("late events and redeliveries", func(t *testing.T) { run(t, all) })
-	rollup(t, conn, chschema.RollupOptions{})
+	rollup(t, conn, ledger.RollupOptions{})
 	t.Run("rolled up again", func(t *testing.T) { run(t, all) })
 }
 
