@@ -7,20 +7,20 @@
 # Writes <dir>/config.xml and <dir>/users.xml (rewritten on every start), keeps the
 # data in <dir>/data, logs to <dir>/server.log, and writes <dir>/pid, <dir>/port
 # (native protocol) and <dir>/http_port. Ready when GET /ping answers on the HTTP port.
+# The start and stop logic is server_main in lib.sh; this file holds the ClickHouse
+# hooks.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-choose_ports() {
-	port=${fixed_port:-$(free_port)}
-	http_port=${fixed_http_port:-$(free_port)}
-	while [[ $http_port == "$port" ]]; do http_port=$(free_port); done
-}
+clickhouse_check() { need clickhouse-server; }
 
-# write_config writes a minimal config.xml/users.xml. 18.16 still uses the <yandex>
-# root element. No interserver_http_port: without it the server opens no replication
-# port. Caches are small: this is a laptop/CI server, not a production one.
-write_config() {
+# clickhouse_write_config <dir> <tcp port> <http port> writes a minimal
+# config.xml/users.xml. 18.16 still uses the <yandex> root element. No
+# interserver_http_port: without it the server opens no replication port. Caches are
+# small: this is a laptop/CI server, not a production one.
+clickhouse_write_config() {
+	local dir=$1 port=$2 http_port=$3
 	mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas"
 	# The directory as XML text (Go test names may hold &, <, >); \& because a bare &
 	# in the replacement means the match in bash 5.2.
@@ -97,46 +97,24 @@ XML
 XML
 }
 
-launch() {
-	write_config
+# clickhouse_launch <dir> <tcp port> <http port>
+clickhouse_launch() {
+	local dir=$1
+	clickhouse_write_config "$@"
 	# The server's own logger writes server.log; stdout/stderr (early failures, before
 	# the logger is up) go to stdout.log.
 	spawn "$dir/stdout.log" "$dir/pid" clickhouse-server --config-file="$dir/config.xml"
 }
 
-# probe: /ping answers and our own log says ready (another server may hold the port;
-# $from, the log's length before this attempt, comes from start_attempts).
-probe() {
+# clickhouse_probe <dir> <from> <tcp port> <http port>: /ping answers and our own log
+# says ready since line <from> (another server may hold the port).
+clickhouse_probe() {
+	local dir=$1 from=$2 http_port=$4
 	http_ok "http://127.0.0.1:$http_port/ping" &&
 		tail -n +"$((from + 1))" "$dir/server.log" | grep -q 'Ready for connections'
 }
 
-save_ports() {
-	echo "$port" >"$dir/port"
-	echo "$http_port" >"$dir/http_port"
-}
+# clickhouse_ready_line <pid> <elapsed> <tcp port> <http port>
+clickhouse_ready_line() { echo "clickhouse ready on 127.0.0.1:$3 (http $4, pid $1, $2)"; }
 
-start() {
-	need clickhouse-server
-	mkdir -p "$dir"
-	dir=$(cd "$dir" && pwd)
-	if alive "$dir/pid"; then
-		log "clickhouse already running in $dir on port $(cat "$dir/port" 2>/dev/null)"
-		return 0
-	fi
-	local attempts=5 t0=$EPOCHREALTIME
-	[[ -n $fixed_port ]] && attempts=1
-	start_attempts clickhouse "$dir" 30 "$attempts"
-	log "clickhouse ready on 127.0.0.1:$port (http $http_port, pid $(read_pid "$dir/pid"), $(elapsed "$t0"))"
-}
-
-cmd=${1:-}
-dir=${2:-}
-fixed_port=${3:-}
-fixed_http_port=${4:-}
-[[ -n $dir ]] || usage_server
-case $cmd in
-start) start ;;
-stop) stop_pidfile "$dir/pid" clickhouse 20 ;;
-*) usage_server ;;
-esac
+server_main clickhouse "port http_port" 30 20 "$@"

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # install.sh: install what the local servers need, and nothing when all is there.
 #
-#   deploy/local/install.sh
+#   deploy/local/install.sh        the servers (what tests, make run and make bench need)
+#   deploy/local/install.sh lint   shellcheck only (what deploy/local/shellcheck.sh needs)
 #
+# The servers:
 # - Debian packages redis-server, clickhouse-server, clickhouse-client (only
 #   recommended by clickhouse-server) and curl, via apt-get; sudo when not root.
 #   The distro's services are not started: a temporary policy-rc.d denies it.
 # - nats-server $NATS_VERSION built with `go install` into <repo>/.bin (the Go build
 #   cache makes rebuilds fast; Debian's nats-server 2.9 is too old).
+# lint: the Debian package shellcheck, the same way.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -50,17 +53,18 @@ apt_install() {
 	return "$rc"
 }
 
+# install_packages <what> <command:package>...: install the packages whose command is
+# missing; <what> names them all in the message when none is.
 install_packages() {
-	local missing=() cmd pkg
-	# command:package pairs. clickhouse-server lives in /usr/sbin (lib.sh adds it to PATH).
-	for pair in redis-server:redis-server redis-cli:redis-tools \
-		clickhouse-server:clickhouse-server clickhouse-client:clickhouse-client curl:curl; do
+	local what=$1 missing=() pair cmd pkg
+	shift
+	for pair in "$@"; do
 		cmd=${pair%%:*}
 		pkg=${pair#*:}
 		command -v "$cmd" >/dev/null || missing+=("$pkg")
 	done
 	if ((${#missing[@]} == 0)); then
-		log "packages: redis-server, clickhouse-server, clickhouse-client, curl present"
+		log "packages: $what present"
 		return
 	fi
 	command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get: install them by hand"
@@ -85,5 +89,17 @@ install_nats() {
 	(cd / && GOWORK=off GOBIN=$BIN_DIR go install "github.com/nats-io/nats-server/v2@$NATS_VERSION")
 }
 
-install_packages
-install_nats
+case ${1:-} in
+"")
+	# clickhouse-server lives in /usr/sbin (lib.sh adds it to PATH).
+	install_packages "redis-server, clickhouse-server, clickhouse-client, curl" \
+		redis-server:redis-server redis-cli:redis-tools \
+		clickhouse-server:clickhouse-server clickhouse-client:clickhouse-client curl:curl
+	install_nats
+	;;
+lint) install_packages shellcheck shellcheck:shellcheck ;;
+*)
+	log "usage: $(basename "$0") [lint]"
+	exit 2
+	;;
+esac

@@ -1,10 +1,11 @@
 # shellcheck shell=bash
 # lib.sh: helpers shared by the deploy/local scripts. Source it; do not run it.
 #
-# Conventions for every server script (redis.sh, clickhouse.sh, nats.sh):
-#   <script> start <dir> [port]   start in the background, data in <dir>, log in
-#                                 <dir>/server.log; writes <dir>/pid and <dir>/port
-#   <script> stop <dir>           SIGTERM, wait, SIGKILL after a timeout; idempotent
+# Conventions for every server script (redis.sh, clickhouse.sh, nats.sh), all of
+# which are hooks around server_main:
+#   <script> start <dir> [port...]   start in the background, data in <dir>, log in
+#                                    <dir>/server.log; writes <dir>/pid and <dir>/port
+#   <script> stop <dir>              SIGTERM, wait, SIGKILL after a timeout; idempotent
 # The server runs in its own session (setsid), so a Ctrl-C in the terminal reaches
 # only the caller, which decides when to stop it. When QYAI_OWNER_PID is set, a small
 # watchdog stops the server once that process is gone, so a test binary that dies
@@ -196,24 +197,68 @@ line_count() {
 	if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi
 }
 
-# start_attempts <name> <dir> <deadline seconds> <attempts>: the start loop shared by
-# the server scripts. The calling script defines choose_ports (sets its port
-# variables), launch (spawns the server with spawn), probe (succeeds once the server
-# answers, and makes sure it is ours, not another one on a port it could not take;
-# it may read $from, the log's line count before this attempt) and save_ports
-# (writes <dir>/port and friends). A server that dies because its port was taken is
-# retried on fresh ports while attempts remain (attempts is 1 when the caller fixed
-# the port).
-start_attempts() {
-	local name=$1 dir=$2 deadline=$3 attempts=$4 i from rc
+# server_main <name> "<port names>" <ready timeout> <stop timeout> "$@": the whole
+# command line of a server script (redis.sh, nats.sh, clickhouse.sh), that is
+#   <script> start <dir> [port...]   <script> stop <dir>
+# with one optional port argument per port name, in order. Port names are also the
+# files under <dir> that receive the ports once the server is ready ("port" first:
+# the main protocol). The script defines these hooks, which get everything they need
+# as arguments and share no variables with the skeleton:
+#   <name>_check                          fail (die) when the server is not installed
+#   <name>_launch <dir> <port>...         spawn the server with spawn, PID in <dir>/pid
+#   <name>_probe <dir> <from> <port>...   succeed once the server answers and is ours,
+#                                         not another one on a port it could not take;
+#                                         <from> is the line count of <dir>/server.log
+#                                         before this attempt
+#   <name>_ready_line <pid> <elapsed> <port>...   print the line logged once ready
+# stop waits <stop timeout> seconds after SIGTERM, then sends SIGKILL.
+server_main() {
+	local name=$1 ready_timeout=$3 stop_timeout=$4 port_names=()
+	read -r -a port_names <<<"$2"
+	shift 4
+	local cmd=${1:-} dir=${2:-}
+	[[ -n $dir ]] || usage_server
+	case $cmd in
+	start) server_start "$name" "$dir" "$ready_timeout" "${#port_names[@]}" "${port_names[@]}" "${@:3}" ;;
+	stop) stop_pidfile "$dir/pid" "$name" "$stop_timeout" ;;
+	*) usage_server ;;
+	esac
+}
+
+# server_start <name> <dir> <ready timeout> <n> <port name>x<n> [port...]: the start
+# command of server_main. A server that dies because its port was taken is retried on
+# fresh ports, up to 5 times; only once when the caller fixed the first port. Ports
+# not given are free ones, distinct from one another.
+server_start() {
+	local name=$1 dir=$2 deadline=$3 n=$4
+	shift 4
+	local port_names=("${@:1:n}")
+	shift "$n"
+	local fixed=("$@")
+	"${name}_check"
+	mkdir -p "$dir"
+	dir=$(cd "$dir" && pwd)
+	if alive "$dir/pid"; then
+		log "$name already running in $dir on port $(cat "$dir/port" 2>/dev/null)"
+		return 0
+	fi
+	local attempts=5 t0=$EPOCHREALTIME i j p from rc ports=()
+	[[ -n ${fixed[0]:-} ]] && attempts=1
 	for ((i = 1; i <= attempts; i++)); do
-		choose_ports
+		ports=()
+		for ((j = 0; j < n; j++)); do
+			p=${fixed[j]:-}
+			if [[ -z $p ]]; then p=$(free_port); fi
+			while [[ " ${ports[*]} " == *" $p "* ]]; do p=$(free_port); done
+			ports+=("$p")
+		done
 		from=$(line_count "$dir/server.log")
-		launch
+		"${name}_launch" "$dir" "${ports[@]}"
 		rc=0
-		wait_ready "$dir/pid" "$deadline" probe || rc=$?
+		wait_ready "$dir/pid" "$deadline" "${name}_probe" "$dir" "$from" "${ports[@]}" || rc=$?
 		if ((rc == 0)); then
-			save_ports
+			for ((j = 0; j < n; j++)); do echo "${ports[j]}" >"$dir/${port_names[j]}"; done
+			log "$("${name}_ready_line" "$(read_pid "$dir/pid")" "$(elapsed "$t0")" "${ports[@]}")"
 			return 0
 		fi
 		if ((rc == 1 && i < attempts)) && bind_failed "$dir/server.log" "$from"; then

@@ -7,7 +7,8 @@
 # NATS JetStream and ClickHouse with their data under .run/, then the upstream
 # simulator (unless UPSTREAM_BASE_URL is set), meter, admin on 127.0.0.1:8081 and
 # GATEWAY_REPLICAS gateways (default 1) on 127.0.0.1:8080, :8180, :8280, ... It creates
-# a demo API key, prints it with a ready line, and stops everything on Ctrl-C.
+# a demo API key, prints it with a ready line, and stops everything on Ctrl-C (exit
+# 0), SIGTERM (exit 143) or SIGHUP (exit 129).
 #
 # Environment:
 #   ADMIN_TOKEN          admin API token (default: a printed dev value)
@@ -53,7 +54,12 @@ main() {
 
 	mkdir -p "$LOGS" "$PIDS"
 	trap cleanup EXIT
-	trap 'exit 0' INT TERM HUP
+	# Ctrl-C is how the user stops the stack: success. SIGTERM and SIGHUP come from
+	# something else (a supervisor, a closed terminal): exit 128 + the signal number,
+	# as a process the signal had killed would, so that the caller sees it.
+	trap 'exit 0' INT
+	trap 'exit 143' TERM
+	trap 'exit 129' HUP
 	# Every server and service gets a watchdog that stops it should this script die
 	# without cleaning up (kill -9).
 	export QYAI_OWNER_PID=$$

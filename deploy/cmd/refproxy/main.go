@@ -34,15 +34,17 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Getenv, os.Stderr); err != nil {
+	if err := run(ctx, os.Getenv, os.Stderr, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "refproxy:", err)
 		os.Exit(1)
 	}
 }
 
-// run is the whole program, with its environment passed in. It returns nil
-// once ctx is done and the server has shut down.
-func run(ctx context.Context, getenv func(string) string, stderr io.Writer) error {
+// run is the whole program, with its environment passed in. When listening is
+// not nil, run calls it with the bound address once it accepts connections (tests
+// listen on port 0 and need the real port). It returns nil once ctx is done and
+// the server has shut down.
+func run(ctx context.Context, getenv func(string) string, stderr io.Writer, listening func(net.Addr)) error {
 	addr, upstream := getenv("REFPROXY_ADDR"), getenv("REFPROXY_UPSTREAM")
 	if addr == "" {
 		return errors.New("REFPROXY_ADDR is required")
@@ -63,6 +65,9 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer) erro
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	if listening != nil {
+		listening(ln.Addr())
+	}
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)

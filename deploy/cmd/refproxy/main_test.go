@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -73,7 +75,7 @@ func TestRunConfig(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := run(t.Context(), func(k string) string { return tc.env[k] }, io.Discard)
+			err := run(t.Context(), func(k string) string { return tc.env[k] }, io.Discard, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("got %v, want an error with %q", err, tc.wantErr)
 			}
@@ -81,13 +83,26 @@ func TestRunConfig(t *testing.T) {
 	}
 }
 
-// TestRunShutdown checks that run returns nil once its context is done.
+// TestRunShutdown checks that run serves /healthz on the address it reports,
+// and returns nil once its context is done.
 func TestRunShutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
 	env := map[string]string{"REFPROXY_ADDR": "127.0.0.1:0", "REFPROXY_UPSTREAM": "http://127.0.0.1:1"}
+	addrs := make(chan net.Addr, 1)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, func(k string) string { return env[k] }, io.Discard) }()
-	time.Sleep(50 * time.Millisecond)
+	go func() {
+		done <- run(ctx, func(k string) string { return env[k] }, io.Discard, func(a net.Addr) { addrs <- a })
+	}()
+	var addr net.Addr
+	select {
+	case addr = <-addrs:
+	case err := <-done:
+		t.Fatalf("run returned before listening: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("run did not report a listening address within 5s")
+	}
+	waitHealthy(t, "http://"+addr.String()+"/healthz", 5*time.Second)
 	cancel()
 	select {
 	case err := <-done:
@@ -96,5 +111,32 @@ func TestRunShutdown(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("run did not return after cancel")
+	}
+}
+
+// waitHealthy polls url until it answers 200, and fails the test when it has
+// not within timeout.
+func waitHealthy(t *testing.T, url string, timeout time.Duration) {
+	t.Helper()
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(timeout)
+	for {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := client.Do(req)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: not 200 within %v: %v", url, timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

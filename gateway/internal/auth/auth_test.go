@@ -92,7 +92,14 @@ func TestConcurrentMissesShareOneLookup(t *testing.T) {
 			}
 		}()
 	}
+	// Wait for the flight to reach the store, with a deadline so that a Verify
+	// that never looks up fails the test instead of hanging it.
+	deadline := time.Now().Add(5 * time.Second)
 	for st.calls.Load() == 0 {
+		if time.Now().After(deadline) {
+			close(st.release)
+			t.Fatal("no store lookup within 5s of 50 concurrent Verify calls")
+		}
 		time.Sleep(time.Millisecond)
 	}
 	// Callers that arrive after the flight ends find the cache filled: one
