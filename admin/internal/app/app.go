@@ -31,14 +31,23 @@ import (
 	"github.com/qyai/qyai/admin/internal/keys"
 	redisstore "github.com/qyai/qyai/admin/internal/keys/redis"
 	"github.com/qyai/qyai/pkg/chschema"
+	"github.com/qyai/qyai/pkg/logging"
 	"github.com/qyai/qyai/pkg/tier"
 )
 
 // Run is the admin binary. Without a subcommand (or with "serve") it loads
 // the configuration from the environment and serves until ctx is done; with
 // --validate it only checks the configuration. "keys ..." and "usage ..."
-// run the CLI (see cli.Usage).
+// run the CLI (see cli.Usage). It writes the error it returns to stderr
+// once, as one line "admin: ..." (logging.Report; the CLI writes its own,
+// with its usage): main only exits.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	err := start(ctx, args, stdout, stderr)
+	logging.Report(stderr, "admin", err)
+	return err
+}
+
+func start(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		switch args[0] {
 		case "serve":
@@ -49,10 +58,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		cfg, err := config.LoadClient(os.Getenv)
 		if err != nil {
-			fmt.Fprintf(stderr, "admin: invalid configuration:\n%v\n", err)
-			return err
+			return fmt.Errorf("invalid configuration: %w", err)
 		}
-		return cli.Run(ctx, args, cfg, stdout, stderr)
+		return logging.Reported(cli.Run(ctx, args, cfg, stdout, stderr))
 	}
 	return serve(ctx, args, stderr)
 }
@@ -69,27 +77,21 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
-		return err
+		return logging.Reported(err) // the flag set printed it, with the usage
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "admin: unexpected argument %q\n", fs.Arg(0))
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	cfg, err := config.Load(os.Getenv)
 	if err != nil {
-		fmt.Fprintf(stderr, "admin: invalid configuration:\n%v\n", err)
-		return err
+		return fmt.Errorf("invalid configuration: %w", err)
 	}
 	if *validate {
 		fmt.Fprintln(stderr, "admin: configuration is valid")
 		return nil
 	}
-	log := newLogger(stderr, cfg.LogLevel)
-	if err := Serve(ctx, cfg, log, nil); err != nil {
-		log.Error("admin stopped", "err", err)
-		return err
-	}
-	return nil
+	level, _ := logging.ParseLevel(cfg.LogLevel) // validated by config
+	return Serve(ctx, cfg, logging.New(stderr, "admin", level), nil)
 }
 
 // Serve runs admin with cfg until ctx is done. When ready is not nil, it
@@ -225,10 +227,4 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	}
 	log.Info("admin stopped")
 	return nil
-}
-
-func newLogger(w io.Writer, level string) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level)) // config validated it
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
 }

@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/qyai/qyai/pkg/envconfig"
 )
 
 // DefaultKeyPepper is used when KEY_PEPPER is unset, for local runs only. It
@@ -29,7 +29,7 @@ type Config struct {
 	// token used. Secrets are never logged.
 	AdminTokens []AdminToken // ADMIN_TOKEN, ADMIN_TOKENS, ADMIN_TOKEN_FILE
 	// KeyPepper is the HMAC secret shared with the gateway. Never logged.
-	KeyPepper string // KEY_PEPPER
+	KeyPepper string // KEY_PEPPER or KEY_PEPPER_FILE
 	// TiersFile replaces the built-in tier table (pkg/tier/tiers.yaml).
 	TiersFile string // TIERS_FILE
 
@@ -83,7 +83,7 @@ type ClickHouse struct {
 	Addr     string // CLICKHOUSE_ADDR (native protocol, host:port)
 	Database string // CLICKHOUSE_DATABASE
 	User     string // CLICKHOUSE_USER
-	Password string // CLICKHOUSE_PASSWORD; never logged
+	Password string // CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE; never logged
 	// Cluster selects the cluster form of the schema (ON CLUSTER, Replicated
 	// engines, a Distributed table); empty for one server.
 	Cluster string // CLICKHOUSE_CLUSTER
@@ -94,37 +94,40 @@ type ClickHouse struct {
 // UsesDefaultPepper reports whether KEY_PEPPER was left unset.
 func (c Config) UsesDefaultPepper() bool { return c.KeyPepper == DefaultKeyPepper }
 
-// Load reads the configuration through getenv (os.Getenv in production) and
-// reads ADMIN_TOKEN_FILE when it is set. It returns every problem at once.
+// Load reads the configuration through getenv (os.Getenv in production)
+// with envconfig: values are trimmed, an empty variable is an unset one, the
+// secrets KEY_PEPPER and CLICKHOUSE_PASSWORD may instead be read from the
+// files KEY_PEPPER_FILE and CLICKHOUSE_PASSWORD_FILE name, and
+// ADMIN_TOKEN_FILE is read when it is set. It returns every problem at once.
 func Load(getenv func(string) string) (Config, error) {
-	p := parser{getenv: getenv}
+	r := envconfig.New(envconfig.Getenv(getenv))
 	c := Config{
-		Addr:               p.str("ADMIN_ADDR", "127.0.0.1:8081"),
-		AdminTokens:        p.adminTokens(),
-		KeyPepper:          p.str("KEY_PEPPER", DefaultKeyPepper),
-		TiersFile:          p.str("TIERS_FILE", ""),
-		AuthMaxFailures:    p.int("ADMIN_AUTH_MAX_FAILURES", 10),
-		AuthFailureWindow:  p.dur("ADMIN_AUTH_FAILURE_WINDOW", time.Minute),
-		TrustedProxies:     splitList(p.str("ADMIN_TRUSTED_PROXIES", "")),
-		AuditFlushInterval: p.dur("AUDIT_FLUSH_INTERVAL", time.Second),
-		Redis:              p.redis(),
-		ClickHouse:         p.clickhouse(),
-		ShutdownTimeout:    p.dur("SHUTDOWN_TIMEOUT", 10*time.Second),
-		LogLevel:           strings.ToLower(p.str("LOG_LEVEL", "info")),
+		Addr:               r.String("ADMIN_ADDR", "127.0.0.1:8081"),
+		AdminTokens:        adminTokens(r),
+		KeyPepper:          r.Secret("KEY_PEPPER", DefaultKeyPepper),
+		TiersFile:          r.String("TIERS_FILE", ""),
+		AuthMaxFailures:    r.Int("ADMIN_AUTH_MAX_FAILURES", 10),
+		AuthFailureWindow:  r.Duration("ADMIN_AUTH_FAILURE_WINDOW", time.Minute),
+		TrustedProxies:     r.List("ADMIN_TRUSTED_PROXIES", nil),
+		AuditFlushInterval: r.Duration("AUDIT_FLUSH_INTERVAL", time.Second),
+		Redis:              redis(r),
+		ClickHouse:         clickhouse(r),
+		ShutdownTimeout:    r.Duration("SHUTDOWN_TIMEOUT", 10*time.Second),
+		LogLevel:           strings.ToLower(r.String("LOG_LEVEL", "info")),
 	}
-	return c, errors.Join(p.err, c.Validate())
+	return c, errors.Join(r.Err(), c.Validate())
 }
 
 // LoadClient reads the CLI's configuration. The token is checked by the
 // commands that need it (rebuild-redis does not).
 func LoadClient(getenv func(string) string) (Client, error) {
-	p := parser{getenv: getenv}
+	r := envconfig.New(envconfig.Getenv(getenv))
 	c := Client{
-		URL:        strings.TrimRight(p.str("ADMIN_URL", "http://127.0.0.1:8081"), "/"),
-		Redis:      p.redis(),
-		ClickHouse: p.clickhouse(),
+		URL:        strings.TrimRight(r.String("ADMIN_URL", "http://127.0.0.1:8081"), "/"),
+		Redis:      redis(r),
+		ClickHouse: clickhouse(r),
 	}
-	if ts := p.adminTokens(); len(ts) > 0 {
+	if ts := adminTokens(r); len(ts) > 0 {
 		c.Token = ts[0].Token
 	}
 	var errs []error
@@ -132,24 +135,24 @@ func LoadClient(getenv func(string) string) (Client, error) {
 		errs = append(errs, fmt.Errorf("cli: ADMIN_URL %q is not an http(s) URL", c.URL))
 	}
 	errs = append(errs, validateRedis(c.Redis), validateClickHouse(c.ClickHouse))
-	return c, errors.Join(p.err, errors.Join(errs...))
+	return c, errors.Join(r.Err(), errors.Join(errs...))
 }
 
-func (p *parser) redis() Redis {
+func redis(r *envconfig.Reader) Redis {
 	return Redis{
-		Addrs:   splitList(p.str("REDIS_ADDR", "127.0.0.1:6379")),
-		Timeout: p.dur("REDIS_TIMEOUT", 50*time.Millisecond),
+		Addrs:   r.List("REDIS_ADDR", []string{"127.0.0.1:6379"}),
+		Timeout: r.Duration("REDIS_TIMEOUT", 50*time.Millisecond),
 	}
 }
 
-func (p *parser) clickhouse() ClickHouse {
+func clickhouse(r *envconfig.Reader) ClickHouse {
 	return ClickHouse{
-		Addr:         p.str("CLICKHOUSE_ADDR", "127.0.0.1:9000"),
-		Database:     p.str("CLICKHOUSE_DATABASE", "qyai"),
-		User:         p.str("CLICKHOUSE_USER", "default"),
-		Password:     p.getenv("CLICKHOUSE_PASSWORD"),
-		Cluster:      p.str("CLICKHOUSE_CLUSTER", ""),
-		QueryTimeout: p.dur("CLICKHOUSE_QUERY_TIMEOUT", 10*time.Second),
+		Addr:         r.String("CLICKHOUSE_ADDR", "127.0.0.1:9000"),
+		Database:     r.String("CLICKHOUSE_DATABASE", "qyai"),
+		User:         r.String("CLICKHOUSE_USER", "default"),
+		Password:     r.Secret("CLICKHOUSE_PASSWORD", ""),
+		Cluster:      r.String("CLICKHOUSE_CLUSTER", ""),
+		QueryTimeout: r.Duration("CLICKHOUSE_QUERY_TIMEOUT", 10*time.Second),
 	}
 }
 
@@ -160,23 +163,18 @@ func (p *parser) clickhouse() ClickHouse {
 //   - ADMIN_TOKEN_FILE: a file of lines "name:token" or a bare token (named
 //     "admin"); blank lines and lines starting with # are skipped.
 //
-// ADMIN_TOKEN and ADMIN_TOKEN_FILE exclude each other; ADMIN_TOKENS adds to
+// ADMIN_TOKEN and ADMIN_TOKEN_FILE exclude each other (they are one secret
+// for envconfig, with a file format of its own); ADMIN_TOKENS adds to
 // either. Problems name the variable and line, never the secret.
-func (p *parser) adminTokens() []AdminToken {
+func adminTokens(r *envconfig.Reader) []AdminToken {
 	var out []AdminToken
-	v, file := p.getenv("ADMIN_TOKEN"), p.getenv("ADMIN_TOKEN_FILE")
+	v, fromFile := r.SecretSource("ADMIN_TOKEN")
 	switch {
-	case v != "" && file != "":
-		p.fail("server: set ADMIN_TOKEN or ADMIN_TOKEN_FILE, not both")
-	case v != "":
+	case v == "":
+	case !fromFile:
 		out = append(out, AdminToken{Name: DefaultTokenName, Token: v})
-	case file != "":
-		b, err := os.ReadFile(file)
-		if err != nil {
-			p.fail("server: read ADMIN_TOKEN_FILE: %w", err)
-			break
-		}
-		for i, line := range strings.Split(string(b), "\n") {
+	default:
+		for i, line := range strings.Split(v, "\n") {
 			line = strings.TrimSpace(line)
 			if line == "" || strings.HasPrefix(line, "#") {
 				continue
@@ -186,20 +184,20 @@ func (p *parser) adminTokens() []AdminToken {
 				name, tok = DefaultTokenName, line
 			}
 			if strings.TrimSpace(name) == "" || tok == "" {
-				p.fail("server: ADMIN_TOKEN_FILE line %d is not name:token", i+1)
+				r.Errorf("server: ADMIN_TOKEN_FILE line %d is not name:token", i+1)
 				continue
 			}
 			out = append(out, AdminToken{Name: strings.TrimSpace(name), Token: strings.TrimSpace(tok)})
 		}
 	}
-	for i, pair := range strings.FieldsFunc(p.getenv("ADMIN_TOKENS"), func(r rune) bool { return r == ',' || r == '\n' }) {
+	for i, pair := range strings.FieldsFunc(r.String("ADMIN_TOKENS", ""), func(c rune) bool { return c == ',' || c == '\n' }) {
 		pair = strings.TrimSpace(pair)
 		if pair == "" {
 			continue
 		}
 		name, tok, ok := strings.Cut(pair, ":")
 		if !ok || strings.TrimSpace(name) == "" || tok == "" {
-			p.fail("server: ADMIN_TOKENS entry %d is not name:token", i+1)
+			r.Errorf("server: ADMIN_TOKENS entry %d is not name:token", i+1)
 			continue
 		}
 		out = append(out, AdminToken{Name: strings.TrimSpace(name), Token: tok})
@@ -298,56 +296,4 @@ func validateClickHouse(c ClickHouse) error {
 		add("CLICKHOUSE_QUERY_TIMEOUT must be positive")
 	}
 	return errors.Join(errs...)
-}
-
-type parser struct {
-	getenv func(string) string
-	err    error
-}
-
-func (p *parser) fail(format string, a ...any) {
-	p.err = errors.Join(p.err, fmt.Errorf(format, a...))
-}
-
-func (p *parser) str(name, def string) string {
-	if v := strings.TrimSpace(p.getenv(name)); v != "" {
-		return v
-	}
-	return def
-}
-
-func (p *parser) int(name string, def int) int {
-	v := strings.TrimSpace(p.getenv(name))
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		p.fail("%s: %q is not an integer", name, v)
-		return def
-	}
-	return n
-}
-
-func (p *parser) dur(name string, def time.Duration) time.Duration {
-	v := p.getenv(name)
-	if v == "" {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		p.fail("%s: %q is not a duration (e.g. 50ms, 2s)", name, v)
-		return def
-	}
-	return d
-}
-
-func splitList(s string) []string {
-	var out []string
-	for part := range strings.SplitSeq(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			out = append(out, part)
-		}
-	}
-	return out
 }

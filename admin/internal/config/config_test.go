@@ -37,6 +37,14 @@ func TestLoad(t *testing.T) {
 	if err := os.WriteFile(namedFile, []byte("# operators\nalice:alice-token\n\n  bob@example.com:bob-token  \n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	pepperFile := filepath.Join(dir, "pepper")
+	if err := os.WriteFile(pepperFile, []byte("file-pepper\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badLineFile := filepath.Join(dir, "bad-line")
+	if err := os.WriteFile(badLineFile, []byte("\n\n# ops\nalice:\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		env     map[string]string
@@ -134,6 +142,28 @@ func TestLoad(t *testing.T) {
 				`clickhouse: CLICKHOUSE_CLUSTER "a-b"`,
 				"clickhouse: CLICKHOUSE_QUERY_TIMEOUT must be positive",
 			},
+		},
+		{
+			name: "a mounted secret's trailing newline is trimmed",
+			env: map[string]string{
+				"ADMIN_TOKEN": "plain-token\n", "KEY_PEPPER_FILE": pepperFile, "CLICKHOUSE_PASSWORD": "pw\n", "ADMIN_ADDR": " 127.0.0.1:9\n",
+			},
+			check: func(t *testing.T, c Config) {
+				if len(c.AdminTokens) != 1 || c.AdminTokens[0].Token != "plain-token" || c.KeyPepper != "file-pepper" ||
+					c.ClickHouse.Password != "pw" || c.Addr != "127.0.0.1:9" {
+					t.Errorf("got %+v", c)
+				}
+			},
+		},
+		{
+			name:    "token file lines counted from the top of the file",
+			env:     map[string]string{"ADMIN_TOKEN_FILE": badLineFile},
+			wantErr: []string{"server: ADMIN_TOKEN_FILE line 4 is not name:token"},
+		},
+		{
+			name:    "pepper set twice",
+			env:     map[string]string{"ADMIN_TOKEN": "t", "KEY_PEPPER": "p", "KEY_PEPPER_FILE": pepperFile},
+			wantErr: []string{"set KEY_PEPPER or KEY_PEPPER_FILE, not both"},
 		},
 		{
 			name:    "whitespace in token",

@@ -22,8 +22,9 @@ func main() {
 		debug.SetGCPercent(defaultGOGC)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := app.Run(ctx, os.Args[1:], os.Stderr); err != nil {
-		os.Exit(1)
+	err := app.Run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	if err != nil {
+		os.Exit(1) // app.Run has written the error to stderr
 	}
 }

@@ -36,43 +36,43 @@ import (
 	"github.com/qyai/qyai/gateway/internal/quota"
 	quotaredis "github.com/qyai/qyai/gateway/internal/quota/redis"
 	"github.com/qyai/qyai/gateway/internal/telemetry"
+	"github.com/qyai/qyai/pkg/logging"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
 
-// Run starts the gateway and blocks until ctx ends and it has drained.
+// Run starts the gateway and blocks until ctx ends and it has drained. It
+// writes the error it returns to stderr once, as one line "gateway: ..."
+// (logging.Report): main only exits.
 func Run(ctx context.Context, args []string, stderr io.Writer) error {
+	err := start(ctx, args, stderr)
+	logging.Report(stderr, "gateway", err)
+	return err
+}
+
+func start(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	validate := fs.Bool("validate", false, "check the configuration and exit")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return logging.Reported(err) // the flag set printed it, with the usage
 	}
 	cfg, err := config.Load(os.Getenv)
 	if err != nil {
-		fmt.Fprintf(stderr, "gateway: invalid configuration:\n%v\n", err)
-		return err
+		return fmt.Errorf("invalid configuration: %w", err)
 	}
 	if *validate {
 		fmt.Fprintln(stderr, "gateway: configuration is valid")
 		return nil
 	}
-	log := newLogger(stderr, cfg.LogLevel)
+	level, _ := logging.ParseLevel(cfg.LogLevel) // validated by config
+	log := logging.New(stderr, "gateway", level)
 	if cfg.KeyPepper == config.DefaultKeyPepper {
 		log.Warn("KEY_PEPPER is not set: using the development pepper; set it in production")
 	}
-	if err := run(ctx, cfg, log); err != nil {
-		log.Error("gateway stopped", "err", err)
-		return err
-	}
-	return nil
-}
-
-func newLogger(w io.Writer, level string) *slog.Logger {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		l = slog.LevelInfo
-	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})).With("service", "gateway")
+	return run(ctx, cfg, log)
 }
 
 func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {

@@ -11,6 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/qyai/qyai/pkg/envconfig"
+	"github.com/qyai/qyai/pkg/logging"
 )
 
 // Config is everything the gateway needs to start.
@@ -22,7 +25,7 @@ type Config struct {
 	RedisTimeout time.Duration // REDIS_TIMEOUT
 	NATSURL      string        // NATS_URL
 	AdminURL     string        // ADMIN_URL: where /v1/dashboard/billing/usage is answered
-	KeyPepper    string        // KEY_PEPPER: HMAC secret shared with admin
+	KeyPepper    string        // KEY_PEPPER or KEY_PEPPER_FILE: HMAC secret shared with admin
 	// KeyCacheTTL is how long a verified key is trusted without asking Redis.
 	KeyCacheTTL time.Duration // KEY_CACHE_TTL
 	// LimitReplicas is how many gateways share each key's limits; while
@@ -43,7 +46,7 @@ type Config struct {
 	SpoolMaxBytes  int64         // SPOOL_MAX_BYTES
 	StreamReplicas int           // STREAM_REPLICAS
 	DrainTimeout   time.Duration // SHUTDOWN_TIMEOUT
-	LogLevel       string        // LOG_LEVEL
+	LogLevel       string        // LOG_LEVEL: debug, info, warn, error
 	// PprofAddr, when set, serves net/http/pprof there (a separate,
 	// loopback-only listener for profiling; off by default).
 	PprofAddr string // PPROF_ADDR
@@ -53,7 +56,7 @@ type Config struct {
 
 // Upstream is the model provider: one or more endpoints.
 type Upstream struct {
-	Members []Member // UPSTREAM_BASE_URL, UPSTREAM_API_KEY, UPSTREAM_WEIGHTS (comma-separated lists)
+	Members []Member // UPSTREAM_BASE_URL, UPSTREAM_API_KEY (or _FILE), UPSTREAM_WEIGHTS (comma-separated lists)
 	// EjectAfter consecutive failures take a member out for Cooldown.
 	EjectAfter int           // UPSTREAM_EJECT_AFTER
 	Cooldown   time.Duration // UPSTREAM_COOLDOWN
@@ -76,45 +79,49 @@ type Member struct {
 // DefaultKeyPepper is used when KEY_PEPPER is unset, for local runs only.
 const DefaultKeyPepper = "qyai-dev-pepper-change-me"
 
-// Load reads the configuration from getenv (os.Getenv in production).
+// Load reads the configuration from getenv (os.Getenv in production) with
+// envconfig: values are trimmed, an empty variable is an unset one, and the
+// secrets KEY_PEPPER and UPSTREAM_API_KEY may instead be read from the files
+// KEY_PEPPER_FILE and UPSTREAM_API_KEY_FILE name. It returns every problem
+// at once, parsing and Validate's together.
 func Load(getenv func(string) string) (Config, error) {
-	p := parser{getenv: getenv}
+	r := envconfig.New(envconfig.Getenv(getenv))
 	host, _ := os.Hostname()
 	c := Config{
-		Addr:          p.str("GATEWAY_ADDR", "127.0.0.1:8080"),
-		RedisAddr:     p.str("REDIS_ADDR", "127.0.0.1:6379"),
-		RedisTimeout:  p.dur("REDIS_TIMEOUT", 50*time.Millisecond),
-		NATSURL:       p.str("NATS_URL", "nats://127.0.0.1:4222"),
-		AdminURL:      p.str("ADMIN_URL", "http://127.0.0.1:8081"),
-		KeyPepper:     p.str("KEY_PEPPER", DefaultKeyPepper),
-		KeyCacheTTL:   p.dur("KEY_CACHE_TTL", 30*time.Second),
-		LimitReplicas: p.int("LIMIT_FALLBACK_REPLICAS", 1),
+		Addr:          r.String("GATEWAY_ADDR", "127.0.0.1:8080"),
+		RedisAddr:     r.String("REDIS_ADDR", "127.0.0.1:6379"),
+		RedisTimeout:  r.Duration("REDIS_TIMEOUT", 50*time.Millisecond),
+		NATSURL:       r.String("NATS_URL", "nats://127.0.0.1:4222"),
+		AdminURL:      r.String("ADMIN_URL", "http://127.0.0.1:8081"),
+		KeyPepper:     r.Secret("KEY_PEPPER", DefaultKeyPepper),
+		KeyCacheTTL:   r.Duration("KEY_CACHE_TTL", 30*time.Second),
+		LimitReplicas: r.Int("LIMIT_FALLBACK_REPLICAS", 1),
 		Upstream: Upstream{
-			Members:          p.members(),
-			EjectAfter:       p.int("UPSTREAM_EJECT_AFTER", 3),
-			Cooldown:         p.dur("UPSTREAM_COOLDOWN", 10*time.Second),
-			Retries:          p.int("UPSTREAM_RETRIES", 2),
-			ConnectTimeout:   p.dur("UPSTREAM_CONNECT_TIMEOUT", 5*time.Second),
-			FirstByteTimeout: p.dur("UPSTREAM_FIRST_BYTE_TIMEOUT", 120*time.Second),
-			IdleTimeout:      p.dur("UPSTREAM_IDLE_TIMEOUT", 60*time.Second),
-			MaxConns:         p.int("UPSTREAM_MAX_CONNS", 2048),
+			Members:          members(r),
+			EjectAfter:       r.Int("UPSTREAM_EJECT_AFTER", 3),
+			Cooldown:         r.Duration("UPSTREAM_COOLDOWN", 10*time.Second),
+			Retries:          r.Int("UPSTREAM_RETRIES", 2),
+			ConnectTimeout:   r.Duration("UPSTREAM_CONNECT_TIMEOUT", 5*time.Second),
+			FirstByteTimeout: r.Duration("UPSTREAM_FIRST_BYTE_TIMEOUT", 120*time.Second),
+			IdleTimeout:      r.Duration("UPSTREAM_IDLE_TIMEOUT", 60*time.Second),
+			MaxConns:         r.Int("UPSTREAM_MAX_CONNS", 2048),
 		},
-		ModelsFile:     p.str("MODELS_FILE", ""),
-		MaxBodyBytes:   int64(p.int("MAX_BODY_BYTES", 16<<20)),
-		PublishQueue:   p.int("USAGE_QUEUE_SIZE", 65536),
-		SpoolDir:       p.str("SPOOL_DIR", ""),
-		SpoolMaxBytes:  int64(p.int("SPOOL_MAX_BYTES", 1<<30)),
-		StreamReplicas: p.int("STREAM_REPLICAS", 1),
-		DrainTimeout:   p.dur("SHUTDOWN_TIMEOUT", 25*time.Second),
-		LogLevel:       p.str("LOG_LEVEL", "info"),
-		PprofAddr:      p.str("PPROF_ADDR", ""),
-		OTLPEndpoint:   p.str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", p.str("OTEL_EXPORTER_OTLP_ENDPOINT", "")),
+		ModelsFile:     r.String("MODELS_FILE", ""),
+		MaxBodyBytes:   int64(r.Int("MAX_BODY_BYTES", 16<<20)),
+		PublishQueue:   r.Int("USAGE_QUEUE_SIZE", 65536),
+		SpoolDir:       r.String("SPOOL_DIR", ""),
+		SpoolMaxBytes:  int64(r.Int("SPOOL_MAX_BYTES", 1<<30)),
+		StreamReplicas: r.Int("STREAM_REPLICAS", 1),
+		DrainTimeout:   r.Duration("SHUTDOWN_TIMEOUT", 25*time.Second),
+		LogLevel:       strings.ToLower(r.String("LOG_LEVEL", "info")),
+		PprofAddr:      r.String("PPROF_ADDR", ""),
+		OTLPEndpoint:   r.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", r.String("OTEL_EXPORTER_OTLP_ENDPOINT", "")),
 	}
-	c.Instance = p.str("GATEWAY_INSTANCE", host+"/"+c.Addr)
+	c.Instance = r.String("GATEWAY_INSTANCE", host+"/"+c.Addr)
 	if c.SpoolDir == "" {
 		c.SpoolDir = DefaultSpoolDir(c.Instance)
 	}
-	return c, errors.Join(p.err, c.Validate())
+	return c, errors.Join(r.Err(), c.Validate())
 }
 
 // Validate reports every problem at once, each prefixed by its section.
@@ -181,6 +188,9 @@ func (c Config) Validate() error {
 	if u.MaxConns < 1 {
 		add("upstream", "UPSTREAM_MAX_CONNS must be positive")
 	}
+	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
+		add("server", "LOG_LEVEL %v", err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -198,30 +208,19 @@ func DefaultSpoolDir(instance string) string {
 	return filepath.Join(os.TempDir(), "qyai-spool-"+safe)
 }
 
-type parser struct {
-	getenv func(string) string
-	err    error
-}
-
-func (p *parser) str(name, def string) string {
-	if v := p.getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
 // members reads the upstream pool: UPSTREAM_BASE_URL is a comma-separated
-// list of base URLs; UPSTREAM_API_KEY is one key for all, or one per URL;
+// list of base URLs; UPSTREAM_API_KEY (or the file UPSTREAM_API_KEY_FILE
+// names) is one key for all, or one per URL, comma-separated;
 // UPSTREAM_WEIGHTS is empty (all 1) or one weight per URL.
-func (p *parser) members() []Member {
-	urls := splitList(p.str("UPSTREAM_BASE_URL", "https://api.deepseek.com"))
-	keys := splitList(p.getenv("UPSTREAM_API_KEY"))
-	weights := splitList(p.getenv("UPSTREAM_WEIGHTS"))
+func members(r *envconfig.Reader) []Member {
+	urls := r.List("UPSTREAM_BASE_URL", []string{"https://api.deepseek.com"})
+	keys := envconfig.Split(r.Secret("UPSTREAM_API_KEY", ""))
+	weights := r.List("UPSTREAM_WEIGHTS", nil)
 	if len(keys) > 1 && len(keys) != len(urls) {
-		p.err = errors.Join(p.err, fmt.Errorf("UPSTREAM_API_KEY: %d keys for %d base URLs (give one, or one per URL)", len(keys), len(urls)))
+		r.Errorf("UPSTREAM_API_KEY: %d keys for %d base URLs (give one, or one per URL)", len(keys), len(urls))
 	}
 	if len(weights) > 0 && len(weights) != len(urls) {
-		p.err = errors.Join(p.err, fmt.Errorf("UPSTREAM_WEIGHTS: %d weights for %d base URLs", len(weights), len(urls)))
+		r.Errorf("UPSTREAM_WEIGHTS: %d weights for %d base URLs", len(weights), len(urls))
 	}
 	out := make([]Member, len(urls))
 	for i, u := range urls {
@@ -235,46 +234,10 @@ func (p *parser) members() []Member {
 		if i < len(weights) {
 			w, err := strconv.Atoi(weights[i])
 			if err != nil {
-				p.err = errors.Join(p.err, fmt.Errorf("UPSTREAM_WEIGHTS: %q is not an integer", weights[i]))
+				r.Errorf("UPSTREAM_WEIGHTS: %q is not an integer", weights[i])
 			}
 			out[i].Weight = w
 		}
 	}
 	return out
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
-func (p *parser) int(name string, def int) int {
-	v := p.getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		p.err = errors.Join(p.err, fmt.Errorf("%s: %q is not an integer", name, v))
-		return def
-	}
-	return n
-}
-
-func (p *parser) dur(name string, def time.Duration) time.Duration {
-	v := p.getenv(name)
-	if v == "" {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		p.err = errors.Join(p.err, fmt.Errorf("%s: %q is not a duration (e.g. 50ms, 2s)", name, v))
-		return def
-	}
-	return d
 }

@@ -9,6 +9,16 @@ import (
 )
 
 func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	pepperFile := write("pepper", "file-pepper\n")
+	keysFile := write("keys", "sk-a,\nsk-b\n")
 	tests := []struct {
 		name    string
 		env     map[string]string
@@ -51,9 +61,28 @@ func TestLoad(t *testing.T) {
 		}},
 		{name: "pool list mismatch", env: map[string]string{"UPSTREAM_BASE_URL": "http://a:1,http://b:2", "UPSTREAM_API_KEY": "k1,k2,k3", "UPSTREAM_WEIGHTS": "1"},
 			wantErr: []string{"UPSTREAM_API_KEY", "UPSTREAM_WEIGHTS"}},
+		{name: "values and secrets trimmed", env: map[string]string{
+			"GATEWAY_ADDR": " 127.0.0.1:9999\n", "KEY_PEPPER": "pepper\n", "UPSTREAM_API_KEY": "sk-up\r\n", "LOG_LEVEL": "DEBUG ",
+		}, check: func(t *testing.T, c Config) {
+			if c.Addr != "127.0.0.1:9999" || c.KeyPepper != "pepper" || c.Upstream.Members[0].APIKey != "sk-up" || c.LogLevel != "debug" {
+				t.Errorf("addr %q pepper %q key %q level %q", c.Addr, c.KeyPepper, c.Upstream.Members[0].APIKey, c.LogLevel)
+			}
+		}},
+		{name: "secrets from files", env: map[string]string{
+			"KEY_PEPPER_FILE": pepperFile, "UPSTREAM_API_KEY_FILE": keysFile, "UPSTREAM_BASE_URL": "http://a:1,http://b:2",
+		}, check: func(t *testing.T, c Config) {
+			if c.KeyPepper != "file-pepper" || c.Upstream.Members[0].APIKey != "sk-a" || c.Upstream.Members[1].APIKey != "sk-b" {
+				t.Errorf("pepper %q members %+v", c.KeyPepper, c.Upstream.Members)
+			}
+		}},
+		{name: "secret set twice or unreadable", env: map[string]string{
+			"KEY_PEPPER": "p", "KEY_PEPPER_FILE": pepperFile, "UPSTREAM_API_KEY_FILE": filepath.Join(dir, "missing"),
+		}, wantErr: []string{"set KEY_PEPPER or KEY_PEPPER_FILE, not both", "read UPSTREAM_API_KEY_FILE"}},
+		{name: "bad log level", env: map[string]string{"LOG_LEVEL": "loud"}, wantErr: []string{`server: LOG_LEVEL "loud" is not one of debug, info, warn, error`}},
 		{name: "every problem reported", env: map[string]string{
 			"REDIS_TIMEOUT": "soon", "MAX_BODY_BYTES": "12", "UPSTREAM_BASE_URL": "ftp://x", "STREAM_REPLICAS": "9",
-		}, wantErr: []string{"REDIS_TIMEOUT", "MAX_BODY_BYTES", "UPSTREAM_BASE_URL", "STREAM_REPLICAS"}},
+			"UPSTREAM_RETRIES": "two", "LOG_LEVEL": "loud",
+		}, wantErr: []string{"REDIS_TIMEOUT", "MAX_BODY_BYTES", "UPSTREAM_BASE_URL", "STREAM_REPLICAS", `UPSTREAM_RETRIES: "two" is not an integer`, "LOG_LEVEL"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,7 +3,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -16,7 +15,6 @@ func main() {
 	err := app.Run(ctx, os.Args[1:], os.Stderr)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "meter:", err)
-		os.Exit(1)
+		os.Exit(1) // app.Run has written the error to stderr
 	}
 }

@@ -34,30 +34,41 @@ import (
 	chsink "github.com/qyai/qyai/meter/internal/sink/clickhouse"
 	"github.com/qyai/qyai/pkg/chschema"
 	"github.com/qyai/qyai/pkg/ledger"
+	"github.com/qyai/qyai/pkg/logging"
 	"github.com/qyai/qyai/pkg/pricing"
 	"github.com/qyai/qyai/pkg/usage"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
 
 // Run is the meter's main: it parses args (without the program name),
-// reads the environment, and serves until ctx is done.
+// reads the environment, and serves until ctx is done. It writes the error
+// it returns to stderr once, as one line "meter: ..." (logging.Report):
+// main only exits.
 func Run(ctx context.Context, args []string, stderr io.Writer) error {
+	err := start(ctx, args, stderr)
+	logging.Report(stderr, "meter", err)
+	return err
+}
+
+func start(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("meter", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	validate := fs.Bool("validate", false, "validate the configuration from the environment and exit")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return logging.Reported(err) // the flag set printed it, with the usage
 	}
 	cfg, err := config.Load(os.Getenv)
 	if err = errors.Join(err, cfg.Validate()); err != nil {
-		return fmt.Errorf("invalid configuration:\n%w", err)
+		return fmt.Errorf("invalid configuration: %w", err)
 	}
 	if *validate {
-		fmt.Fprintln(stderr, "configuration is valid")
+		fmt.Fprintln(stderr, "meter: configuration is valid")
 		return nil
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	return Serve(ctx, cfg, Options{Logger: log})
+	return Serve(ctx, cfg, Options{Logger: logging.New(stderr, "meter", cfg.LogLevel)})
 }
 
 // Options holds what Serve needs beyond the configuration.

@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"strconv"
 	"time"
+
+	"github.com/qyai/qyai/pkg/envconfig"
+	"github.com/qyai/qyai/pkg/logging"
 )
 
 // Config is everything the meter needs to run.
@@ -44,7 +46,7 @@ type ClickHouse struct {
 	Addr     string // CLICKHOUSE_ADDR, native protocol
 	Database string // CLICKHOUSE_DATABASE
 	User     string // CLICKHOUSE_USER
-	Password string // CLICKHOUSE_PASSWORD
+	Password string // CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE
 	// Cluster selects the cluster form of the schema (CLICKHOUSE_CLUSTER);
 	// empty on a single server.
 	Cluster string
@@ -104,58 +106,38 @@ func Default() Config {
 	}
 }
 
-// Load returns Default overridden by every variable getenv knows. It
-// reports every unparsable value at once; call Validate for the rest.
+// Load returns Default overridden by every variable getenv (os.Getenv in
+// production) knows, read with envconfig: values are trimmed, an empty
+// variable is an unset one, and CLICKHOUSE_PASSWORD may instead be read from
+// the file CLICKHOUSE_PASSWORD_FILE names. It reports every unparsable value
+// at once; call Validate for the rest.
 func Load(getenv func(string) string) (Config, error) {
 	c := Default()
-	var errs []error
-	str := func(name string, dst *string) {
-		if v := getenv(name); v != "" {
-			*dst = v
+	r := envconfig.New(envconfig.Getenv(getenv))
+	c.Addr = r.String("METER_ADDR", c.Addr)
+	if v := r.String("LOG_LEVEL", ""); v != "" {
+		if l, err := logging.ParseLevel(v); err != nil {
+			r.Errorf("LOG_LEVEL: %w", err)
+		} else {
+			c.LogLevel = l
 		}
 	}
-	integer := func(name string, dst *int) {
-		if v := getenv(name); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: not an integer", name, v))
-				return
-			}
-			*dst = n
-		}
-	}
-	duration := func(name string, dst *time.Duration) {
-		if v := getenv(name); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: not a duration (e.g. 500ms)", name, v))
-				return
-			}
-			*dst = d
-		}
-	}
-	str("METER_ADDR", &c.Addr)
-	if v := getenv("LOG_LEVEL"); v != "" {
-		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
-			errs = append(errs, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", v))
-		}
-	}
-	str("NATS_URL", &c.NATS.URL)
-	str("METER_CONSUMER", &c.NATS.Consumer)
-	integer("STREAM_REPLICAS", &c.NATS.StreamReplicas)
-	duration("METER_ACK_WAIT", &c.NATS.AckWait)
-	str("CLICKHOUSE_ADDR", &c.ClickHouse.Addr)
-	str("CLICKHOUSE_DATABASE", &c.ClickHouse.Database)
-	str("CLICKHOUSE_USER", &c.ClickHouse.User)
+	c.NATS.URL = r.String("NATS_URL", c.NATS.URL)
+	c.NATS.Consumer = r.String("METER_CONSUMER", c.NATS.Consumer)
+	c.NATS.StreamReplicas = r.Int("STREAM_REPLICAS", c.NATS.StreamReplicas)
+	c.NATS.AckWait = r.Duration("METER_ACK_WAIT", c.NATS.AckWait)
+	c.ClickHouse.Addr = r.String("CLICKHOUSE_ADDR", c.ClickHouse.Addr)
+	c.ClickHouse.Database = r.String("CLICKHOUSE_DATABASE", c.ClickHouse.Database)
+	c.ClickHouse.User = r.String("CLICKHOUSE_USER", c.ClickHouse.User)
 	// An empty password is the default; an unset and an empty variable agree.
-	c.ClickHouse.Password = getenv("CLICKHOUSE_PASSWORD")
-	str("CLICKHOUSE_CLUSTER", &c.ClickHouse.Cluster)
-	integer("METER_BATCH_SIZE", &c.Batch.Size)
-	duration("METER_BATCH_MAX_AGE", &c.Batch.MaxAge)
-	duration("METER_DRAIN_TIMEOUT", &c.Batch.DrainTimeout)
-	duration("METER_ROLLUP_INTERVAL", &c.Rollup.Interval)
-	duration("METER_ROLLUP_SETTLE", &c.Rollup.Settle)
-	return c, errors.Join(errs...)
+	c.ClickHouse.Password = r.Secret("CLICKHOUSE_PASSWORD", c.ClickHouse.Password)
+	c.ClickHouse.Cluster = r.String("CLICKHOUSE_CLUSTER", c.ClickHouse.Cluster)
+	c.Batch.Size = r.Int("METER_BATCH_SIZE", c.Batch.Size)
+	c.Batch.MaxAge = r.Duration("METER_BATCH_MAX_AGE", c.Batch.MaxAge)
+	c.Batch.DrainTimeout = r.Duration("METER_DRAIN_TIMEOUT", c.Batch.DrainTimeout)
+	c.Rollup.Interval = r.Duration("METER_ROLLUP_INTERVAL", c.Rollup.Interval)
+	c.Rollup.Settle = r.Duration("METER_ROLLUP_SETTLE", c.Rollup.Settle)
+	return c, r.Err()
 }
 
 // Limits of the values Validate accepts.

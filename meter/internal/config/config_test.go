@@ -2,6 +2,8 @@ package config
 
 import (
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -60,10 +62,42 @@ func TestLoadParseErrors(t *testing.T) {
 	if err == nil {
 		t.Fatal("want errors")
 	}
-	for _, v := range []string{"METER_BATCH_SIZE", "METER_BATCH_MAX_AGE", "LOG_LEVEL", "STREAM_REPLICAS"} {
+	for _, v := range []string{
+		`METER_BATCH_SIZE: "lots" is not an integer`, `METER_BATCH_MAX_AGE: "5" is not a duration`,
+		`LOG_LEVEL: "loud" is not one of debug, info, warn, error`, `STREAM_REPLICAS: "three" is not an integer`,
+	} {
 		if !strings.Contains(err.Error(), v) {
 			t.Errorf("error does not name %s: %v", v, err)
 		}
+	}
+}
+
+func TestLoadTrimsAndReadsSecretFiles(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(file, []byte("pw-from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(env(map[string]string{
+		"METER_ADDR": " 0.0.0.0:9102\n", "METER_BATCH_SIZE": " 20 ", "METER_ACK_WAIT": "1m\n", "LOG_LEVEL": "WARN\n",
+		"CLICKHOUSE_PASSWORD_FILE": file,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Addr != "0.0.0.0:9102" || c.Batch.Size != 20 || c.NATS.AckWait != time.Minute || c.LogLevel != slog.LevelWarn ||
+		c.ClickHouse.Password != "pw-from-file" {
+		t.Errorf("got %+v", c)
+	}
+
+	c, err = Load(env(map[string]string{"CLICKHOUSE_PASSWORD": "pw\r\n"}))
+	if err != nil || c.ClickHouse.Password != "pw" {
+		t.Errorf("password %q, %v", c.ClickHouse.Password, err)
+	}
+
+	_, err = Load(env(map[string]string{"CLICKHOUSE_PASSWORD": "hunter2-secret", "CLICKHOUSE_PASSWORD_FILE": file}))
+	if err == nil || !strings.Contains(err.Error(), "set CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE, not both") ||
+		strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("both set: %v", err)
 	}
 }
 
