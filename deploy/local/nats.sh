@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # nats.sh: a throwaway NATS server with JetStream on loopback, for end-to-end tests
-# and `make run`. Go tests embed nats-server instead (pkg/testenv.NATS).
+# and `make run`. Go tests that restart NATS often embed it instead (testkit/embednats).
 #
 #   nats.sh start <dir> [port [monitor_port]]   default: free ports
 #   nats.sh stop <dir>                          stop it (idempotent)

@@ -66,7 +66,7 @@ type Batch struct {
 }
 
 // Rollup tunes the hourly usage aggregates the meter keeps up to date
-// (chschema.Rollup; docs/clickhouse.md).
+// (ledger.Rollup; docs/clickhouse.md).
 type Rollup struct {
 	// Interval is the time between two rollups (METER_ROLLUP_INTERVAL).
 	// Zero disables them in this replica; readers stay exact either way,
