@@ -149,9 +149,9 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) (e *a
 	body2 := &idleReader{r: resp.Body, timer: timer, idle: idle}
 
 	if req.stream {
-		h.stream(w, r, ctx, req, body2, ev)
+		h.stream(ctx, w, r, req, body2, ev)
 	} else {
-		h.unary(w, ctx, req, resp, body2, ev)
+		h.unary(ctx, w, req, resp, body2, ev)
 	}
 	h.finish(ev, in.Result)
 	return nil
@@ -201,7 +201,7 @@ func readAll(r io.Reader, declared, limit int64) ([]byte, error) {
 	return buf.Bytes(), err
 }
 
-func (h *Handler) unary(w http.ResponseWriter, ctx context.Context, req *chatRequest, resp *http.Response, body io.Reader, ev *usage.Event) {
+func (h *Handler) unary(ctx context.Context, w http.ResponseWriter, req *chatRequest, resp *http.Response, body io.Reader, ev *usage.Event) {
 	b, err := readAll(io.LimitReader(body, maxUnaryBody), resp.ContentLength, maxUnaryBody)
 	if err != nil {
 		ae := readFailure(ctx)

@@ -235,7 +235,7 @@ loop:
 					timer.Stop()
 				}
 			}
-			p.sendOne(ev, drain)
+			p.sendOne(drain, ev)
 			for n := 1; n < maxInflight && p.sendQueued(drain); n++ {
 			}
 		case <-ctx.Done():
@@ -255,14 +255,14 @@ loop:
 func (p *Publisher) sendQueued(drain context.Context) bool {
 	select {
 	case ev := <-p.queue:
-		p.sendOne(ev, drain)
+		p.sendOne(drain, ev)
 		return true
 	default:
 		return false
 	}
 }
 
-func (p *Publisher) sendOne(ev *usage.Event, drain context.Context) {
+func (p *Publisher) sendOne(drain context.Context, ev *usage.Event) {
 	data, err := ev.Marshal()
 	if err != nil { // cannot happen for this struct; never lose the count silently
 		p.dropped.Add(1)
