@@ -299,7 +299,7 @@ func (d *Deps) chat(c *gin.Context) {
 	dec := c.MustGet(ctxQuota).(quota.Decision)
 	ctx := c.Request.Context()
 	var res proxy.Result
-	e := d.Proxy.Chat(c.Writer, c.Request, proxy.Request{
+	err := d.Proxy.Chat(c.Writer, c.Request, proxy.Request{
 		Key:        rec,
 		RequestID:  c.GetString(ctxReqID),
 		TraceID:    c.GetString(ctxTrace),
@@ -313,8 +313,13 @@ func (d *Deps) chat(c *gin.Context) {
 		// Off the request path: the response is complete.
 		go d.Limiter.AddTokens(context.WithoutCancel(ctx), rec.ID, res.Tokens)
 	}
-	if e != nil {
-		render(c, e)
+	if err != nil {
+		var ae *apierr.Error
+		if !errors.As(err, &ae) { // Chat returns only API errors; a bug otherwise
+			d.Log.Error("chat failed without an API error", "err", err)
+			ae = apierr.Internal("an unexpected internal error occurred")
+		}
+		render(c, ae)
 	}
 }
 
