@@ -69,8 +69,8 @@ const (
 type Options struct {
 	// QueueSize bounds the in-memory queue. Default 65536.
 	QueueSize int
-	// Spool configures the disk spool; Spool.Dir is required. Log and
-	// OnDrop are set by New when empty.
+	// Spool configures the disk spool; Spool.Dir is required. When empty,
+	// New sets Spool.Log to Log and Spool.OnDrop to logging the drop.
 	Spool spool.Options
 	// AckWait is how long an event may wait for its JetStream ack before
 	// a copy goes to the spool. It bounds what a kill -9 can lose while
@@ -79,7 +79,7 @@ type Options struct {
 	// ReplayWindow is the number of spooled events in flight at once.
 	// Default 256.
 	ReplayWindow int
-	// Log receives errors. Default slog.Default().
+	// Log receives errors. Required.
 	Log *slog.Logger
 }
 
@@ -138,7 +138,7 @@ func New(js jetstream.JetStream, o Options) (*Publisher, error) {
 		o.ReplayWindow = DefaultReplayWindow
 	}
 	if o.Log == nil {
-		o.Log = slog.Default()
+		return nil, errNoLogger
 	}
 	p := &Publisher{
 		js:       js,
@@ -319,6 +319,7 @@ func (p *Publisher) reap(drain context.Context) {
 }
 
 var (
+	errNoLogger      = errors.New("publisher logger not set")
 	errAckWait       = errors.New("no ack within the ack wait; event spooled")
 	errDrainDeadline = errors.New("drain deadline passed; event spooled")
 )

@@ -2,6 +2,7 @@ package publish
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -227,6 +228,16 @@ func segments(t *testing.T, dir string) []string {
 
 func settled(p *Publisher) func() bool {
 	return func() bool { st := p.Stats(); return st.Queued == 0 && st.SpoolEvents == 0 }
+}
+
+func TestNewNeedsLogger(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	if _, err := New(nil, Options{Spool: spool.Options{Dir: dir}}); !errors.Is(err, errNoLogger) {
+		t.Fatalf("new publisher without a logger: %v, want errNoLogger", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("spool opened by a publisher that was refused: %v", err)
+	}
 }
 
 func TestPublishWithNATSUp(t *testing.T) {
