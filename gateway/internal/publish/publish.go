@@ -113,8 +113,6 @@ type Publisher struct {
 	live bool
 
 	nInflight, published, retried, replayed, dropped atomic.Int64
-
-	afterCommit func() // test hook: runs on the replayer after each commit
 }
 
 type inflight struct {
