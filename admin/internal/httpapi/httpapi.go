@@ -198,8 +198,12 @@ func (a *api) methodNotAllowed(c *gin.Context) error {
 		"Method "+c.Request.Method+" is not allowed on "+c.Request.URL.Path+".")
 }
 
-// actorKey is where requireAdmin leaves the name of the admin token used.
-const actorKey = "qyai.admin.actor"
+// actorKey is where requireAdmin leaves the name of the admin token used,
+// in the gin context; an unexported type, so that only setActor and actor
+// reach it.
+type actorKey struct{}
+
+func setActor(c *gin.Context, name string) { c.Set(actorKey{}, name) }
 
 // requireAdmin lets the request through only with an admin token, and
 // records the token's name as the actor of the request. A client address
@@ -219,7 +223,7 @@ func (a *api) requireAdmin(c *gin.Context) error {
 			"client", client, "route", c.FullPath(), "blocked", blocked)
 		return errAdminToken
 	}
-	c.Set(actorKey, name)
+	setActor(c, name)
 	c.Next()
 	return nil
 }
@@ -231,8 +235,9 @@ func tooManyFailures(c *gin.Context, wait time.Duration) error {
 		strconv.Itoa(secs) + " seconds.").WithCode("too_many_failed_attempts")
 }
 
-// actor is the name of the admin token that authenticated the request.
-func actor(c *gin.Context) string { return c.GetString(actorKey) }
+// actor is the name of the admin token that authenticated the request, ""
+// before requireAdmin.
+func actor(c *gin.Context) string { return c.GetString(actorKey{}) }
 
 // bearer extracts the token of an "Authorization: Bearer <token>" header.
 func bearer(h string) (string, bool) {

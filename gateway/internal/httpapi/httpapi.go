@@ -48,15 +48,36 @@ type Deps struct {
 	Now       func() time.Time
 }
 
-const (
-	ctxKey   = "qyai.key"
-	ctxQuota = "qyai.quota"
-	ctxStart = "qyai.start"
-	ctxReqID = "qyai.request_id"
-	ctxTrace = "qyai.trace_id"
-	ctxModel = "qyai.model"
-	ctxTTFB  = "qyai.ttfb"
-)
+// reqState is what the middleware learns about a request, for the handlers
+// after it. requestContext stores one per request in the gin context, under
+// an unexported key type so that nothing else can set or read it; stateOf
+// reads it back. One struct rather than a key per value: one allocation per
+// request, and the handlers read typed fields.
+type reqState struct {
+	start time.Time
+	id    string
+	trace string         // set when tracing
+	key   *apikey.Record // set by authenticate
+	quota quota.Decision // set by admit
+	model string         // set by chat, for the span and the request metrics
+	ttfb  time.Duration  // set by chat
+}
+
+type stateKey struct{}
+
+func setState(c *gin.Context, st *reqState) { c.Set(stateKey{}, st) }
+
+// stateOf returns the request's state. Every route passes requestContext
+// first (New installs it before any route); without it a handler would get
+// an empty state.
+func stateOf(c *gin.Context) *reqState {
+	if st, ok := c.Get(stateKey{}); ok {
+		if st, ok := st.(*reqState); ok {
+			return st
+		}
+	}
+	return &reqState{}
+}
 
 // New returns the gateway's handler. The whole route table is here.
 func New(d Deps) http.Handler {
@@ -107,8 +128,8 @@ func (d *Deps) requestContext(c *gin.Context) {
 	if !validRequestID(id) {
 		id = newRequestID()
 	}
-	c.Set(ctxStart, start)
-	c.Set(ctxReqID, id)
+	st := &reqState{start: start, id: id}
+	setState(c, st)
 	c.Header("X-Request-Id", id)
 	tw := &timingWriter{ResponseWriter: c.Writer, start: start, now: d.Now}
 	c.Writer = tw
@@ -125,10 +146,10 @@ func (d *Deps) requestContext(c *gin.Context) {
 	ctx := d.Telemetry.Propagator.Extract(c.Request.Context(), propagation.HeaderCarrier(c.Request.Header))
 	ctx, span := d.Telemetry.Tracer.Start(ctx, c.Request.Method+" "+route, trace.WithSpanKind(trace.SpanKindServer))
 	c.Request = c.Request.WithContext(ctx)
-	c.Set(ctxTrace, span.SpanContext().TraceID().String())
+	st.trace = span.SpanContext().TraceID().String()
 	c.Next()
 	status := c.Writer.Status()
-	model := c.GetString(ctxModel)
+	model := st.model
 	if span.IsRecording() {
 		span.SetAttributes(attribute.Int("http.response.status_code", status), attribute.String("qyai.request_id", id),
 			attribute.String("qyai.model", model))
@@ -137,11 +158,7 @@ func (d *Deps) requestContext(c *gin.Context) {
 		}
 	}
 	span.End()
-	var ttfb time.Duration
-	if v, ok := c.Get(ctxTTFB); ok {
-		ttfb = v.(time.Duration)
-	}
-	d.Telemetry.ObserveRequest(ctx, route, model, status, d.Now().Sub(start), ttfb)
+	d.Telemetry.ObserveRequest(ctx, route, model, status, d.Now().Sub(start), st.ttfb)
 }
 
 func validRequestID(s string) bool {
@@ -239,15 +256,16 @@ func (d *Deps) authenticate(c *gin.Context) {
 		render(c, apierr.Unauthenticated("Invalid API key provided"))
 		return
 	}
-	c.Set(ctxKey, rec)
+	stateOf(c).key = rec
 	c.Next()
 }
 
 // admit takes an RPM slot and a monthly unit for the key, and reports the
 // limits in OpenAI's headers on every response, refusals included.
 func (d *Deps) admit(c *gin.Context) {
-	rec := c.MustGet(ctxKey).(*apikey.Record)
-	dec := d.Limiter.Admit(c.Request.Context(), rec, c.GetString(ctxReqID)+"/"+newRequestID())
+	st := stateOf(c)
+	rec := st.key
+	dec := d.Limiter.Admit(c.Request.Context(), rec, st.id+"/"+newRequestID())
 	h := c.Writer.Header()
 	h.Set("X-Ratelimit-Limit-Requests", strconv.FormatInt(dec.Limit, 10))
 	h.Set("X-Ratelimit-Remaining-Requests", strconv.FormatInt(dec.Remaining, 10))
@@ -279,7 +297,7 @@ func (d *Deps) admit(c *gin.Context) {
 			" per minute. Please try again in "+formatReset(dec.RetryAfter)+".").WithCode(quota.ReasonRate))
 		return
 	}
-	c.Set(ctxQuota, dec)
+	st.quota = dec
 	c.Next()
 }
 
@@ -295,26 +313,30 @@ func formatReset(d time.Duration) string {
 }
 
 func (d *Deps) chat(c *gin.Context) {
-	rec := c.MustGet(ctxKey).(*apikey.Record)
-	dec := c.MustGet(ctxQuota).(quota.Decision)
+	st := stateOf(c)
+	rec, dec := st.key, st.quota
 	ctx := c.Request.Context()
 	var res proxy.Result
-	e := d.Proxy.Chat(c.Writer, c.Request, proxy.Request{
+	err := d.Proxy.Chat(c.Writer, c.Request, proxy.Request{
 		Key:        rec,
-		RequestID:  c.GetString(ctxReqID),
-		TraceID:    c.GetString(ctxTrace),
-		Start:      c.MustGet(ctxStart).(time.Time),
+		RequestID:  st.id,
+		TraceID:    st.trace,
+		Start:      st.start,
 		Result:     &res,
 		NotReached: func() { d.Limiter.Release(ctx, rec.ID, dec) },
 	})
-	c.Set(ctxModel, res.Model)
-	c.Set(ctxTTFB, res.TTFB)
+	st.model, st.ttfb = res.Model, res.TTFB
 	if rec.TPM > 0 && res.Tokens > 0 {
 		// Off the request path: the response is complete.
 		go d.Limiter.AddTokens(context.WithoutCancel(ctx), rec.ID, res.Tokens)
 	}
-	if e != nil {
-		render(c, e)
+	if err != nil {
+		var ae *apierr.Error
+		if !errors.As(err, &ae) { // Chat returns only API errors; a bug otherwise
+			d.Log.Error("chat failed without an API error", "err", err)
+			ae = apierr.Internal("an unexpected internal error occurred")
+		}
+		render(c, ae)
 	}
 }
 

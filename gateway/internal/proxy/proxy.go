@@ -71,10 +71,10 @@ type Result struct {
 // errIdle cancels an upstream request that went quiet.
 var errIdle = errors.New("upstream idle timeout")
 
-// Chat handles one chat completion. A returned error has not been written
-// yet (nothing reached the client); once streaming started, failures end
-// the stream instead.
-func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) (e *apierr.Error) {
+// Chat handles one chat completion. A returned error is an *apierr.Error
+// that has not been written yet (nothing reached the client); once
+// streaming started, failures end the stream instead.
+func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) error {
 	reached := false
 	defer func() {
 		if !reached && in.NotReached != nil {
@@ -90,9 +90,9 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) (e *a
 		}
 		return apierr.InvalidRequest("could not read the request body")
 	}
-	req, aerr := prepare(body, h.Catalog.Get())
-	if aerr != nil {
-		return aerr
+	req, err := prepare(body, h.Catalog.Get())
+	if err != nil {
+		return err
 	}
 	if in.Result != nil {
 		in.Result.Model = req.model.ID
@@ -149,9 +149,9 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) (e *a
 	body2 := &idleReader{r: resp.Body, timer: timer, idle: idle}
 
 	if req.stream {
-		h.stream(w, r, ctx, req, body2, ev)
+		h.stream(ctx, w, r, req, body2, ev)
 	} else {
-		h.unary(w, ctx, req, resp, body2, ev)
+		h.unary(ctx, w, req, resp, body2, ev)
 	}
 	h.finish(ev, in.Result)
 	return nil
@@ -201,7 +201,7 @@ func readAll(r io.Reader, declared, limit int64) ([]byte, error) {
 	return buf.Bytes(), err
 }
 
-func (h *Handler) unary(w http.ResponseWriter, ctx context.Context, req *chatRequest, resp *http.Response, body io.Reader, ev *usage.Event) {
+func (h *Handler) unary(ctx context.Context, w http.ResponseWriter, req *chatRequest, resp *http.Response, body io.Reader, ev *usage.Event) {
 	b, err := readAll(io.LimitReader(body, maxUnaryBody), resp.ContentLength, maxUnaryBody)
 	if err != nil {
 		ae := readFailure(ctx)
@@ -234,6 +234,9 @@ func (h *Handler) unary(w http.ResponseWriter, ctx context.Context, req *chatReq
 	}
 }
 
+// readFailure is the error a client sees when the upstream's answer broke
+// off. It is never nil (a value, not a failure of its own), so it returns
+// the concrete type its callers read Status and Type from.
 func readFailure(ctx context.Context) *apierr.Error {
 	if errors.Is(context.Cause(ctx), errIdle) {
 		return apierr.Timeout("the upstream model provider stopped sending")

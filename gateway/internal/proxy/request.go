@@ -120,8 +120,9 @@ func jsonString(val []byte) (string, bool) {
 }
 
 // check validates one message the way OpenAI does, so that a request the
-// upstream would refuse is refused here with the field named.
-func (m *message) check(i int) *apierr.Error {
+// upstream would refuse is refused here with the field named. A returned
+// error is an *apierr.Error.
+func (m *message) check(i int) error {
 	p := fmt.Sprintf("messages[%d]", i)
 	if m.Role == nil {
 		return apierr.InvalidRequest(p + ".role is required").WithParam(p + ".role")
@@ -165,8 +166,9 @@ func (m *message) check(i int) *apierr.Error {
 // name, the catalog's thinking mode is applied unless the client chose one,
 // usage is always requested on streams, and echoed reasoning_content is
 // dropped where the upstream would reject it. Fields the gateway does not
-// know (tools, response_format, seed, ...) pass through untouched.
-func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
+// know (tools, response_format, seed, ...) pass through untouched. A
+// returned error is an *apierr.Error (a 4xx).
+func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, error) {
 	if !utf8.Valid(body) {
 		// encoding/json would quietly turn bad bytes into U+FFFD and the
 		// upstream would bill for text the client never sent.
@@ -208,36 +210,36 @@ func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, *apierr.Error) {
 		return nil, apierr.InvalidRequest("messages must contain at least one message").WithParam("messages")
 	}
 	for i := range msgs {
-		if e := msgs[i].check(i); e != nil {
-			return nil, e
+		if err := msgs[i].check(i); err != nil {
+			return nil, err
 		}
 	}
 	req.promptBytes = len(rawMsgs)
 
-	if e := checkNumber(top, "temperature", 0, 2); e != nil {
-		return nil, e
+	if err := checkNumber(top, "temperature", 0, 2); err != nil {
+		return nil, err
 	}
-	if e := checkNumber(top, "top_p", 0, 1); e != nil {
-		return nil, e
+	if err := checkNumber(top, "top_p", 0, 1); err != nil {
+		return nil, err
 	}
-	if e := checkNumber(top, "frequency_penalty", -2, 2); e != nil {
-		return nil, e
+	if err := checkNumber(top, "frequency_penalty", -2, 2); err != nil {
+		return nil, err
 	}
-	if e := checkNumber(top, "presence_penalty", -2, 2); e != nil {
-		return nil, e
+	if err := checkNumber(top, "presence_penalty", -2, 2); err != nil {
+		return nil, err
 	}
 	maxOut := req.model.MaxOutputTokens
 	if maxOut <= 0 {
 		maxOut = math.MaxInt32
 	}
 	for _, f := range []string{"max_tokens", "max_completion_tokens"} {
-		if e := checkInteger(top, f, 1, maxOut); e != nil {
-			return nil, e
+		if err := checkInteger(top, f, 1, maxOut); err != nil {
+			return nil, err
 		}
 	}
 	if raw, _ := top.get("stop"); raw != nil {
-		if e := checkStop(raw); e != nil {
-			return nil, e
+		if err := checkStop(raw); err != nil {
+			return nil, err
 		}
 	}
 	if raw, ok := top.get("stream"); ok && !isNull(raw) {
@@ -327,7 +329,9 @@ func stripReasoning(raw json.RawMessage, msgs []message, thinking bool) (json.Ra
 
 func isNull(raw json.RawMessage) bool { return len(raw) == 4 && string(raw) == "null" }
 
-func checkNumber(top *object, field string, lo, hi float64) *apierr.Error {
+// checkNumber, checkInteger and checkStop validate one optional field; a
+// returned error is an *apierr.Error naming it.
+func checkNumber(top *object, field string, lo, hi float64) error {
 	raw, ok := top.get(field)
 	if !ok || isNull(raw) {
 		return nil
@@ -339,7 +343,7 @@ func checkNumber(top *object, field string, lo, hi float64) *apierr.Error {
 	return nil
 }
 
-func checkInteger(top *object, field string, lo, hi int64) *apierr.Error {
+func checkInteger(top *object, field string, lo, hi int64) error {
 	raw, ok := top.get(field)
 	if !ok || isNull(raw) {
 		return nil
@@ -351,7 +355,7 @@ func checkInteger(top *object, field string, lo, hi int64) *apierr.Error {
 	return nil
 }
 
-func checkStop(raw json.RawMessage) *apierr.Error {
+func checkStop(raw json.RawMessage) error {
 	if raw == nil || isNull(raw) {
 		return nil
 	}

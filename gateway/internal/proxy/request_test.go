@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/qyai/qyai/gateway/internal/catalog"
+	"github.com/qyai/qyai/pkg/apierr"
 )
 
 const okMsgs = `"messages":[{"role":"user","content":"hi"}]`
@@ -67,19 +68,20 @@ func TestPrepareValidation(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			req, e := prepare([]byte(tc.body), cat)
+			req, err := prepare([]byte(tc.body), cat)
 			if tc.wantStatus == 0 {
-				if e != nil {
-					t.Fatalf("unexpected error %v", e)
+				if err != nil {
+					t.Fatalf("unexpected error %v", err)
 				}
 				if req == nil || len(req.body) == 0 {
 					t.Fatal("no body")
 				}
 				return
 			}
-			if e == nil {
+			if err == nil {
 				t.Fatalf("want %d %s, got success", tc.wantStatus, tc.wantType)
 			}
+			e := asAPIError(t, err)
 			if e.Status != tc.wantStatus || e.Type != tc.wantType {
 				t.Errorf("got %d %s, want %d %s (%s)", e.Status, e.Type, tc.wantStatus, tc.wantType, e.Message)
 			}
@@ -88,6 +90,16 @@ func TestPrepareValidation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// asAPIError returns the *apierr.Error that err (not nil) is.
+func asAPIError(t *testing.T, err error) *apierr.Error {
+	t.Helper()
+	var e *apierr.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("error %v (%T) is not an *apierr.Error", err, err)
+	}
+	return e
 }
 
 func decodeTop(t *testing.T, b []byte) map[string]any {
@@ -176,9 +188,9 @@ func TestPrepareRewrites(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r, e := prepare([]byte(tc.body), cat)
-			if e != nil {
-				t.Fatalf("prepare: %v", e)
+			r, err := prepare([]byte(tc.body), cat)
+			if err != nil {
+				t.Fatalf("prepare: %v", err)
 			}
 			tc.check(t, r, decodeTop(t, r.body))
 		})
@@ -199,8 +211,9 @@ func FuzzPrepare(f *testing.F) {
 	}
 	cat := catalog.Builtin()
 	f.Fuzz(func(t *testing.T, body []byte) {
-		r, e := prepare(body, cat)
-		if e != nil {
+		r, err := prepare(body, cat)
+		if err != nil {
+			e := asAPIError(t, err)
 			if e.Status < 400 || e.Status >= 500 || e.Status == http.StatusInternalServerError {
 				t.Fatalf("status %d for %q", e.Status, body)
 			}

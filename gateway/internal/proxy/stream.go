@@ -31,7 +31,7 @@ var (
 // soon as its terminating blank line arrives, comments (keep-alives)
 // included. Usage is always requested upstream; the usage chunk reaches the
 // client only when it asked for it (stream_options.include_usage).
-func (h *Handler) stream(w http.ResponseWriter, r *http.Request, ctx context.Context, req *chatRequest, body io.Reader, ev *usage.Event) {
+func (h *Handler) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, req *chatRequest, body io.Reader, ev *usage.Event) {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
 	hdr.Set("Cache-Control", "no-cache")

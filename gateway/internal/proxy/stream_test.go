@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"io"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/qyai/qyai/gateway/internal/catalog"
+	"github.com/qyai/qyai/pkg/apierr"
 	"github.com/qyai/qyai/pkg/apikey"
 	"github.com/qyai/qyai/pkg/usage"
 )
@@ -86,8 +88,8 @@ func TestStreamGolden(t *testing.T) {
 			h, rec := newTestHandler(t, up.URL)
 			w := httptest.NewRecorder()
 			r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", strings.NewReader(tc.body))
-			if e := h.Chat(w, r, Request{Key: &apikey.Record{ID: "k"}, Start: time.Now()}); e != nil {
-				t.Fatalf("Chat: %v", e)
+			if err := h.Chat(w, r, Request{Key: &apikey.Record{ID: "k"}, Start: time.Now()}); err != nil {
+				t.Fatalf("Chat: %v", err)
 			}
 			if ct := w.Header().Get("Content-Type"); ct != "text/event-stream" {
 				t.Errorf("content-type %q", ct)
@@ -146,7 +148,12 @@ func heldStream(t *testing.T, first, rest string) (early, late string) {
 	defer up.Close()
 	h, _ := newTestHandler(t, up.URL)
 	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if e := h.Chat(w, r, Request{Key: &apikey.Record{ID: "k"}, Start: time.Now()}); e != nil {
+		if err := h.Chat(w, r, Request{Key: &apikey.Record{ID: "k"}, Start: time.Now()}); err != nil {
+			var e *apierr.Error
+			if !errors.As(err, &e) {
+				t.Errorf("Chat: %v is not an *apierr.Error", err)
+				return
+			}
 			e.Write(w)
 		}
 	}))

@@ -66,7 +66,7 @@ func NewUpstream(cfg UpstreamConfig) *Upstream {
 
 // attemptError is a failed attempt, already mapped to what the client sees.
 type attemptError struct {
-	apiErr *apierr.Error
+	apiErr *apierr.Error // never nil: Chat returns it as its error
 	// retryable: another attempt may succeed and nothing reached the client.
 	retryable bool
 	// reached: the upstream received the request (it may have done work).

@@ -69,8 +69,8 @@ const (
 type Options struct {
 	// QueueSize bounds the in-memory queue. Default 65536.
 	QueueSize int
-	// Spool configures the disk spool; Spool.Dir is required. Log and
-	// OnDrop are set by New when empty.
+	// Spool configures the disk spool; Spool.Dir is required. When empty,
+	// New sets Spool.Log to Log and Spool.OnDrop to logging the drop.
 	Spool spool.Options
 	// AckWait is how long an event may wait for its JetStream ack before
 	// a copy goes to the spool. It bounds what a kill -9 can lose while
@@ -79,7 +79,7 @@ type Options struct {
 	// ReplayWindow is the number of spooled events in flight at once.
 	// Default 256.
 	ReplayWindow int
-	// Log receives errors. Default slog.Default().
+	// Log receives errors. Required.
 	Log *slog.Logger
 }
 
@@ -113,8 +113,6 @@ type Publisher struct {
 	live bool
 
 	nInflight, published, retried, replayed, dropped atomic.Int64
-
-	afterCommit func() // test hook: runs on the replayer after each commit
 }
 
 type inflight struct {
@@ -138,7 +136,7 @@ func New(js jetstream.JetStream, o Options) (*Publisher, error) {
 		o.ReplayWindow = DefaultReplayWindow
 	}
 	if o.Log == nil {
-		o.Log = slog.Default()
+		return nil, errNoLogger
 	}
 	p := &Publisher{
 		js:       js,
@@ -235,7 +233,7 @@ loop:
 					timer.Stop()
 				}
 			}
-			p.sendOne(ev, drain)
+			p.sendOne(drain, ev)
 			for n := 1; n < maxInflight && p.sendQueued(drain); n++ {
 			}
 		case <-ctx.Done():
@@ -255,14 +253,14 @@ loop:
 func (p *Publisher) sendQueued(drain context.Context) bool {
 	select {
 	case ev := <-p.queue:
-		p.sendOne(ev, drain)
+		p.sendOne(drain, ev)
 		return true
 	default:
 		return false
 	}
 }
 
-func (p *Publisher) sendOne(ev *usage.Event, drain context.Context) {
+func (p *Publisher) sendOne(drain context.Context, ev *usage.Event) {
 	data, err := ev.Marshal()
 	if err != nil { // cannot happen for this struct; never lose the count silently
 		p.dropped.Add(1)
@@ -320,6 +318,7 @@ func (p *Publisher) reap(drain context.Context) {
 }
 
 var (
+	errNoLogger      = errors.New("publisher logger not set")
 	errAckWait       = errors.New("no ack within the ack wait; event spooled")
 	errDrainDeadline = errors.New("drain deadline passed; event spooled")
 )

@@ -2,6 +2,7 @@ package publish
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -135,6 +136,24 @@ func (e *natsEnv) wantExactly(t *testing.T, want map[string]bool) {
 	}
 }
 
+// hookedJS runs before ahead of every publish, and fails the publish when
+// before fails: where a test pauses or stops the publisher. Nothing is
+// committed between a commit and the replayer's next publish, so a pause
+// in that publish holds the spool exactly as it was after the commit.
+type hookedJS struct {
+	jetstream.JetStream
+	before func() error
+}
+
+func (h hookedJS) PublishAsync(subject string, data []byte, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	if err := h.before(); err != nil {
+		return nil, err
+	}
+	return h.JetStream.PublishAsync(subject, data, opts...)
+}
+
+var errStopped = errors.New("test: the publisher was told to stop")
+
 // run is a publisher running in the background.
 type run struct {
 	p      *Publisher
@@ -228,6 +247,16 @@ func segments(t *testing.T, dir string) []string {
 
 func settled(p *Publisher) func() bool {
 	return func() bool { st := p.Stats(); return st.Queued == 0 && st.SpoolEvents == 0 }
+}
+
+func TestNewNeedsLogger(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	if _, err := New(nil, Options{Spool: spool.Options{Dir: dir}}); !errors.Is(err, errNoLogger) {
+		t.Fatalf("new publisher without a logger: %v, want errNoLogger", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("spool opened by a publisher that was refused: %v", err)
+	}
 }
 
 func TestPublishWithNATSUp(t *testing.T) {
@@ -381,17 +410,20 @@ func TestRestartMidReplayDoesNotDuplicate(t *testing.T) {
 	snapshot := copyDir(t, dir)
 	env.start(t)
 
-	// The next one stops mid-replay, deterministically: the replayer waits
-	// in its commit hook, once 200 events were committed, until the
-	// publisher was told to stop.
-	b := newPublisher(t, env.js, dir, func(o *Options) { o.ReplayWindow = 16 })
+	// The next one stops mid-replay, deterministically: once 200 events
+	// were committed, the replayer waits in its next publish until the
+	// publisher was told to stop, and then sends nothing more.
+	var b *Publisher
 	reached, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	b.afterCommit = func() {
-		if b.Stats().Replayed >= 200 {
-			once.Do(func() { close(reached); <-release })
+	bjs := hookedJS{JetStream: env.js, before: func() error {
+		if b.Stats().Replayed < 200 {
+			return nil
 		}
-	}
+		once.Do(func() { close(reached); <-release })
+		return errStopped
+	}}
+	b = newPublisher(t, bjs, dir, func(o *Options) { o.ReplayWindow = 16 })
 	rb := startRun(t, b)
 	<-reached
 	rb.stopFn()
@@ -405,16 +437,18 @@ func TestRestartMidReplayDoesNotDuplicate(t *testing.T) {
 
 	// The next start resumes at the committed position, and NATS restarts
 	// in the middle of its replay.
-	c := newPublisher(t, env.js, dir, func(o *Options) { o.ReplayWindow = 16 })
-	if got := c.Stats().SpoolEvents; got != n-replayedB {
-		t.Errorf("after a graceful stop %d events left to replay, want %d", got, n-replayedB)
-	}
+	var c *Publisher
 	reached, release = make(chan struct{}), make(chan struct{})
 	once = sync.Once{}
-	c.afterCommit = func() {
+	cjs := hookedJS{JetStream: env.js, before: func() error {
 		if c.Stats().Replayed >= 500 {
 			once.Do(func() { close(reached); <-release })
 		}
+		return nil
+	}}
+	c = newPublisher(t, cjs, dir, func(o *Options) { o.ReplayWindow = 16 })
+	if got := c.Stats().SpoolEvents; got != n-replayedB {
+		t.Errorf("after a graceful stop %d events left to replay, want %d", got, n-replayedB)
 	}
 	rc := startRun(t, c)
 	<-reached

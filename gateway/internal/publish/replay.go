@@ -180,9 +180,6 @@ func (p *Publisher) commit(next spool.Pos, n int) {
 		return
 	}
 	p.spool.Commit(next, n)
-	if p.afterCommit != nil {
-		p.afterCommit()
-	}
 }
 
 // eventID reads the id of an encoded usage event.

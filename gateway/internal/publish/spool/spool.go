@@ -73,6 +73,7 @@ var (
 	ErrLocked     = errors.New("spool directory is in use by another process")
 	ErrBadRecord  = errors.New("record cannot be spooled (empty, too large or contains a newline)")
 	errNoSpoolDir = errors.New("spool directory not set")
+	errNoLogger   = errors.New("spool logger not set")
 )
 
 // Record is what a spool stores: anything that encodes itself as one line
@@ -107,7 +108,7 @@ type Options struct {
 	OffsetInterval time.Duration
 	// QueueLen is the capacity of the writer's queue. Default 65536.
 	QueueLen int
-	// Log receives errors and corrupt-record notices. Default slog.Default().
+	// Log receives errors and corrupt-record notices. Required.
 	Log *slog.Logger
 	// OnDrop, when set, is called (from any goroutine) for every record
 	// that is dropped, with the reason; otherwise drops are logged.
@@ -132,9 +133,6 @@ func (o Options) withDefaults() Options {
 	}
 	if o.QueueLen <= 0 {
 		o.QueueLen = DefaultQueueLen
-	}
-	if o.Log == nil {
-		o.Log = slog.Default()
 	}
 	return o
 }
@@ -202,6 +200,9 @@ func Open(o Options) (*Spool, error) {
 	o = o.withDefaults()
 	if o.Dir == "" {
 		return nil, errNoSpoolDir
+	}
+	if o.Log == nil {
+		return nil, errNoLogger
 	}
 	_, statErr := os.Stat(o.Dir)
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {

@@ -409,8 +409,30 @@ func TestBadRecordsDropped(t *testing.T) {
 func TestDirectoryLocked(t *testing.T) {
 	dir := t.TempDir()
 	open(t, Options{Dir: dir})
-	if _, err := Open(Options{Dir: dir}); !errors.Is(err, ErrLocked) {
+	if _, err := Open(Options{Dir: dir, Log: slog.New(slog.DiscardHandler)}); !errors.Is(err, ErrLocked) {
 		t.Fatalf("second open: %v, want ErrLocked", err)
+	}
+}
+
+func TestOpenNeedsDirAndLogger(t *testing.T) {
+	tests := []struct {
+		name string
+		o    Options
+		want error
+	}{
+		{"no directory", Options{Log: slog.New(slog.DiscardHandler)}, errNoSpoolDir},
+		{"no logger", Options{Dir: t.TempDir()}, errNoLogger},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Open(tc.o)
+			if !errors.Is(err, tc.want) {
+				if s != nil {
+					s.Close()
+				}
+				t.Fatalf("open: %v, want %v", err, tc.want)
+			}
+		})
 	}
 }
 
