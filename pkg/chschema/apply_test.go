@@ -1,6 +1,7 @@
 package chschema_test
 
 import (
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -35,7 +36,9 @@ func TestApplyIdempotent(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make(chan error, 4)
 		for range 4 {
-			wg.Go(func() { errs <- chschema.Apply(ctx, conn, "qyai", chschema.ApplyOptions{}) })
+			wg.Go(func() {
+				errs <- chschema.Apply(ctx, conn, "qyai", chschema.ApplyOptions{Logger: slog.New(slog.DiscardHandler)})
+			})
 		}
 		wg.Wait()
 		close(errs)

@@ -139,7 +139,7 @@ func open(ctx context.Context, o Options) (driver.Conn, error) {
 type ApplyOptions struct {
 	// Cluster selects the cluster form (see the package comment) when set.
 	Cluster string
-	// Logger receives one line per applied migration; nil discards.
+	// Logger receives one line per applied migration. Required by Apply.
 	Logger *slog.Logger
 }
 
@@ -282,7 +282,7 @@ func splitStatements(sql string) []string {
 func Apply(ctx context.Context, conn driver.Conn, db string, opts ApplyOptions) error {
 	log := opts.Logger
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		return errors.New("chschema: ApplyOptions.Logger is required")
 	}
 	migs, err := Migrations(db, opts)
 	if err != nil {

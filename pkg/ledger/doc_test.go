@@ -3,6 +3,7 @@ package ledger_test
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"math/rand/v2"
 	"net/http"
@@ -59,7 +60,7 @@ func TestDocQueries(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if err := chschema.Apply(t.Context(), conn, db, chschema.ApplyOptions{}); err != nil {
+	if err := chschema.Apply(t.Context(), conn, db, chschema.ApplyOptions{Logger: slog.New(slog.DiscardHandler)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := chschema.SyncPrices(t.Context(), conn, db, "", pricing.Default(), time.Now()); err != nil {

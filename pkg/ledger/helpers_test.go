@@ -3,6 +3,7 @@ package ledger_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"math/rand/v2"
 	"slices"
@@ -29,7 +30,7 @@ func open(t *testing.T) driver.Conn {
 		t.Fatalf("open: %v", err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	if err := chschema.Apply(t.Context(), conn, db, chschema.ApplyOptions{}); err != nil {
+	if err := chschema.Apply(t.Context(), conn, db, chschema.ApplyOptions{Logger: slog.New(slog.DiscardHandler)}); err != nil {
 		t.Fatalf("apply: %v", err)
 	}
 	return conn

@@ -73,7 +73,7 @@ func start(ctx context.Context, args []string, stderr io.Writer) error {
 
 // Options holds what Serve needs beyond the configuration.
 type Options struct {
-	Logger *slog.Logger // nil discards
+	Logger *slog.Logger // required
 	// Listener, when set, serves health and metrics instead of listening
 	// on cfg.Addr (tests pass one on port 0).
 	Listener net.Listener
@@ -108,7 +108,7 @@ func ConsumerConfig(cfg config.Config) jetstream.ConsumerConfig {
 func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 	log := opts.Logger
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		return errors.New("meter: Options.Logger is required")
 	}
 
 	reg := prometheus.NewRegistry()

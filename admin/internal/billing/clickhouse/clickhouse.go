@@ -43,6 +43,9 @@ type Connector struct {
 
 // NewConnector returns a Connector for database opts.Database.
 func NewConnector(opts chschema.Options, apply chschema.ApplyOptions, log *slog.Logger) *Connector {
+	if apply.Logger == nil {
+		apply.Logger = log
+	}
 	return &Connector{opts: opts, db: opts.Database, apply: apply, log: log}
 }
 

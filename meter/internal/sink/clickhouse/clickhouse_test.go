@@ -1,6 +1,7 @@
 package clickhouse_test
 
 import (
+	"log/slog"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ func TestWriteRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if err := chschema.Apply(ctx, conn, "qyai", chschema.ApplyOptions{}); err != nil {
+	if err := chschema.Apply(ctx, conn, "qyai", chschema.ApplyOptions{Logger: slog.New(slog.DiscardHandler)}); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 5, 1, 8, 0, 0, 0, time.UTC)
