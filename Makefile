@@ -20,10 +20,13 @@ run: ## Start the whole local stack (servers, simulator, gateway, meter, admin);
 build: ## Build every binary into .bin/
 	$(GO) build -o .bin/ ./gateway/cmd/gateway ./meter/cmd/meter ./admin/cmd/admin ./deploy/cmd/upstream-sim
 
+# The fuzz runs in `test` are bounded by a count, not a duration: Go 1.26's fuzz
+# coordinator can report "context deadline exceeded" when a -fuzztime duration
+# ends while a starved worker is mid-call (go.dev/issue/75804, fixed in 1.27).
 test: install ## Run every test (unit, integration against real servers, end to end) and a short fuzz run
 	$(GO) test -count=1 -timeout 12m $(MODULES)
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzPrepare -fuzztime 8s ./gateway/internal/proxy
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzObject -fuzztime 5s ./gateway/internal/proxy
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzPrepare -fuzztime 50000x ./gateway/internal/proxy
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzObject -fuzztime 30000x ./gateway/internal/proxy
 
 bench: ## Benchmark the gateway and a bare reference proxy against the simulator directly, in one run (not a test; ~95 s)
 	@deploy/local/bench.sh
