@@ -168,7 +168,13 @@ func read(t testing.TB, conn driver.Conn, q string) report {
 }
 
 func readErr(conn driver.Conn, q string) (report, error) {
-	rows, err := conn.Query(context.Background(), q)
+	return readArgs(context.Background(), conn, q)
+}
+
+// readArgs is readErr with a context (which may carry external tables) and
+// query arguments.
+func readArgs(ctx context.Context, conn driver.Conn, q string, args ...any) (report, error) {
+	rows, err := conn.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("query %s: %w", q, err)
 	}

@@ -87,25 +87,8 @@ func exact(t testing.TB, conn driver.Conn, key string, from, to time.Time) repor
 	if err != nil {
 		t.Fatalf("ExactQuery: %v", err)
 	}
-	rows, err := conn.Query(ctx, q, args...)
+	out, err := readArgs(ctx, conn, q, args...)
 	if err != nil {
-		t.Fatalf("query %s: %v", q, err)
-	}
-	defer rows.Close()
-	out := report{}
-	for rows.Next() {
-		var g group
-		var s sums
-		var day time.Time
-		if err := rows.Scan(&g.key, &day, &g.model, &g.version, &s.Requests, &s.Prompt, &s.Hit, &s.Miss,
-			&s.Completion, &s.Reasoning, &s.Cost); err != nil {
-			t.Fatal(err)
-		}
-		g.day = day.Format(time.DateOnly)
-		s.Cost = decimal.RequireFromString(s.Cost).String()
-		out[g] = s
-	}
-	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
 	return out
