@@ -31,7 +31,7 @@ func rollup(t testing.TB, conn driver.Conn, opts chschema.RollupOptions) chschem
 	if opts.Lookback == 0 {
 		opts.Lookback = -1
 	}
-	st, err := chschema.Rollup(context.Background(), conn, db, opts)
+	st, err := chschema.Rollup(t.Context(), conn, db, opts)
 	if err != nil {
 		t.Fatalf("rollup: %v", err)
 	}
