@@ -44,14 +44,17 @@ vet: ## go vet every module
 fmt: ## Format the Go code
 	gofmt -w $$(git ls-files '*.go')
 
+lint: ## golangci-lint (pinned in tools/lint, built into .bin/) over every module, then shellcheck
+	@deploy/local/lint.sh
+
 tidy-check: ## Fail when a go.mod or go.sum is not tidy
 	@deploy/local/tidy-check.sh
 
-check: ## Format check, vet, tidy check and tests (what CI should run)
+check: ## Format check, vet, lint, tidy check and tests (what CI should run)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
-	$(MAKE) vet tidy-check test
+	$(MAKE) vet lint tidy-check test
 
 clean: ## Remove build output and local stack data
 	rm -rf .bin .run
 
-.PHONY: help install run build test bench bench-meter fuzz vet fmt tidy-check check clean
+.PHONY: help install run build test bench bench-meter fuzz vet fmt lint tidy-check check clean

@@ -241,7 +241,7 @@ func chromiumPath(t *testing.T) string {
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			return fmt.Errorf("apt-get %s: %v\n%s", strings.Join(args, " "), err, tail(string(out), 2000))
+			return fmt.Errorf("apt-get %s: %w\n%s", strings.Join(args, " "), err, tail(string(out), 2000))
 		}
 		return nil
 	}
@@ -462,7 +462,7 @@ func chatModel(t *testing.T, gw, key, model string) (int, string) {
 	if err != nil {
 		t.Fatalf("chat: %v", err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }

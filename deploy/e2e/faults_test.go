@@ -77,7 +77,7 @@ func startLoad(t *testing.T, urls []string, key string, clients int) *load {
 					continue
 				}
 				_, _ = io.Copy(io.Discard, bufio.NewReader(resp.Body))
-				resp.Body.Close()
+				_ = resp.Body.Close()
 				if resp.StatusCode == 200 {
 					l.ok.Add(1)
 				} else {
@@ -106,7 +106,7 @@ func (s *stack) chConn(t *testing.T) driver.Conn {
 	if err != nil {
 		t.Fatalf("open clickhouse: %v", err)
 	}
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
 

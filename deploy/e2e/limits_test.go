@@ -22,7 +22,7 @@ func chat(t *testing.T, base, key, content string) (int, http.Header, string) {
 		t.Errorf("chat: %v", err)
 		return 0, nil, ""
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, resp.Header, string(b)
 }
@@ -126,7 +126,7 @@ func TestRevokeAndRotateReachEveryReplicaWithinOneSecond(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
+		defer func() { _ = resp.Body.Close() }()
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}

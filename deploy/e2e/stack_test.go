@@ -34,7 +34,7 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
+		return "", fmt.Errorf("go build: %w\n%s", err, out)
 	}
 	return dir, nil
 })
@@ -92,7 +92,7 @@ func startProc(t *testing.T, name string, env map[string]string, args ...string)
 		t.Fatalf("start %s: %v", name, err)
 	}
 	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
+	go func() { _ = cmd.Wait(); _ = f.Close(); close(p.done) }() // the log is read by name
 	t.Cleanup(func() {
 		p.stop(t, syscall.SIGTERM)
 		if t.Failed() {
@@ -133,7 +133,7 @@ func freeAddr(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().String()
 }
 
@@ -149,7 +149,7 @@ func waitHTTP(t *testing.T, p *proc, url string) {
 		}
 		resp, err := http.Get(url)
 		if err == nil {
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return
 			}
@@ -257,7 +257,7 @@ func (s *stack) createKey(t *testing.T, body string) createdKey {
 	if err != nil {
 		t.Fatalf("create key: %v", err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	var k createdKey
 	var raw bytes.Buffer
 	_, _ = raw.ReadFrom(resp.Body)
@@ -300,7 +300,7 @@ func getJSON(t *testing.T, url, bearer string, v any) int {
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	var raw bytes.Buffer
 	_, _ = raw.ReadFrom(resp.Body)
 	if err := json.Unmarshal(raw.Bytes(), v); err != nil {

@@ -28,7 +28,7 @@ func TestApplyIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 
 	// Concurrent appliers (meter and admin starting together), then a
 	// second round on a schema that is already there.
@@ -72,7 +72,7 @@ func TestApplyIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var cols []string
 	for rows.Next() {
 		// 18.16 has 5 columns: name, type, default_type, default_expression,

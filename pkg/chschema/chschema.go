@@ -96,7 +96,7 @@ func Open(ctx context.Context, o Options) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer bc.Close()
+	defer func() { _ = bc.Close() }() // the bootstrap connection only created the database
 	if err := createDatabase(ctx, bc, o.Database, o.Cluster); err != nil {
 		return nil, err
 	}
@@ -129,7 +129,7 @@ func open(ctx context.Context, o Options) (driver.Conn, error) {
 		return nil, fmt.Errorf("open clickhouse %s: %w", o.Addr, err)
 	}
 	if err := conn.Ping(ctx); err != nil {
-		conn.Close()
+		_ = conn.Close() // the ping error is the one to report
 		return nil, fmt.Errorf("ping clickhouse %s: %w", o.Addr, err)
 	}
 	return conn, nil
@@ -347,7 +347,7 @@ func appliedVersions(ctx context.Context, conn driver.Conn, db string) (map[int]
 	if err != nil {
 		return nil, fmt.Errorf("read %s.schema_migrations: %w", db, err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }() // its error is the query's, which rows.Err() reports
 	set := map[int]bool{}
 	for rows.Next() {
 		var v uint32

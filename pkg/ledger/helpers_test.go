@@ -29,7 +29,7 @@ func open(t *testing.T) driver.Conn {
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { _ = conn.Close() })
 	if err := chschema.Apply(t.Context(), conn, db, chschema.ApplyOptions{Logger: slog.New(slog.DiscardHandler)}); err != nil {
 		t.Fatalf("apply: %v", err)
 	}
@@ -81,7 +81,7 @@ func genEvents(r *rand.Rand, prefix string, n, keys int, from time.Time, span ti
 // insert writes evs in one batch, as the meter does.
 func insert(t testing.TB, conn driver.Conn, evs ...ev) {
 	t.Helper()
-	if err := insertErr(context.Background(), conn, evs...); err != nil {
+	if err := insertErr(t.Context(), conn, evs...); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -178,7 +178,7 @@ func readArgs(ctx context.Context, conn driver.Conn, q string, args ...any) (rep
 	if err != nil {
 		return nil, fmt.Errorf("query %s: %w", q, err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	out := report{}
 	for rows.Next() {
 		var g group
@@ -228,7 +228,7 @@ func viaAggregatesOnly(t testing.TB, conn driver.Conn) report {
 func dirty(t testing.TB, conn driver.Conn) uint64 {
 	t.Helper()
 	var n uint64
-	if err := conn.QueryRow(context.Background(), "SELECT count() FROM "+db+".usage_rollup_state WHERE clean = 0").Scan(&n); err != nil {
+	if err := conn.QueryRow(t.Context(), "SELECT count() FROM "+db+".usage_rollup_state WHERE clean = 0").Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n

@@ -33,7 +33,7 @@ func rollup(t testing.TB, conn driver.Conn, opts ledger.RollupOptions) ledger.Ro
 	if opts.Lookback == 0 {
 		opts.Lookback = -1
 	}
-	st, err := ledger.Rollup(context.Background(), conn, db, opts)
+	st, err := ledger.Rollup(t.Context(), conn, db, opts)
 	if err != nil {
 		t.Fatalf("rollup: %v", err)
 	}

@@ -162,7 +162,7 @@ func appendTime(b []byte, name string, t time.Time) []byte {
 func Decode(b []byte) (Event, error) {
 	var e Event
 	if err := json.Unmarshal(b, &e); err != nil {
-		return Event{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return Event{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return e, e.Validate()
 }

@@ -46,14 +46,15 @@ var ErrUsage = errors.New("invalid command line")
 func Run(ctx context.Context, args []string, cfg config.Client, stdout, stderr io.Writer) error {
 	r := &runner{cfg: cfg, out: stdout, errw: stderr, http: &http.Client{Timeout: 60 * time.Second}, now: time.Now}
 	err := r.run(ctx, args)
+	// Messages to stderr: a failed write there has nowhere to be reported.
 	switch {
 	case errors.Is(err, ErrUsage):
-		fmt.Fprintf(stderr, "admin: %v\n%s", err, Usage)
+		_, _ = fmt.Fprintf(stderr, "admin: %v\n%s", err, Usage)
 	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(stderr, Usage)
+		_, _ = fmt.Fprint(stderr, Usage)
 		return nil
 	case err != nil:
-		fmt.Fprintf(stderr, "admin: %v\n", err)
+		_, _ = fmt.Fprintf(stderr, "admin: %v\n", err)
 	}
 	return err
 }
@@ -122,7 +123,7 @@ func (f flags) parse(args []string, positional int) ([]string, error) {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, err
 			}
-			return nil, fmt.Errorf("%w: %v", ErrUsage, err)
+			return nil, fmt.Errorf("%w: %w", ErrUsage, err)
 		}
 		args = f.Args()
 		if len(args) == 0 {
@@ -185,7 +186,7 @@ func (r *runner) call(ctx context.Context, method, path string, body any, accept
 	if err != nil {
 		return nil, fmt.Errorf("call admin API: %w", err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // read-only: closing it loses nothing
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return nil, fmt.Errorf("read admin API answer: %w", err)

@@ -55,11 +55,14 @@ func newStack(t *testing.T) *stack {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
 	ready := make(chan net.Addr, 1)
 	done := make(chan error, 1)
-	go func() { done <- app.Serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), ready) }()
+	go func() { done <- app.Serve(ctx, cfg, slog.New(slog.DiscardHandler), ready) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-done:
+		case err := <-done:
+			if err != nil {
+				t.Logf("admin stopped with: %v", err)
+			}
 		case <-time.After(30 * time.Second):
 			t.Error("admin did not stop")
 		}
@@ -76,7 +79,7 @@ func newStack(t *testing.T) *stack {
 	for {
 		resp, err := http.Get(base + "/readyz")
 		if err == nil {
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				break
 			}
@@ -87,12 +90,12 @@ func newStack(t *testing.T) *stack {
 		time.Sleep(100 * time.Millisecond) // polling with a deadline
 	}
 	rdb := goredis.NewClient(&goredis.Options{Addr: rs.Addr, DisableIdentity: true})
-	t.Cleanup(func() { rdb.Close() })
+	t.Cleanup(func() { _ = rdb.Close() })
 	ch, err := chschema.Open(t.Context(), chschema.Options{Addr: cs.Addr, Database: database})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ch.Close() })
+	t.Cleanup(func() { _ = ch.Close() })
 	return &stack{
 		cli: config.Client{URL: base, Token: opsToken, Redis: cfg.Redis, ClickHouse: cfg.ClickHouse},
 		url: base, rdb: rdb, ch: ch,
@@ -151,7 +154,7 @@ func (s *stack) works(t *testing.T, key string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	return resp.StatusCode
 }
 
@@ -265,7 +268,7 @@ func TestKeysCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var actors []string
 	for rows.Next() {
 		var a string

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 )
 
@@ -130,8 +129,8 @@ func (r *runner) revoke(ctx context.Context, args []string) error {
 	if *f.json {
 		return r.printJSON(b)
 	}
-	fmt.Fprintf(r.out, "Revoked %s: the key no longer works.\n", pos[0])
-	return nil
+	_, err = fmt.Fprintf(r.out, "Revoked %s: the key no longer works.\n", pos[0])
+	return err
 }
 
 func (r *runner) list(ctx context.Context, args []string) error {
@@ -152,13 +151,13 @@ func (r *runner) list(ctx context.Context, args []string) error {
 	if err := json.Unmarshal(b, &l); err != nil {
 		return fmt.Errorf("decode key list: %w", err)
 	}
-	tw := tabwriter.NewWriter(r.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tPREFIX\tNAME\tTIER\tRPM\tMONTHLY LIMIT\tMODELS\tSTATUS\tCREATED")
+	tw := newTable(r.out, 0)
+	tw.printf("ID\tPREFIX\tNAME\tTIER\tRPM\tMONTHLY LIMIT\tMODELS\tSTATUS\tCREATED\n")
 	for _, k := range l.Data {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", k.ID, k.KeyPrefix, k.Name, k.Tier, k.RPM,
+		tw.printf("%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", k.ID, k.KeyPrefix, k.Name, k.Tier, k.RPM,
 			k.MonthlyLimit, models(k.Models), k.Status, k.CreatedAt.UTC().Format(time.RFC3339))
 	}
-	return tw.Flush()
+	return tw.flush()
 }
 
 // showKey prints one key: its fields, and the key itself, once, after
@@ -171,25 +170,25 @@ func (r *runner) showKey(b []byte, asJSON bool) error {
 	if err := json.Unmarshal(b, &k); err != nil {
 		return fmt.Errorf("decode key: %w", err)
 	}
-	tw := tabwriter.NewWriter(r.out, 0, 4, 2, ' ', 0)
+	tw := newTable(r.out, 0)
 	if k.Key != "" {
-		fmt.Fprintf(tw, "key\t%s\t(shown once: store it now)\n", k.Key)
+		tw.printf("key\t%s\t(shown once: store it now)\n", k.Key)
 	}
-	fmt.Fprintf(tw, "id\t%s\n", k.ID)
-	fmt.Fprintf(tw, "prefix\t%s\n", k.KeyPrefix)
-	fmt.Fprintf(tw, "name\t%s\n", k.Name)
-	fmt.Fprintf(tw, "tier\t%s\n", k.Tier)
-	fmt.Fprintf(tw, "rpm\t%s\n", strconv.FormatInt(k.RPM, 10))
-	fmt.Fprintf(tw, "monthly limit\t%s\n", strconv.FormatInt(k.MonthlyLimit, 10))
-	fmt.Fprintf(tw, "models\t%s\n", models(k.Models))
+	tw.printf("id\t%s\n", k.ID)
+	tw.printf("prefix\t%s\n", k.KeyPrefix)
+	tw.printf("name\t%s\n", k.Name)
+	tw.printf("tier\t%s\n", k.Tier)
+	tw.printf("rpm\t%s\n", strconv.FormatInt(k.RPM, 10))
+	tw.printf("monthly limit\t%s\n", strconv.FormatInt(k.MonthlyLimit, 10))
+	tw.printf("models\t%s\n", models(k.Models))
 	if k.Status != "" {
-		fmt.Fprintf(tw, "status\t%s\n", k.Status)
+		tw.printf("status\t%s\n", k.Status)
 	}
-	fmt.Fprintf(tw, "created\t%s\n", k.CreatedAt.UTC().Format(time.RFC3339))
+	tw.printf("created\t%s\n", k.CreatedAt.UTC().Format(time.RFC3339))
 	if !k.UpdatedAt.IsZero() {
-		fmt.Fprintf(tw, "updated\t%s\n", k.UpdatedAt.UTC().Format(time.RFC3339))
+		tw.printf("updated\t%s\n", k.UpdatedAt.UTC().Format(time.RFC3339))
 	}
-	return tw.Flush()
+	return tw.flush()
 }
 
 func models(m []string) string {

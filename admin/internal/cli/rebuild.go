@@ -58,7 +58,7 @@ func (r *runner) rebuildRedis(ctx context.Context, args []string) error {
 		ContextTimeoutEnabled: true,
 		DisableIdentity:       true,
 	})
-	defer rdb.Close()
+	defer func() { _ = rdb.Close() }() // every command has returned by then
 	ch := r.cfg.ClickHouse
 	conn, err := chschema.Open(ctx, chschema.Options{
 		Addr: ch.Addr, Database: ch.Database, User: ch.User, Password: ch.Password, Cluster: ch.Cluster,
@@ -66,7 +66,7 @@ func (r *runner) rebuildRedis(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("rebuild-redis: %w", err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }() // read-only use: the audit log
 	src := fixedConn{conn}
 	store := redisstore.New(rdb, timeout)
 

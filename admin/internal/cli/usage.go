@@ -67,13 +67,13 @@ func (r *runner) usage(ctx context.Context, args []string) error {
 		return fmt.Errorf("decode usage report: %w", err)
 	}
 	column := map[string]string{"day": "DAY", "model": "MODEL", "key": "KEY"}[*group]
-	tw := tabwriter.NewWriter(r.out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%s\tREQUESTS\tPROMPT\tCACHE HIT\tCACHE MISS\tCOMPLETION\tREASONING\tCOST USD\t\n", column)
+	tw := newTable(r.out, tabwriter.AlignRight)
+	tw.printf("%s\tREQUESTS\tPROMPT\tCACHE HIT\tCACHE MISS\tCOMPLETION\tREASONING\tCOST USD\t\n", column)
 	var total usageRowJSON
 	total.CostUSD = decimal.Zero
 	u := func(n uint64) string { return strconv.FormatUint(n, 10) }
 	line := func(name string, x usageRowJSON) {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", name, u(x.Requests), u(x.PromptTokens), u(x.CacheHitTokens),
+		tw.printf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", name, u(x.Requests), u(x.PromptTokens), u(x.CacheHitTokens),
 			u(x.CacheMissTokens), u(x.CompletionTokens), u(x.ReasoningTokens), x.CostUSD.StringFixed(9))
 	}
 	for _, x := range l.Data {
@@ -87,5 +87,5 @@ func (r *runner) usage(ctx context.Context, args []string) error {
 		total.CostUSD = total.CostUSD.Add(x.CostUSD)
 	}
 	line("TOTAL", total)
-	return tw.Flush()
+	return tw.flush()
 }

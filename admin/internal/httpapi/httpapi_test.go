@@ -85,11 +85,11 @@ func newEnvWith(t *testing.T, edit func(*httpapi.Deps)) *env {
 	t.Helper()
 	rs, cs := scripts.Redis(t), scripts.ClickHouse(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: rs.Addr, ContextTimeoutEnabled: true, DisableIdentity: true, MaxRetries: -1})
-	t.Cleanup(func() { rdb.Close() })
+	t.Cleanup(func() { _ = rdb.Close() })
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	conn := chstore.NewConnector(chschema.Options{Addr: cs.Addr, Database: database}, chschema.ApplyOptions{}, log)
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { _ = conn.Close() })
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	if err := conn.Run(ctx); err != nil {
@@ -145,7 +145,7 @@ func (e *env) do(t *testing.T, method, path, auth, body string) (int, []byte) {
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		t.Fatal(err)

@@ -141,7 +141,7 @@ func TestUpdateDisableEnable(t *testing.T) {
 func TestAuditLandsInClickHouse(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	quiet := slog.New(slog.DiscardHandler)
 	buf := auditredis.New(e.rdb, timeout)
 	sink := auditch.New(e.conn, database, false, 10*time.Second)
 	fl := &audit.Flusher{Buffer: buf, Sink: sink, Log: quiet, Interval: 50 * time.Millisecond, Batch: 2}
@@ -265,7 +265,7 @@ func TestFailedAuthRateLimit(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
+		defer func() { _ = resp.Body.Close() }()
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, resp.Header, b
 	}
@@ -321,7 +321,7 @@ func TestTrustedProxy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return resp.StatusCode
 	}
 	for i, tc := range []struct {
@@ -401,7 +401,7 @@ func TestUsageByKeyAndCSV(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer resp.Body.Close()
+			defer func() { _ = resp.Body.Close() }()
 			got, _ := io.ReadAll(resp.Body)
 			if resp.StatusCode != http.StatusOK || string(got) != tt.want {
 				t.Errorf("got %d\n%s\nwant\n%s", resp.StatusCode, got, tt.want)
@@ -426,7 +426,7 @@ func TestUsageByKeyAndCSV(t *testing.T) {
 		t.Fatal(err)
 	}
 	b2, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	expectError(t, resp.StatusCode, b2, http.StatusBadRequest, "invalid_request_error", "group_by")
 }
 

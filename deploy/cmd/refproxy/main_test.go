@@ -44,7 +44,7 @@ func TestHandler(t *testing.T) {
 			t.Fatal(err)
 		}
 		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		if resp.StatusCode != http.StatusTeapot || string(body) != "POST "+path {
 			t.Errorf("%s: got %d %q, want 418 %q", path, resp.StatusCode, body, "POST "+path)
 		}
@@ -57,7 +57,7 @@ func TestHandler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || hits.Load() != before {
 		t.Errorf("/healthz: status %d, upstream hits %d -> %d; want 200 answered by refproxy", resp.StatusCode, before, hits.Load())
 	}

@@ -96,7 +96,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := func(format string, a ...any) { fmt.Fprintf(stderr, "benchmeter: "+format+"\n", a...) }
+	// Progress lines: best effort, the report on stdout is what counts.
+	log := func(format string, a ...any) { _, _ = fmt.Fprintf(stderr, "benchmeter: "+format+"\n", a...) }
 	rep, err := Run(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -177,7 +178,7 @@ func Run(ctx context.Context, cfg Config, log func(string, ...any)) (*Report, er
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }() // it only polls counts
 
 	rep := &Report{Config: cfg, Machine: describeMachine(), Started: time.Now()}
 	run := strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -341,8 +342,10 @@ func runPhase(ctx context.Context, cfg Config, js jetstream.JetStream, conn driv
 	for _, f := range acks {
 		select {
 		case <-f.Ok():
-		case <-f.Err():
-			pubErrs++
+		case err := <-f.Err():
+			if err != nil { // always: the future sends only failures
+				pubErrs++ // the report gives the number, not the errors
+			}
 		default:
 			pubErrs++ // never answered
 		}

@@ -267,11 +267,12 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 				}
 			}
 		}
-		fmt.Fprintf(progress, "phase %d/%d direct  %s: %s\n", i+1, len(phases), p.title, p.direct.summary())
+		// Progress lines: best effort, the returned report is what counts.
+		_, _ = fmt.Fprintf(progress, "phase %d/%d direct  %s: %s\n", i+1, len(phases), p.title, p.direct.summary())
 		if p.reference != nil {
-			fmt.Fprintf(progress, "phase %d/%d reference %s: %s\n", i+1, len(phases), p.title, p.reference.summary())
+			_, _ = fmt.Fprintf(progress, "phase %d/%d reference %s: %s\n", i+1, len(phases), p.title, p.reference.summary())
 		}
-		fmt.Fprintf(progress, "phase %d/%d gateway %s: %s\n", i+1, len(phases), p.title, p.gateway.summary())
+		_, _ = fmt.Fprintf(progress, "phase %d/%d gateway %s: %s\n", i+1, len(phases), p.title, p.gateway.summary())
 		rep.Phases = append(rep.Phases, p)
 	}
 	rep.Elapsed = time.Since(rep.Started)

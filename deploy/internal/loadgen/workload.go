@@ -111,7 +111,7 @@ func (w *workload) chat(ctx context.Context, t *target, start time.Time) sample 
 		return sample{err: errClass(err)}
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	_ = resp.Body.Close() // read-only: closing it loses nothing
 	switch {
 	case resp.StatusCode != http.StatusOK:
 		return sample{err: "HTTP " + strconv.Itoa(resp.StatusCode)}
@@ -150,7 +150,7 @@ func (w *workload) stream(ctx context.Context, t *target, start time.Time) sampl
 	if err != nil {
 		return sample{err: errClass(err)}
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // read-only: closing it loses nothing
 	if resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return sample{err: "HTTP " + strconv.Itoa(resp.StatusCode)}
@@ -159,10 +159,9 @@ func (w *workload) stream(ctx context.Context, t *target, start time.Time) sampl
 		s       sample
 		content int
 		usage   = -1
-		done    bool
 	)
 	br := bufio.NewReaderSize(resp.Body, 8<<10)
-	for !done {
+	for {
 		line, err := br.ReadSlice('\n')
 		if err != nil && !(errors.Is(err, io.EOF) && len(line) > 0) {
 			if errors.Is(err, io.EOF) {
@@ -176,7 +175,6 @@ func (w *workload) stream(ctx context.Context, t *target, start time.Time) sampl
 		}
 		data = bytes.TrimSpace(data)
 		if bytes.Equal(data, doneEvent) {
-			done = true
 			break
 		}
 		var c chunk

@@ -49,7 +49,7 @@ func freePort(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().String()
 }
 
@@ -78,21 +78,24 @@ func startGatewayWith(t *testing.T, rs *testenv.Server, mutate func(*config.Conf
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	h := &harness{url: "http://" + cfg.Addr, redis: rs, sim: sim, cfg: cfg, stop: cancel, done: make(chan error, 1), simTS: simTS}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.DiscardHandler)
 	go func() { h.done <- run(ctx, cfg, log) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-h.done:
+		case err := <-h.done:
+			if err != nil {
+				t.Logf("gateway stopped with: %v", err)
+			}
 		case <-time.After(30 * time.Second):
 			buf := make([]byte, 1<<20)
 			t.Errorf("gateway did not stop:\n%s", buf[:runtime.Stack(buf, true)])
 		}
 	})
 	h.rdb = goredis.NewClient(&goredis.Options{Addr: rs.Addr})
-	t.Cleanup(func() { h.rdb.Close() })
+	t.Cleanup(func() { _ = h.rdb.Close() })
 	nc, err := nats.Connect(ns.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +107,7 @@ func startGatewayWith(t *testing.T, rs *testenv.Server, mutate func(*config.Conf
 	for {
 		resp, err := http.Get(h.url + "/readyz")
 		if err == nil {
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode == 200 {
 				break
 			}
@@ -167,7 +170,7 @@ func (h *harness) post(t *testing.T, key, body string) result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	return result{resp.StatusCode, resp.Header, string(b)}
 }
@@ -301,7 +304,7 @@ func TestRoutes(t *testing.T) {
 				t.Fatal(err)
 			}
 			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode != tc.status {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.status, b)
 			}
@@ -386,7 +389,7 @@ func TestClientCancelStopsUpstream(t *testing.T) {
 		}
 	}
 	cancel()
-	resp.Body.Close()
+	_ = resp.Body.Close()
 
 	evs := h.events(t, 1)
 	ev := evs[0]
@@ -414,10 +417,9 @@ func TestPoolFailover(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("set fault: %v %v", err, resp)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 
-	var h *harness
-	h = startGateway(t, func(c *config.Config) {
+	h := startGateway(t, func(c *config.Config) {
 		c.Upstream.Members = append([]config.Member{{BaseURL: bts.URL, APIKey: "sk-upstream", Weight: 1}}, c.Upstream.Members...)
 		c.Upstream.EjectAfter = 2
 		c.Upstream.Cooldown = time.Minute
@@ -452,8 +454,8 @@ func TestTelemetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body) // only the usage event is checked
+	_ = resp.Body.Close()
 	ev := h.events(t, 1)[0]
 	if ev.TraceID != "4bf92f3577b34da6a3ce929d0e0e4736" {
 		t.Errorf("trace id %q, want the client's", ev.TraceID)
@@ -464,7 +466,7 @@ func TestTelemetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(mresp.Body)
-	mresp.Body.Close()
+	_ = mresp.Body.Close()
 	for _, want := range []string{
 		`qyai_gateway_requests_total{model="gpt-4o",route="/v1/chat/completions",status="200"} 1`,
 		`qyai_gateway_request_duration_seconds_bucket{`,

@@ -119,7 +119,7 @@ func TestTenThousandMalformedRequests(t *testing.T) {
 					continue
 				}
 				rb, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
+				_ = resp.Body.Close()
 				var e struct {
 					Error *struct {
 						Type    string `json:"type"`

@@ -98,7 +98,7 @@ func (v *Verifier) Verify(ctx context.Context, key string) (*apikey.Record, erro
 		if cached { // stale-if-error: the key was valid moments ago
 			return e.rec, nil
 		}
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	case rec.Hash != hash || !rec.Active():
 		v.evictHash(hash)
 		return nil, ErrInvalidKey

@@ -87,7 +87,7 @@ func TestConcurrentMissesShareOneLookup(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := v.Verify(context.Background(), key); err == nil {
+			if _, err := v.Verify(t.Context(), key); err == nil {
 				ok.Add(1)
 			}
 		}()

@@ -64,7 +64,7 @@ func newTestHandler(t *testing.T, upstreamURL string) (*Handler, *recorder) {
 			Members:        []Member{{BaseURL: upstreamURL}},
 			ConnectTimeout: time.Second, FirstByteTimeout: 2 * time.Second, IdleTimeout: 2 * time.Second, MaxConns: 4,
 		}),
-		Pub: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Pub: rec, Log: slog.New(slog.DiscardHandler),
 		Instance: "test", MaxBody: 1 << 20, Now: time.Now,
 	}, rec
 }
@@ -165,7 +165,7 @@ func heldStream(t *testing.T, first, rest string) (early, late string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	buf := make([]byte, 4096)
 	n, err := resp.Body.Read(buf) // returns once the gateway flushed something
 	if err != nil {

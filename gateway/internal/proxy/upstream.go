@@ -101,7 +101,7 @@ func (u *Upstream) send(ctx context.Context, m *poolMember, body []byte) (*http.
 	if resp.StatusCode == http.StatusOK {
 		return resp, nil
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // read-only: closing it loses nothing
 	msg := upstreamMessage(resp.Body)
 	return nil, mapUpstreamStatus(resp.StatusCode, msg)
 }

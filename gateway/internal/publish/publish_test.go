@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -167,7 +166,7 @@ func newPublisher(t *testing.T, js jetstream.JetStream, dir string, mutate func(
 	o := Options{
 		QueueSize: 1024,
 		Spool:     spool.Options{Dir: dir},
-		Log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Log:       slog.New(slog.DiscardHandler),
 	}
 	if mutate != nil {
 		mutate(&o)
@@ -181,8 +180,8 @@ func newPublisher(t *testing.T, js jetstream.JetStream, dir string, mutate func(
 
 func startRun(t *testing.T, p *Publisher) *run {
 	t.Helper()
-	ctx, stop := context.WithCancel(context.Background())
-	drain, stopDrain := context.WithCancel(context.Background())
+	ctx, stop := context.WithCancel(t.Context())
+	drain, stopDrain := context.WithCancel(t.Context())
 	r := &run{p: p, stopFn: stop, drain: stopDrain, done: make(chan struct{})}
 	go func() { defer close(r.done); p.Run(ctx, drain) }()
 	t.Cleanup(func() { r.stop(t, 0) })
@@ -501,7 +500,9 @@ func restoreDir(t *testing.T, dir string, files map[string][]byte) {
 	t.Helper()
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		os.Remove(filepath.Join(dir, e.Name()))
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)

@@ -23,8 +23,6 @@ type sent struct {
 	n    int // records it stands for: 1, or 0 for skipped bytes
 }
 
-var errNoID = errors.New("spooled record has no event id")
-
 // replay publishes the spool's records in order and commits them once
 // acknowledged. It runs until drain ends; once ctx has ended, it stops
 // when the live events are settled and the spool is replayed, or as soon

@@ -63,7 +63,7 @@ func (e *env) reader(t *testing.T) driver.Conn {
 		if err != nil {
 			t.Fatalf("open clickhouse: %v", err)
 		}
-		t.Cleanup(func() { conn.Close() })
+		t.Cleanup(func() { _ = conn.Close() })
 		e.db = conn
 	}
 	return e.db
@@ -133,7 +133,7 @@ func startMeter(t *testing.T, cfg config.Config, opts Options) *meterProc {
 	}
 	opts.Listener = ln
 	opts.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	m := &meterProc{url: "http://" + ln.Addr().String(), cancel: cancel, done: make(chan struct{})}
 	go func() {
 		m.err = Serve(ctx, cfg, opts)
@@ -208,7 +208,7 @@ func get(url string) (int, string) {
 	if err != nil {
 		return 0, err.Error()
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }

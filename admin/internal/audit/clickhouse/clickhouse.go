@@ -48,7 +48,7 @@ var (
 func (l *Log) Insert(ctx context.Context, entries []audit.Entry) error {
 	conn, err := l.src.Conn()
 	if err != nil {
-		return fmt.Errorf("%w: %v", audit.ErrSinkNotReady, err)
+		return fmt.Errorf("%w: %w", audit.ErrSinkNotReady, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
@@ -60,7 +60,7 @@ func (l *Log) Insert(ctx context.Context, entries []audit.Entry) error {
 	if err != nil {
 		return fmt.Errorf("prepare audit insert: %w", err)
 	}
-	defer batch.Abort()
+	defer func() { _ = batch.Abort() }() // releases the batch; after Send it only says "already sent"
 	for _, e := range entries {
 		before := ""
 		if e.Before != nil {
@@ -103,7 +103,7 @@ func (l *Log) Histories(ctx context.Context) (map[string]audit.History, error) {
 	if err != nil {
 		return nil, fmt.Errorf("query audit histories: %w", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }() // its error is the query's, which rows.Err() reports
 	out := map[string]audit.History{}
 	for rows.Next() {
 		var (
@@ -149,7 +149,7 @@ func (l *Log) Entries(ctx context.Context, keyID string) ([]audit.Entry, error) 
 	if err != nil {
 		return nil, fmt.Errorf("query audit entries: %w", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }() // its error is the query's, which rows.Err() reports
 	var out []audit.Entry
 	for rows.Next() {
 		var (

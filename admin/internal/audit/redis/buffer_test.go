@@ -3,7 +3,6 @@ package redis_test
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"sync"
 	"testing"
@@ -53,7 +52,7 @@ func entry(t *testing.T, rev uint64) string {
 func TestFlush(t *testing.T) {
 	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, DisableIdentity: true})
-	t.Cleanup(func() { rdb.Close() })
+	t.Cleanup(func() { _ = rdb.Close() })
 	ctx := t.Context()
 	add := func(values ...any) {
 		t.Helper()
@@ -70,7 +69,7 @@ func TestFlush(t *testing.T) {
 
 	buf := auditredis.New(rdb, 2*time.Second)
 	sink := &recordingSink{fail: errors.New("clickhouse is down")}
-	fl := &audit.Flusher{Buffer: buf, Sink: sink, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Interval: time.Millisecond, Batch: 3}
+	fl := &audit.Flusher{Buffer: buf, Sink: sink, Log: slog.New(slog.DiscardHandler), Interval: time.Millisecond, Batch: 3}
 	if _, err := fl.Flush(ctx); err == nil {
 		t.Fatal("Flush with a failing sink: no error")
 	}
@@ -102,7 +101,7 @@ func TestFlush(t *testing.T) {
 func TestHistoriesPages(t *testing.T) {
 	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, DisableIdentity: true})
-	t.Cleanup(func() { rdb.Close() })
+	t.Cleanup(func() { _ = rdb.Close() })
 	ctx := t.Context()
 	_, err := rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for rev := range uint64(2500) {

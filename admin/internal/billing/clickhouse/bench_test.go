@@ -1,7 +1,6 @@
 package clickhouse_test
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"slices"
@@ -24,7 +23,7 @@ var benchEvents = flag.Int("bench-events", 10_000_000, "usage events seeded by B
 //	go test ./internal/billing/clickhouse -run '^$' -bench Billing -benchtime 300x
 func BenchmarkBilling(b *testing.B) {
 	e := newEnv(b)
-	ctx := context.Background()
+	ctx := b.Context()
 	now := time.Now().UTC()
 	from := now.Add(-30 * 24 * time.Hour)
 	n := *benchEvents

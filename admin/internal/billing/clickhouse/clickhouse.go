@@ -209,7 +209,7 @@ func (s *Store) Usage(ctx context.Context, q billing.Query) ([]billing.Row, erro
 	if err != nil {
 		return nil, fmt.Errorf("query usage report: %w", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }() // its error is the query's, which rows.Err() reports
 	out := []billing.Row{}
 	for rows.Next() {
 		var r billing.Row

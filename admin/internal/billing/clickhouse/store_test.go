@@ -3,7 +3,6 @@ package clickhouse_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"sort"
@@ -33,9 +32,9 @@ func newEnv(t testing.TB) *env {
 	t.Helper()
 	ch := scripts.ClickHouse(t)
 	c := chstore.NewConnector(chschema.Options{Addr: ch.Addr, Database: db}, chschema.ApplyOptions{},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	t.Cleanup(func() { c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		slog.New(slog.DiscardHandler))
+	t.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	if err := c.Run(ctx); err != nil {
 		t.Fatalf("connect to clickhouse: %v", err)
@@ -78,7 +77,7 @@ func gen(r *rand.Rand, prefix string, n, keys int, from time.Time, span time.Dur
 
 func (e *env) insert(t testing.TB, evs ...ev) {
 	t.Helper()
-	batch, err := e.conn.PrepareBatch(context.Background(), "INSERT INTO "+db+".usage_events (event_id, started_at, key_id,"+
+	batch, err := e.conn.PrepareBatch(t.Context(), "INSERT INTO "+db+".usage_events (event_id, started_at, key_id,"+
 		" model, upstream_model, prompt_tokens, cache_hit_tokens, cache_miss_tokens, completion_tokens, reasoning_tokens,"+
 		" price_version, cost_usd, schema_version)")
 	if err != nil {
@@ -97,7 +96,7 @@ func (e *env) insert(t testing.TB, evs ...ev) {
 
 func (e *env) rollup(t testing.TB, before time.Time) ledger.RollupStats {
 	t.Helper()
-	st, err := ledger.Rollup(context.Background(), e.conn, db, ledger.RollupOptions{Before: before, Lookback: -1})
+	st, err := ledger.Rollup(t.Context(), e.conn, db, ledger.RollupOptions{Before: before, Lookback: -1})
 	if err != nil {
 		t.Fatalf("rollup: %v", err)
 	}

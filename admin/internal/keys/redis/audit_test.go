@@ -140,7 +140,7 @@ func TestDisableEnable(t *testing.T) {
 	svc, rdb := setup(t)
 	ctx := t.Context()
 	sub := rdb.Subscribe(ctx, apikey.ChangedChannel)
-	defer sub.Close()
+	defer func() { _ = sub.Close() }()
 	if _, err := sub.Receive(ctx); err != nil {
 		t.Fatalf("subscribe: %v", err)
 	}
@@ -217,7 +217,7 @@ func TestDisableEnable(t *testing.T) {
 func TestStaleStateCannotResurrect(t *testing.T) {
 	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true, DisableIdentity: true})
-	t.Cleanup(func() { rdb.Close() })
+	t.Cleanup(func() { _ = rdb.Close() })
 	store := redisstore.New(rdb, timeout)
 	svc := keys.NewService(store, pepper, tier.Default(), time.Now)
 	ctx := t.Context()

@@ -27,7 +27,7 @@ func setup(t *testing.T) (*keys.Service, *goredis.Client) {
 	t.Helper()
 	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true, DisableIdentity: true})
-	t.Cleanup(func() { rdb.Close() })
+	t.Cleanup(func() { _ = rdb.Close() })
 	now := func() time.Time { return time.Date(2026, 5, 20, 12, 0, 0, 0, time.UTC) }
 	return keys.NewService(redisstore.New(rdb, timeout), pepper, tier.Default(), now), rdb
 }
@@ -70,7 +70,7 @@ func TestLifecycle(t *testing.T) {
 	svc, rdb := setup(t)
 	ctx := t.Context()
 	sub := rdb.Subscribe(ctx, apikey.ChangedChannel)
-	defer sub.Close()
+	defer func() { _ = sub.Close() }()
 	if _, err := sub.Receive(ctx); err != nil { // subscription confirmed
 		t.Fatalf("subscribe: %v", err)
 	}
@@ -264,7 +264,7 @@ func TestRevokeRacingRotations(t *testing.T) {
 func TestRedisDownFailsFast(t *testing.T) {
 	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true, DisableIdentity: true, MaxRetries: -1})
-	t.Cleanup(func() { rdb.Close() })
+	t.Cleanup(func() { _ = rdb.Close() })
 	svc := keys.NewService(redisstore.New(rdb, 200*time.Millisecond), pepper, tier.Default(), time.Now)
 	is, err := svc.Create(t.Context(), "op", keys.CreateRequest{Name: "x", Tier: "basic"})
 	if err != nil {

@@ -57,7 +57,7 @@ func Listen(ctx context.Context, rdb goredis.UniversalClient, inv Invalidator, l
 	// subscription is what ends it.
 	stop := context.AfterFunc(ctx, func() { _ = sub.Close() })
 	defer stop()
-	defer sub.Close()
+	defer func() { _ = sub.Close() }() // ends the subscription, if ctx has not already
 	for {
 		msg, err := sub.Receive(ctx)
 		if ctx.Err() != nil {

@@ -41,7 +41,7 @@ func open(t *testing.T, o Options) (*Spool, *logBuffer) {
 	if err != nil {
 		t.Fatalf("open spool: %v", err)
 	}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() { _ = s.Close() }) // Spool.Close always returns nil: the error is io.Closer's
 	return s, logs
 }
 
@@ -264,12 +264,14 @@ func TestCommittedEverythingThenReopen(t *testing.T) {
 	r.Close()
 	s.Commit(last, 10)
 	put(t, s, 10, 11) // keeps the spool non-empty so that Close leaves the offset file
-	s.Close()
+	_ = s.Close()
 	if _, err := os.Stat(filepath.Join(dir, offsetName)); err != nil {
 		t.Fatalf("offset file: %v", err)
 	}
 	for _, f := range segFiles(t, dir) { // as if the crash came after the deletion
-		os.Remove(f)
+		if err := os.Remove(f); err != nil {
+			t.Fatal(err)
+		}
 	}
 	s2, _ := open(t, Options{Dir: dir})
 	put(t, s2, 11, 20)
@@ -296,13 +298,17 @@ func TestDamagedRecordsSkipped(t *testing.T) {
 			b, _ := os.ReadFile(path)
 			i := bytes.Index(b, []byte(`"n":4}`))
 			b[i+4] = '7'
-			os.WriteFile(path, b, 0o600)
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
 		}, want: append(span(0, 4), span(5, 10)...), skipped: 1},
 		{name: "broken frame and garbage line", damage: func(t *testing.T, path string) {
 			b, _ := os.ReadFile(path)
 			i := bytes.Index(b, []byte(`{"id":"ev-000002"`))
 			b[i-1] = 'x' // the space after the checksum
-			os.WriteFile(path, b, 0o600)
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
 			appendFile(t, path, "not a record\n"+string(appendFrame(nil, rec(10))))
 		}, want: append(append(span(0, 2), span(3, 10)...), 10), skipped: 2},
 	}
@@ -311,7 +317,7 @@ func TestDamagedRecordsSkipped(t *testing.T) {
 			dir := t.TempDir()
 			s, _ := open(t, Options{Dir: dir})
 			put(t, s, 0, 10)
-			s.Close()
+			_ = s.Close()
 			files := segFiles(t, dir)
 			if len(files) != 1 {
 				t.Fatalf("%d segments", len(files))
@@ -347,7 +353,7 @@ func TestDamagedRecordsSkipped(t *testing.T) {
 				t.Errorf("damage counted again after rewind: %+v", st)
 			}
 			s2.Commit(last, len(got))
-			s2.Close()
+			_ = s2.Close()
 			if _, err := os.Stat(dir); err == nil && len(segFiles(t, dir)) != 0 {
 				t.Errorf("segments left after committing everything: %v", segFiles(t, dir))
 			}
@@ -386,7 +392,7 @@ func TestFullSpoolDropsAndCounts(t *testing.T) {
 
 func TestAppendAfterCloseDrops(t *testing.T) {
 	s, _ := open(t, Options{Dir: t.TempDir()})
-	s.Close()
+	_ = s.Close()
 	if s.Append(rec(1)) {
 		t.Fatal("Append after Close accepted")
 	}
@@ -444,7 +450,7 @@ func TestEmptySpoolRemovesItsDirectory(t *testing.T) {
 	_, last, _ := readAll(t, r)
 	r.Close()
 	s.Commit(last, 3)
-	s.Close()
+	_ = s.Close()
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("empty spool directory left behind: %v", err)
 	}
@@ -453,7 +459,7 @@ func TestEmptySpoolRemovesItsDirectory(t *testing.T) {
 	kept := t.TempDir()
 	s2, _ := open(t, Options{Dir: kept})
 	put(t, s2, 0, 1)
-	s2.Close()
+	_ = s2.Close()
 	if len(segFiles(t, kept)) != 1 {
 		t.Error("pending records not kept")
 	}
@@ -465,8 +471,11 @@ func appendFile(t *testing.T, path, data string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	if _, err := f.WriteString(data); err != nil {
+		_ = f.Close()
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -46,7 +46,7 @@ func (h *countingHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) gor
 func TestGroupSharesRoundTrips(t *testing.T) {
 	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, MaxRetries: -1})
-	t.Cleanup(func() { rdb.Close() })
+	t.Cleanup(func() { _ = rdb.Close() })
 	hook := &countingHook{}
 	rdb.AddHook(hook)
 	g := newGroup(rdb, echoScript, 5*time.Second, 1)
@@ -89,7 +89,7 @@ func TestGroupSharesRoundTrips(t *testing.T) {
 func TestGroupReloadsFlushedScript(t *testing.T) {
 	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, MaxRetries: -1})
-	t.Cleanup(func() { rdb.Close() })
+	t.Cleanup(func() { _ = rdb.Close() })
 	g := newGroup(rdb, echoScript, 5*time.Second, 1)
 	batch := make([]*call, 5)
 	for i := range batch {
@@ -116,7 +116,7 @@ func TestGroupReloadsFlushedScript(t *testing.T) {
 func TestGroupQueuedCallerGivesUp(t *testing.T) {
 	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, MaxRetries: -1})
-	t.Cleanup(func() { rdb.Close() })
+	t.Cleanup(func() { _ = rdb.Close() })
 	g := newGroup(rdb, echoScript, 5*time.Second, 1)
 	g.inflight = 1 // a pipeline that never returns holds the only slot
 

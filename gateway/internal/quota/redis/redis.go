@@ -116,7 +116,7 @@ func (s *Store) Admit(ctx context.Context, a quota.Admission) (quota.Decision, e
 		}
 	}
 	if err != nil {
-		return quota.Decision{}, fmt.Errorf("%w: admit: %v", quota.ErrUnavailable, err)
+		return quota.Decision{}, fmt.Errorf("%w: admit: %w", quota.ErrUnavailable, err)
 	}
 	code, n, oldest, used, now, tok := res[0], res[1], res[2], res[3], res[4], res[5]
 	d := quota.Decision{

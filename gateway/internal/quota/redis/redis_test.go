@@ -19,7 +19,7 @@ func newLimiter(t *testing.T) (*quota.Limiter, *goredis.Client, *testenv.Server)
 	t.Helper()
 	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, PoolSize: 64, MaxRetries: -1})
-	t.Cleanup(func() { rdb.Close() })
+	t.Cleanup(func() { _ = rdb.Close() })
 	return quota.NewLimiter(NewStore(rdb, time.Second), 1, time.Now), rdb, srv
 }
 
@@ -101,7 +101,7 @@ func TestMonthlyQuotaExactAndReleased(t *testing.T) {
 func TestRedisDownFallsBackToLocalShare(t *testing.T) {
 	srv := scripts.Redis(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr, DialTimeout: 100 * time.Millisecond, MaxRetries: -1})
-	t.Cleanup(func() { rdb.Close() })
+	t.Cleanup(func() { _ = rdb.Close() })
 	l := quota.NewLimiter(NewStore(rdb, 50*time.Millisecond), 3, time.Now)
 	rec := &apikey.Record{ID: "key_down", RPM: 30, MonthlyLimit: 1000}
 	if d := l.Admit(t.Context(), rec, "warm"); !d.Allowed || d.Degraded {
