@@ -118,8 +118,8 @@ func bucketStates(ctx context.Context, conn driver.Conn, db, key string, args []
 	if err != nil {
 		return nil, nil, fmt.Errorf("read usage buckets: %w", err)
 	}
-	defer rows.Close()
-	var runStart, runEnd time.Time // the dirty hours being merged
+	defer func() { _ = rows.Close() }() // its errors are rows.Err's
+	var runStart, runEnd time.Time      // the dirty hours being merged
 	for rows.Next() {
 		var keyID string
 		var hour time.Time

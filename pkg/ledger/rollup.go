@@ -172,7 +172,7 @@ func dirtyBuckets(ctx context.Context, conn driver.Conn, db string, lookback tim
 	if err != nil {
 		return nil, false, fmt.Errorf("rollup: find changed buckets: %w", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }() // its errors are rows.Err's
 	var out []bucket
 	for rows.Next() {
 		var b bucket
@@ -244,7 +244,7 @@ func rollupRun(ctx context.Context, conn driver.Conn, db string, run []bucket, o
 		var r aggRow
 		if err := rows.Scan(&r.keyID, &r.hour, &r.model, &r.upstreamModel, &r.priceVersion, &r.requests, &r.prompt,
 			&r.hit, &r.miss, &r.completion, &r.reasoning, &r.cost); err != nil {
-			rows.Close()
+			_ = rows.Close() // the scan error is the one to report
 			return fmt.Errorf("rollup: scan aggregate: %w", err)
 		}
 		// Buckets of the range that did not change (or are not this
@@ -256,7 +256,7 @@ func rollupRun(ctx context.Context, conn driver.Conn, db string, run []bucket, o
 		agg = append(agg, r)
 		perBucket[k]++
 	}
-	rows.Close()
+	_ = rows.Close() // its errors are rows.Err's, checked next
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("rollup: aggregate %s: %w", span, err)
 	}

@@ -63,5 +63,6 @@ func Report(w io.Writer, service string, err error) {
 	if err == nil || errors.As(err, &r) {
 		return
 	}
-	fmt.Fprintf(w, "%s: %s\n", service, strings.ReplaceAll(err.Error(), "\n", "; "))
+	// The process is about to exit with this error: nowhere is left to report a failed write.
+	_, _ = fmt.Fprintf(w, "%s: %s\n", service, strings.ReplaceAll(err.Error(), "\n", "; "))
 }

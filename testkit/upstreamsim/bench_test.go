@@ -48,7 +48,7 @@ func BenchmarkHTTP(b *testing.B) {
 				b.Fatalf("post: %v", err)
 			}
 			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode != http.StatusOK {
 				b.Fatalf("status %d", resp.StatusCode)
 			}

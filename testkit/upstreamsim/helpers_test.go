@@ -47,7 +47,7 @@ func do(t *testing.T, method, url, body string, header ...string) (int, []byte) 
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		t.Fatalf("read body of %s %s: %v", method, url, err)

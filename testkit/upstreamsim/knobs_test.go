@@ -106,7 +106,7 @@ func startAndCancel(t *testing.T, s *Server, base, body string) error {
 		if err == nil {
 			// A stream has its status line already; it must not end.
 			_, err = io.ReadAll(resp.Body)
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if err == nil {
 				err = errors.New("got a whole response: " + resp.Status)
 			}

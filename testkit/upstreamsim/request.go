@@ -23,8 +23,6 @@ type chatRequest struct {
 	Tools          []tool          `json:"tools"`
 	ToolChoice     json.RawMessage `json:"tool_choice"`
 	ResponseFormat *typed          `json:"response_format"`
-
-	hasModel, hasMessages bool
 }
 
 type streamOptions struct {

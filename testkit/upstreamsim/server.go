@@ -193,7 +193,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
 		_ = hs.Close()
-		<-served
+		if serr := <-served; !errors.Is(serr, http.ErrServerClosed) {
+			err = errors.Join(err, serr)
+		}
 		return fmt.Errorf("shut down simulator: %w", err)
 	}
 	if err := <-served; !errors.Is(err, http.ErrServerClosed) {

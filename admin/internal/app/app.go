@@ -53,7 +53,7 @@ func start(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		case "serve":
 			return serve(ctx, args[1:], stderr)
 		case "help":
-			fmt.Fprint(stdout, cli.Usage)
+			_, _ = fmt.Fprint(stdout, cli.Usage)
 			return nil
 		}
 		cfg, err := config.LoadClient(os.Getenv)
@@ -69,7 +69,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("admin", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, cli.Usage)
+		_, _ = fmt.Fprint(stderr, cli.Usage)
 		fs.PrintDefaults()
 	}
 	validate := fs.Bool("validate", false, "check the configuration and exit")
@@ -87,7 +87,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
 	if *validate {
-		fmt.Fprintln(stderr, "admin: configuration is valid")
+		_, _ = fmt.Fprintln(stderr, "admin: configuration is valid")
 		return nil
 	}
 	level, _ := logging.ParseLevel(cfg.LogLevel) // validated by config
@@ -118,7 +118,7 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 		MaxRetries:            1,
 		DisableIdentity:       true,
 	})
-	defer rdb.Close()
+	defer func() { _ = rdb.Close() }() // shutting down: nothing left to do on error
 
 	ch := chstore.NewConnector(chschema.Options{
 		Addr:     cfg.ClickHouse.Addr,
@@ -127,7 +127,7 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 		Password: cfg.ClickHouse.Password,
 		Cluster:  cfg.ClickHouse.Cluster,
 	}, chschema.ApplyOptions{Cluster: cfg.ClickHouse.Cluster, Logger: log}, log)
-	defer ch.Close()
+	defer func() { _ = ch.Close() }() // shutting down: nothing left to do on error
 
 	now := time.Now
 	keyStore := redisstore.New(rdb, cfg.Redis.Timeout)
@@ -151,7 +151,7 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 		Now: now,
 	})
 
-	ln, err := net.Listen("tcp", cfg.Addr)
+	ln, err := new(net.ListenConfig).Listen(ctx, "tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}

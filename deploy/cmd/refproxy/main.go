@@ -53,7 +53,7 @@ func run(ctx context.Context, getenv func(string) string, stderr io.Writer, list
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := new(net.ListenConfig).Listen(ctx, "tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}

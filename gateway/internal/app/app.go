@@ -64,7 +64,7 @@ func start(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
 	if *validate {
-		fmt.Fprintln(stderr, "gateway: configuration is valid")
+		_, _ = fmt.Fprintln(stderr, "gateway: configuration is valid")
 		return nil
 	}
 	level, _ := logging.ParseLevel(cfg.LogLevel) // validated by config
@@ -91,7 +91,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 
 		MaxRetries: -1, // a retry would double the latency budget; callers degrade instead
 	})
-	defer rdb.Close()
+	defer func() { _ = rdb.Close() }() // shutting down: nothing left to do on error
 
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("qyai-gateway "+cfg.Instance),
@@ -169,7 +169,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Ready: ready, Metrics: tel.Metrics, Telemetry: tel, Now: time.Now,
 	})
 
-	ln, err := net.Listen("tcp", cfg.Addr)
+	ln, err := new(net.ListenConfig).Listen(ctx, "tcp", cfg.Addr)
 	if err != nil {
 		abandonPub()
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)

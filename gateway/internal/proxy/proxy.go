@@ -139,7 +139,7 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) error
 		}
 		return fail.apiErr
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // read to the end or abandoned: no error to act on
 
 	// The idle timer cancels the upstream read when the provider goes quiet
 	// between two chunks (or mid-body).

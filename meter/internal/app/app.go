@@ -65,7 +65,7 @@ func start(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
 	if *validate {
-		fmt.Fprintln(stderr, "meter: configuration is valid")
+		_, _ = fmt.Fprintln(stderr, "meter: configuration is valid")
 		return nil
 	}
 	return Serve(ctx, cfg, Options{Logger: logging.New(stderr, "meter", cfg.LogLevel)})
@@ -118,13 +118,17 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 	}
 	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter),
 		sdkmetric.WithResource(resource.NewSchemaless(attribute.String("service.name", "qyai-meter"))))
-	defer provider.Shutdown(context.WithoutCancel(ctx))
+	defer func() {
+		if err := provider.Shutdown(context.WithoutCancel(ctx)); err != nil {
+			log.Warn("shut down metrics provider", "err", err)
+		}
+	}()
 	meter := provider.Meter("github.com/qyai/qyai/meter")
 
 	h := &health{}
 	ln := opts.Listener
 	if ln == nil {
-		if ln, err = net.Listen("tcp", cfg.Addr); err != nil {
+		if ln, err = new(net.ListenConfig).Listen(ctx, "tcp", cfg.Addr); err != nil {
 			return fmt.Errorf("listen on METER_ADDR: %w", err)
 		}
 	}
@@ -187,7 +191,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 			err = chschema.SyncPrices(ctx, c, cfg.ClickHouse.Database, cfg.ClickHouse.Cluster, prices, time.Now())
 		}
 		if err != nil {
-			c.Close()
+			_ = c.Close() // the setup error is the one to report
 			return err
 		}
 		conn = c
@@ -196,7 +200,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 	if err != nil {
 		return startupErr(ctx, err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }() // shutting down: nothing left to do on error
 
 	var cons jetstream.Consumer
 	err = retry(ctx, log, "prepare jetstream", func(ctx context.Context) error {
@@ -308,7 +312,7 @@ func retry(ctx context.Context, log *slog.Logger, what string, fn func(context.C
 // startupErr turns a startup aborted by shutdown into a clean exit.
 func startupErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
-		return nil
+		return nil //nolint:nilerr // stopped while starting: a clean stop, not a failure
 	}
 	return err
 }

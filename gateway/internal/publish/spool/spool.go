@@ -222,7 +222,7 @@ func Open(o Options) (*Spool, error) {
 		done:     make(chan struct{}),
 	}
 	if err := s.load(); err != nil {
-		lock.Close()
+		_ = lock.Close() // the load error is the one to report
 		return nil, fmt.Errorf("open spool %s: %w", o.Dir, err)
 	}
 	go s.run()

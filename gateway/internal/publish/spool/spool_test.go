@@ -434,7 +434,7 @@ func TestOpenNeedsDirAndLogger(t *testing.T) {
 			s, err := Open(tc.o)
 			if !errors.Is(err, tc.want) {
 				if s != nil {
-					s.Close()
+					_ = s.Close()
 				}
 				t.Fatalf("open: %v, want %v", err, tc.want)
 			}
