@@ -43,7 +43,39 @@ type Handler struct {
 	Log      *slog.Logger
 	Instance string
 	MaxBody  int64
-	Now      func() time.Time
+	// MaxAnswer bounds a non-streaming answer read from the upstream, in
+	// bytes; a larger one is answered 502 upstream_error, never cut short
+	// and relayed as a 200. Zero means DefaultMaxAnswer.
+	MaxAnswer int64
+	// MaxEventLine bounds one line of an upstream event stream, in bytes,
+	// its newline included; a longer line ends the stream as an upstream
+	// error. Zero means DefaultMaxEventLine.
+	MaxEventLine int
+	Now          func() time.Time
+}
+
+// Defaults of the limits on what the upstream sends.
+const (
+	// DefaultMaxAnswer is far beyond any real completion (DeepSeek's
+	// longest output is a few hundred KiB of JSON).
+	DefaultMaxAnswer = 64 << 20
+	// DefaultMaxEventLine is far beyond any real chunk (one token of text,
+	// or one tool-call fragment, per event).
+	DefaultMaxEventLine = 1 << 20
+)
+
+func (h *Handler) maxAnswer() int64 {
+	if h.MaxAnswer > 0 {
+		return h.MaxAnswer
+	}
+	return DefaultMaxAnswer
+}
+
+func (h *Handler) maxEventLine() int {
+	if h.MaxEventLine > 0 {
+		return h.MaxEventLine
+	}
+	return DefaultMaxEventLine
 }
 
 // Request is what the HTTP layer knows before the proxy starts.
@@ -187,9 +219,6 @@ func (h *Handler) attempt(ctx context.Context, body []byte) (*http.Response, *at
 	}
 }
 
-// maxUnaryBody bounds a non-streaming answer read from the upstream.
-const maxUnaryBody = 64 << 20
-
 // readAll reads r to the end into one buffer sized by the declared length
 // (Content-Length, -1 when unknown), trusting it only up to limit.
 func readAll(r io.Reader, declared, limit int64) ([]byte, error) {
@@ -202,11 +231,26 @@ func readAll(r io.Reader, declared, limit int64) ([]byte, error) {
 }
 
 func (h *Handler) unary(ctx context.Context, w http.ResponseWriter, req *chatRequest, resp *http.Response, body io.Reader, ev *usage.Event) {
-	b, err := readAll(io.LimitReader(body, maxUnaryBody), resp.ContentLength, maxUnaryBody)
-	if err != nil {
-		ae := readFailure(ctx)
-		ev.Status, ev.ErrorType, ev.Outcome = ae.Status, ae.Type, outcomeOf(ctx)
+	limit := h.maxAnswer()
+	fail := func(ae *apierr.Error, outcome string) {
+		// Metered like any answer that broke off: the upstream did the work,
+		// the request counts once against the quota, no tokens are guessed.
+		ev.Status, ev.ErrorType, ev.Outcome = ae.Status, ae.Type, outcome
 		ae.Write(w)
+	}
+	if resp.ContentLength > limit {
+		fail(answerTooLarge(limit), usage.OutcomeUpstreamError)
+		return
+	}
+	// One byte past the limit tells an answer of exactly the limit from a
+	// larger one.
+	b, err := readAll(io.LimitReader(body, limit+1), resp.ContentLength, limit)
+	if err != nil {
+		fail(readFailure(ctx), outcomeOf(ctx))
+		return
+	}
+	if int64(len(b)) > limit {
+		fail(answerTooLarge(limit), usage.OutcomeUpstreamError)
 		return
 	}
 	if raw, ok := findMember(b, "usage"); ok && !isNull(raw) {
@@ -242,6 +286,12 @@ func readFailure(ctx context.Context) *apierr.Error {
 		return apierr.Timeout("the upstream model provider stopped sending")
 	}
 	return apierr.Upstream("the connection to the upstream model provider broke")
+}
+
+// answerTooLarge is the error for a non-streaming upstream answer over limit.
+func answerTooLarge(limit int64) *apierr.Error {
+	return apierr.Upstream("the upstream model provider's answer is larger than the gateway's limit of " +
+		strconv.FormatInt(limit, 10) + " bytes").WithCode("upstream_response_too_large")
 }
 
 func outcomeOf(ctx context.Context) string {

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 
+	"github.com/qyai/qyai/pkg/apierr"
 	"github.com/qyai/qyai/pkg/usage"
 )
 
@@ -68,9 +70,10 @@ func (h *Handler) stream(ctx context.Context, w http.ResponseWriter, r *http.Req
 	}
 
 	var readErr error
+	maxLine := h.maxEventLine()
 	for {
-		line, readErr = readLine(br, line[:0])
-		if len(line) == 0 && readErr != nil {
+		line, readErr = readLine(br, line[:0], maxLine)
+		if errors.Is(readErr, errLineTooLong) || len(line) == 0 && readErr != nil {
 			break
 		}
 		trimmed := bytes.TrimRight(line, "\r\n")
@@ -130,32 +133,47 @@ func (h *Handler) stream(ctx context.Context, w http.ResponseWriter, r *http.Req
 	}
 	flush()
 
+	// failure is what the client is told when the stream did not complete
+	// (nil when it completed, or when the client is gone).
+	var failure *apierr.Error
 	switch {
 	case writeErr != nil || r.Context().Err() != nil:
 		// The client hung up: stop the upstream at once.
 		ev.Outcome = usage.OutcomeClientCancelled
 		ev.Status = 499
+	case errors.Is(readErr, errLineTooLong):
+		ev.Outcome = usage.OutcomeUpstreamError
+		failure = apierr.Upstream("the upstream model provider sent an event line longer than the gateway's limit of " +
+			strconv.Itoa(maxLine) + " bytes").WithCode("upstream_line_too_long")
 	case readErr != nil && !errors.Is(readErr, io.EOF):
 		ev.Outcome = outcomeOf(ctx)
 		if ev.Outcome == usage.OutcomeClientCancelled {
 			ev.Status = 499
 		} else {
-			ev.Status = readFailure(ctx).Status
-			ev.ErrorType = readFailure(ctx).Type
+			failure = readFailure(ctx)
 		}
 	case !sawDone && ev.UsageSource == usage.SourceNone:
 		ev.Outcome = usage.OutcomeUpstreamError
-		ev.Status = http.StatusBadGateway
-		ev.ErrorType = "upstream_error"
+		failure = apierr.Upstream("the connection to the upstream model provider broke")
 	default:
 		ev.Outcome = usage.OutcomeCompleted
 		ev.Status = http.StatusOK
 	}
-	if ev.Status != http.StatusOK && started && writeErr == nil && !sawDone {
-		// Tell an SDK that the stream failed rather than ending silently.
-		ae := readFailure(ctx)
-		write([]byte("data: " + string(ae.JSON()) + "\n\n"))
-		flush()
+	if failure != nil {
+		ev.Status, ev.ErrorType = failure.Status, failure.Type
+	}
+	if failure != nil && writeErr == nil && !sawDone {
+		if started {
+			// Tell an SDK that the stream failed rather than ending silently.
+			write([]byte("data: " + string(failure.JSON()) + "\n\n"))
+			flush()
+		} else {
+			// Nothing reached the client: it gets a plain error answer.
+			for _, k := range []string{"Content-Type", "Cache-Control", "Connection", "X-Accel-Buffering"} {
+				hdr.Del(k)
+			}
+			failure.Write(w)
+		}
 	}
 	if ev.UsageSource == usage.SourceNone && chunks > 0 {
 		estimate(ev, req.promptBytes, chunks)
@@ -174,10 +192,19 @@ func eventBuffered(br *bufio.Reader) bool {
 	return bytes.Contains(b, eventEnd) || bytes.Contains(b, eventEndCRLF)
 }
 
-// readLine appends one line (with its newline) to buf, whatever its length.
-func readLine(br *bufio.Reader, buf []byte) ([]byte, error) {
+// errLineTooLong ends a stream whose upstream sent a line over the limit:
+// without a bound, one endless line would grow the buffer until the
+// process runs out of memory.
+var errLineTooLong = errors.New("upstream event line too long")
+
+// readLine appends one line (with its newline) to buf, or returns
+// errLineTooLong once the line would exceed limit bytes.
+func readLine(br *bufio.Reader, buf []byte, limit int) ([]byte, error) {
 	for {
 		frag, err := br.ReadSlice('\n')
+		if len(buf)+len(frag) > limit {
+			return buf, errLineTooLong
+		}
 		buf = append(buf, frag...)
 		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
