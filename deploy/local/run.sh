@@ -16,7 +16,9 @@
 #   UPSTREAM_API_KEY       simulator, and its key
 #   GATEWAY_REPLICAS     number of gateways (default 1)
 #   SKIP_BUILD=1         use the binaries already in .bin/
-#   LOG_LEVEL, KEY_PEPPER and the other service variables pass through.
+#   KEY_PEPPER           the key hashing secret; when unset, QYAI_DEV=1 is exported
+#                        and the services use the public development pepper
+#   LOG_LEVEL and the other service variables pass through.
 #
 # Data persists across runs in .run/ (rm -rf .run for a clean slate); service logs
 # are in .run/logs/<name>.log.
@@ -129,6 +131,10 @@ start_services() {
 		log "ADMIN_TOKEN not set: using the dev token $ADMIN_TOKEN"
 	fi
 	export ADMIN_TOKEN
+	if [[ -z ${KEY_PEPPER:-}${KEY_PEPPER_FILE:-} ]]; then
+		export QYAI_DEV=1
+		log "KEY_PEPPER not set: QYAI_DEV=1, the services use the public development pepper"
+	fi
 
 	local meter_addr
 	meter_addr=127.0.0.1:$(pick_port 8082)

@@ -59,6 +59,9 @@ func (r *Reader) Err() error {
 	return errors.Join(r.errs...)
 }
 
+// Problems returns how many problems were found so far.
+func (r *Reader) Problems() int { return len(r.errs) }
+
 // Errorf records a problem the caller found itself (a list of the wrong
 // length, a value out of range), so that Err reports it with the others.
 func (r *Reader) Errorf(format string, args ...any) {

@@ -99,7 +99,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 // listen on port 0).
 func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<- net.Addr) error {
 	if cfg.UsesDefaultPepper() {
-		log.Warn("KEY_PEPPER is not set: using the development default; set it (same value as the gateway) in production")
+		log.Warn("KEY_PEPPER is not set: QYAI_DEV is on, using the public development pepper; set KEY_PEPPER (same value as the gateway) in production")
 	}
 	tiers, err := tier.Load(cfg.TiersFile)
 	if err != nil {

@@ -23,7 +23,9 @@ func TestValidateFlag(t *testing.T) {
 		wantErr bool
 		wantOut string
 	}{
-		{"valid", map[string]string{"ADMIN_TOKEN": "tok"}, false, "configuration is valid"},
+		{"valid", map[string]string{"ADMIN_TOKEN": "tok", "KEY_PEPPER": "a-real-pepper"}, false, "configuration is valid"},
+		{"valid in dev mode", map[string]string{"ADMIN_TOKEN": "tok", "KEY_PEPPER": "", "QYAI_DEV": "1"}, false, "configuration is valid"},
+		{"no pepper", map[string]string{"ADMIN_TOKEN": "tok", "KEY_PEPPER": "", "QYAI_DEV": ""}, true, "KEY_PEPPER is required"},
 		{"invalid", map[string]string{"ADMIN_TOKEN": "", "REDIS_TIMEOUT": "0s"}, true, "REDIS_TIMEOUT must be positive"},
 	}
 	for _, tt := range tests {
@@ -98,7 +100,7 @@ func TestServeBeforeClickHouse(t *testing.T) {
 	const token = "app-test-admin-token"
 	cfg, err := config.Load(func(k string) string {
 		return map[string]string{
-			"ADMIN_ADDR": "127.0.0.1:0", "ADMIN_TOKEN": token, "REDIS_ADDR": rs.Addr, "REDIS_TIMEOUT": "2s",
+			"ADMIN_ADDR": "127.0.0.1:0", "ADMIN_TOKEN": token, "REDIS_ADDR": rs.Addr, "REDIS_TIMEOUT": "2s", "QYAI_DEV": "1",
 			"CLICKHOUSE_ADDR": cs.Addr, "LOG_LEVEL": "debug",
 		}[k]
 	})

@@ -45,7 +45,7 @@ func TestRunReportsErrorsOnce(t *testing.T) {
 		{name: "CLI configuration", args: []string{"keys", "list"}, env: map[string]string{"REDIS_TIMEOUT": "soon", "ADMIN_URL": "nope"},
 			wantErr: true, wantLine: `admin: invalid configuration: REDIS_TIMEOUT: "soon" is not a duration (e.g. 50ms, 2s); ` +
 				`cli: ADMIN_URL "nope" is not an http(s) URL` + "\n"},
-		{name: "valid", args: []string{"--validate"}, env: map[string]string{"ADMIN_TOKEN": "tok\n"},
+		{name: "valid", args: []string{"--validate"}, env: map[string]string{"ADMIN_TOKEN": "tok\n", "QYAI_DEV": "1"},
 			wantIn: []string{"admin: configuration is valid\n"}},
 		{name: "unexpected argument", args: []string{"serve", "extra"}, env: map[string]string{"ADMIN_TOKEN": "tok"},
 			wantErr: true, wantLine: "admin: unexpected argument \"extra\"\n"},
@@ -56,7 +56,7 @@ func TestRunReportsErrorsOnce(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for _, k := range []string{"REDIS_TIMEOUT", "LOG_LEVEL", "KEY_PEPPER", "KEY_PEPPER_FILE", "ADMIN_TOKEN", "ADMIN_TOKENS", "ADMIN_TOKEN_FILE", "ADMIN_URL"} {
+			for _, k := range []string{"REDIS_TIMEOUT", "LOG_LEVEL", "KEY_PEPPER", "KEY_PEPPER_FILE", "QYAI_DEV", "ADMIN_TOKEN", "ADMIN_TOKENS", "ADMIN_TOKEN_FILE", "ADMIN_URL"} {
 				t.Setenv(k, tt.env[k])
 			}
 			var stderr bytes.Buffer

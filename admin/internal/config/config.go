@@ -11,12 +11,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qyai/qyai/pkg/apikey"
 	"github.com/qyai/qyai/pkg/envconfig"
 )
 
-// DefaultKeyPepper is used when KEY_PEPPER is unset, for local runs only. It
-// must equal the gateway's default, or keys created here would not verify there.
-const DefaultKeyPepper = "qyai-dev-pepper-change-me"
+// DefaultKeyPepper is the public pepper of a development stack, used only
+// when KEY_PEPPER is unset and QYAI_DEV is on (apikey.ReadPepper, shared
+// with the gateway so that both hash keys alike).
+const DefaultKeyPepper = apikey.DevPepper
 
 // DefaultTokenName is the name of a token given without one (ADMIN_TOKEN,
 // or a line of ADMIN_TOKEN_FILE without "name:").
@@ -104,7 +106,7 @@ func Load(getenv func(string) string) (Config, error) {
 	c := Config{
 		Addr:               r.String("ADMIN_ADDR", "127.0.0.1:8081"),
 		AdminTokens:        adminTokens(r),
-		KeyPepper:          r.Secret("KEY_PEPPER", DefaultKeyPepper),
+		KeyPepper:          apikey.ReadPepper(r),
 		TiersFile:          r.String("TIERS_FILE", ""),
 		AuthMaxFailures:    r.Int("ADMIN_AUTH_MAX_FAILURES", 10),
 		AuthFailureWindow:  r.Duration("ADMIN_AUTH_FAILURE_WINDOW", time.Minute),
@@ -115,7 +117,13 @@ func Load(getenv func(string) string) (Config, error) {
 		ShutdownTimeout:    r.Duration("SHUTDOWN_TIMEOUT", 10*time.Second),
 		LogLevel:           strings.ToLower(r.String("LOG_LEVEL", "info")),
 	}
-	return c, errors.Join(r.Err(), c.Validate())
+	// A missing pepper was reported by ReadPepper already: validate the
+	// rest without saying it twice.
+	v := c
+	if v.KeyPepper == "" {
+		v.KeyPepper = "reported"
+	}
+	return c, errors.Join(r.Err(), v.Validate())
 }
 
 // LoadClient reads the CLI's configuration. The token is checked by the

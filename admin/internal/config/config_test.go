@@ -8,8 +8,26 @@ import (
 	"time"
 )
 
+// env looks variables up in m; QYAI_DEV is on unless m sets it, so that
+// cases without KEY_PEPPER load (TestPepper covers the pepper itself).
 func env(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
+	return func(k string) string {
+		if v, ok := m[k]; ok || k != "QYAI_DEV" {
+			return v
+		}
+		return "1"
+	}
+}
+
+func TestPepper(t *testing.T) {
+	if _, err := Load(env(map[string]string{"ADMIN_TOKEN": "s3cret-admin-token", "QYAI_DEV": ""})); err == nil ||
+		!strings.Contains(err.Error(), "KEY_PEPPER is required") {
+		t.Errorf("no KEY_PEPPER outside dev mode: %v, want KEY_PEPPER is required", err)
+	}
+	c, err := Load(env(map[string]string{"ADMIN_TOKEN": "s3cret-admin-token", "QYAI_DEV": "", "KEY_PEPPER": " prod-pepper\n"}))
+	if err != nil || c.KeyPepper != "prod-pepper" || c.UsesDefaultPepper() {
+		t.Errorf("KEY_PEPPER set: pepper %q, %v", c.KeyPepper, err)
+	}
 }
 
 func TestLoadDefaults(t *testing.T) {

@@ -70,7 +70,7 @@ func start(ctx context.Context, args []string, stderr io.Writer) error {
 	level, _ := logging.ParseLevel(cfg.LogLevel) // validated by config
 	log := logging.New(stderr, "gateway", level)
 	if cfg.KeyPepper == config.DefaultKeyPepper {
-		log.Warn("KEY_PEPPER is not set: using the development pepper; set it in production")
+		log.Warn("KEY_PEPPER is not set: QYAI_DEV is on, using the public development pepper; set KEY_PEPPER (same value as admin) in production")
 	}
 	return run(ctx, cfg, log)
 }

@@ -29,14 +29,14 @@ func TestRunReportsErrorsOnce(t *testing.T) {
 				`set KEY_PEPPER or KEY_PEPPER_FILE, not both; UPSTREAM_RETRIES: "two" is not an integer; ` +
 				`server: LOG_LEVEL "loud" is not one of debug, info, warn, error` + "\n",
 		},
-		{name: "valid", args: []string{"--validate"}, wantIn: []string{"gateway: configuration is valid\n"}},
+		{name: "valid", args: []string{"--validate"}, env: map[string]string{"QYAI_DEV": "1"}, wantIn: []string{"gateway: configuration is valid\n"}},
 		{name: "unknown flag printed once, by the flag set", args: []string{"--nope"}, wantErr: true,
 			wantIn: []string{"flag provided but not defined: -nope", "-validate"}, notIn: []string{"gateway: flag"}},
 		{name: "help is no error", args: []string{"-h"}, wantIn: []string{"-validate"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for _, k := range []string{"REDIS_TIMEOUT", "UPSTREAM_RETRIES", "LOG_LEVEL", "KEY_PEPPER", "KEY_PEPPER_FILE"} {
+			for _, k := range []string{"REDIS_TIMEOUT", "UPSTREAM_RETRIES", "LOG_LEVEL", "KEY_PEPPER", "KEY_PEPPER_FILE", "QYAI_DEV"} {
 				t.Setenv(k, tt.env[k])
 			}
 			var stderr bytes.Buffer

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qyai/qyai/pkg/apikey"
 	"github.com/qyai/qyai/pkg/envconfig"
 	"github.com/qyai/qyai/pkg/logging"
 )
@@ -76,8 +77,9 @@ type Member struct {
 	Weight  int
 }
 
-// DefaultKeyPepper is used when KEY_PEPPER is unset, for local runs only.
-const DefaultKeyPepper = "qyai-dev-pepper-change-me"
+// DefaultKeyPepper is the public pepper of a development stack, used only
+// when KEY_PEPPER is unset and QYAI_DEV is on (apikey.ReadPepper).
+const DefaultKeyPepper = apikey.DevPepper
 
 // Load reads the configuration from getenv (os.Getenv in production) with
 // envconfig: values are trimmed, an empty variable is an unset one, and the
@@ -93,7 +95,7 @@ func Load(getenv func(string) string) (Config, error) {
 		RedisTimeout:  r.Duration("REDIS_TIMEOUT", 50*time.Millisecond),
 		NATSURL:       r.String("NATS_URL", "nats://127.0.0.1:4222"),
 		AdminURL:      r.String("ADMIN_URL", "http://127.0.0.1:8081"),
-		KeyPepper:     r.Secret("KEY_PEPPER", DefaultKeyPepper),
+		KeyPepper:     apikey.ReadPepper(r),
 		KeyCacheTTL:   r.Duration("KEY_CACHE_TTL", 30*time.Second),
 		LimitReplicas: r.Int("LIMIT_FALLBACK_REPLICAS", 1),
 		Upstream: Upstream{
@@ -121,7 +123,13 @@ func Load(getenv func(string) string) (Config, error) {
 	if c.SpoolDir == "" {
 		c.SpoolDir = DefaultSpoolDir(c.Instance)
 	}
-	return c, errors.Join(r.Err(), c.Validate())
+	// A missing pepper was reported by ReadPepper already: validate the
+	// rest without saying it twice.
+	v := c
+	if v.KeyPepper == "" {
+		v.KeyPepper = "reported"
+	}
+	return c, errors.Join(r.Err(), v.Validate())
 }
 
 // Validate reports every problem at once, each prefixed by its section.

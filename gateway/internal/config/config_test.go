@@ -78,6 +78,7 @@ func TestLoad(t *testing.T) {
 		{name: "secret set twice or unreadable", env: map[string]string{
 			"KEY_PEPPER": "p", "KEY_PEPPER_FILE": pepperFile, "UPSTREAM_API_KEY_FILE": filepath.Join(dir, "missing"),
 		}, wantErr: []string{"set KEY_PEPPER or KEY_PEPPER_FILE, not both", "read UPSTREAM_API_KEY_FILE"}},
+		{name: "no pepper outside dev mode", env: map[string]string{"QYAI_DEV": ""}, wantErr: []string{"KEY_PEPPER is required"}},
 		{name: "bad log level", env: map[string]string{"LOG_LEVEL": "loud"}, wantErr: []string{`server: LOG_LEVEL "loud" is not one of debug, info, warn, error`}},
 		{name: "every problem reported", env: map[string]string{
 			"REDIS_TIMEOUT": "soon", "MAX_BODY_BYTES": "12", "UPSTREAM_BASE_URL": "ftp://x", "STREAM_REPLICAS": "9",
@@ -86,7 +87,12 @@ func TestLoad(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := Load(func(k string) string { return tc.env[k] })
+			c, err := Load(func(k string) string {
+				if v, ok := tc.env[k]; ok || k != "QYAI_DEV" {
+					return v
+				}
+				return "1" // dev mode unless the case sets it
+			})
 			if len(tc.wantErr) == 0 && err != nil {
 				t.Fatalf("unexpected error: %v", err)
 			}
