@@ -76,7 +76,7 @@ func checkOwned(path string, info fs.FileInfo, typ fs.FileMode) error {
 	}
 	if info.Mode().Perm()&0o022 != 0 {
 		return fmt.Errorf("%w: %s is writable by group or others (mode %s); run chmod go-w on it (0700 for the directory, 0600 for its files)",
-			ErrUnsafe, path, info.Mode().Perm())
+			ErrUnsafe, path, info.Mode())
 	}
 	return nil
 }
