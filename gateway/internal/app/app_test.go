@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -65,9 +66,10 @@ func startGatewayWith(t *testing.T, rs *testenv.Server, mutate func(*config.Conf
 	simTS := httptest.NewServer(sim)
 	t.Cleanup(simTS.Close)
 
+	spoolDir := filepath.Join(t.TempDir(), "spool")
 	cfg, err := config.Load(func(k string) string {
 		return map[string]string{
-			"GATEWAY_ADDR": freePort(t), "REDIS_ADDR": rs.Addr, "NATS_URL": ns.URL,
+			"GATEWAY_ADDR": freePort(t), "REDIS_ADDR": rs.Addr, "NATS_URL": ns.URL, "SPOOL_DIR": spoolDir,
 			"UPSTREAM_BASE_URL": simTS.URL, "UPSTREAM_API_KEY": "sk-upstream", "KEY_PEPPER": pepper,
 			"UPSTREAM_IDLE_TIMEOUT": "2s", "UPSTREAM_FIRST_BYTE_TIMEOUT": "2s",
 		}[k]

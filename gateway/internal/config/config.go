@@ -40,7 +40,8 @@ type Config struct {
 	// PublishQueue is the size of the in-memory usage event queue.
 	PublishQueue int // USAGE_QUEUE_SIZE
 	// SpoolDir is where usage events wait on disk while NATS cannot take
-	// them; one directory per gateway instance.
+	// them; one directory per gateway instance, owned by the gateway's
+	// user and not writable by others (see DefaultSpoolDir).
 	SpoolDir string // SPOOL_DIR
 	// SpoolMaxBytes bounds the spool; beyond it events are dropped (and
 	// counted).
@@ -121,7 +122,7 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	c.Instance = r.String("GATEWAY_INSTANCE", host+"/"+c.Addr)
 	if c.SpoolDir == "" {
-		c.SpoolDir = DefaultSpoolDir(c.Instance)
+		c.SpoolDir = DefaultSpoolDir(c.Instance, getenv)
 	}
 	// A missing pepper was reported by ReadPepper already: validate the
 	// rest without saying it twice.
@@ -181,7 +182,7 @@ func (c Config) Validate() error {
 		add("usage", "USAGE_QUEUE_SIZE must be positive")
 	}
 	if c.SpoolDir == "" {
-		add("usage", "SPOOL_DIR is empty")
+		add("usage", "SPOOL_DIR is empty, and none of STATE_DIRECTORY, XDG_STATE_HOME, HOME gives a default")
 	}
 	if c.SpoolMaxBytes < 1<<20 {
 		add("usage", "SPOOL_MAX_BYTES must be at least 1048576 (1 MiB)")
@@ -203,9 +204,32 @@ func (c Config) Validate() error {
 }
 
 // DefaultSpoolDir is the spool directory of an instance when SPOOL_DIR is
-// unset: qyai-spool-<instance> in the temporary directory, with every
-// character other than letters, digits, '.', '_' and '-' replaced by '_'.
-func DefaultSpoolDir(instance string) string {
+// unset: <state>/spool/<instance> in a persistent directory of the user
+// running the gateway, never in the shared temporary directory (where
+// another local user could create it first and forge or delete events).
+// <state> is, from the environment getenv reads:
+//
+//   - $STATE_DIRECTORY, the directory systemd makes for StateDirectory=
+//     (the first one when it lists several);
+//   - else $XDG_STATE_HOME/qyai;
+//   - else $HOME/.local/state/qyai.
+//
+// Relative values are ignored, as the XDG base directory specification
+// asks. In <instance> every character other than letters, digits, '.',
+// '_' and '-' is replaced by '_'. DefaultSpoolDir returns "" when none of
+// the variables gives an absolute path.
+func DefaultSpoolDir(instance string, getenv func(string) string) string {
+	state := ""
+	switch sd, _, _ := strings.Cut(getenv("STATE_DIRECTORY"), ":"); {
+	case filepath.IsAbs(sd):
+		state = sd
+	case filepath.IsAbs(getenv("XDG_STATE_HOME")):
+		state = filepath.Join(getenv("XDG_STATE_HOME"), "qyai")
+	case filepath.IsAbs(getenv("HOME")):
+		state = filepath.Join(getenv("HOME"), ".local", "state", "qyai")
+	default:
+		return ""
+	}
 	safe := strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
@@ -213,7 +237,10 @@ func DefaultSpoolDir(instance string) string {
 		}
 		return '_'
 	}, instance)
-	return filepath.Join(os.TempDir(), "qyai-spool-"+safe)
+	if safe == "" || safe == "." || safe == ".." {
+		safe = "_" + safe // never the spool directory's parent
+	}
+	return filepath.Join(state, "spool", safe)
 }
 
 // members reads the upstream pool: UPSTREAM_BASE_URL is a comma-separated

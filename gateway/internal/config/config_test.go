@@ -31,7 +31,7 @@ func TestLoad(t *testing.T) {
 			}
 		}},
 		{name: "spool defaults", env: map[string]string{"GATEWAY_INSTANCE": "gw-1/127.0.0.1:8080"}, check: func(t *testing.T, c Config) {
-			want := filepath.Join(os.TempDir(), "qyai-spool-gw-1_127.0.0.1_8080")
+			want := "/home/gw/.local/state/qyai/spool/gw-1_127.0.0.1_8080"
 			if c.SpoolDir != want || c.SpoolMaxBytes != 1<<30 {
 				t.Errorf("spool %q %d, want %q %d", c.SpoolDir, c.SpoolMaxBytes, want, 1<<30)
 			}
@@ -41,6 +41,12 @@ func TestLoad(t *testing.T) {
 				t.Errorf("spool %q %d", c.SpoolDir, c.SpoolMaxBytes)
 			}
 		}},
+		{name: "spool default in a state directory", env: map[string]string{"GATEWAY_INSTANCE": "gw-1", "STATE_DIRECTORY": "/var/lib/qyai"}, check: func(t *testing.T, c Config) {
+			if c.SpoolDir != "/var/lib/qyai/spool/gw-1" {
+				t.Errorf("spool %q", c.SpoolDir)
+			}
+		}},
+		{name: "no spool default", env: map[string]string{"HOME": ""}, wantErr: []string{"usage: SPOOL_DIR is empty, and none of STATE_DIRECTORY, XDG_STATE_HOME, HOME gives a default"}},
 		{name: "spool too small", env: map[string]string{"SPOOL_MAX_BYTES": "1000"}, wantErr: []string{"SPOOL_MAX_BYTES"}},
 		{name: "spool size not a number", env: map[string]string{"SPOOL_MAX_BYTES": "1GiB"}, wantErr: []string{"SPOOL_MAX_BYTES"}},
 		{name: "trailing slash trimmed", env: map[string]string{"UPSTREAM_BASE_URL": "http://127.0.0.1:8090/"}, check: func(t *testing.T, c Config) {
@@ -88,10 +94,16 @@ func TestLoad(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := Load(func(k string) string {
-				if v, ok := tc.env[k]; ok || k != "QYAI_DEV" {
+				if v, ok := tc.env[k]; ok {
 					return v
 				}
-				return "1" // dev mode unless the case sets it
+				switch k {
+				case "HOME": // as in a real environment; "HOME": "" unsets it
+					return "/home/gw"
+				case "QYAI_DEV": // dev mode unless the case sets it
+					return "1"
+				}
+				return ""
 			})
 			if len(tc.wantErr) == 0 && err != nil {
 				t.Fatalf("unexpected error: %v", err)
@@ -103,6 +115,34 @@ func TestLoad(t *testing.T) {
 			}
 			if tc.check != nil {
 				tc.check(t, c)
+			}
+		})
+	}
+}
+
+// TestDefaultSpoolDir: the default spool is in a persistent directory of
+// the gateway's user, picked from the environment the lookup gives, never
+// in the shared temporary directory.
+func TestDefaultSpoolDir(t *testing.T) {
+	tests := []struct {
+		name     string
+		instance string
+		env      map[string]string
+		want     string
+	}{
+		{"systemd state directory wins", "gw", map[string]string{"STATE_DIRECTORY": "/var/lib/qyai", "XDG_STATE_HOME": "/x", "HOME": "/h"}, "/var/lib/qyai/spool/gw"},
+		{"first of several state directories", "gw", map[string]string{"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}, "/var/lib/a/spool/gw"},
+		{"XDG state home", "gw", map[string]string{"XDG_STATE_HOME": "/x/state", "HOME": "/h"}, "/x/state/qyai/spool/gw"},
+		{"home", "host/127.0.0.1:8080", map[string]string{"HOME": "/home/u"}, "/home/u/.local/state/qyai/spool/host_127.0.0.1_8080"},
+		{"relative values ignored", "gw", map[string]string{"STATE_DIRECTORY": "state", "XDG_STATE_HOME": "x", "HOME": "/h"}, "/h/.local/state/qyai/spool/gw"},
+		{"nothing to go on", "gw", map[string]string{"HOME": "relative"}, ""},
+		{"instance cannot climb out", "..", map[string]string{"HOME": "/h"}, "/h/.local/state/qyai/spool/_.."},
+		{"instance cannot descend", "a/../../b", map[string]string{"HOME": "/h"}, "/h/.local/state/qyai/spool/a_.._.._b"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := DefaultSpoolDir(tc.instance, func(k string) string { return tc.env[k] }); got != tc.want {
+				t.Errorf("DefaultSpoolDir(%q) = %q, want %q", tc.instance, got, tc.want)
 			}
 		})
 	}

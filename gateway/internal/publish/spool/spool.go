@@ -31,6 +31,16 @@
 // its checksum; readers skip it, log it and count it, and carry on at the
 // next newline.
 //
+// # Safety
+//
+// Whoever can write the spool directory can forge usage events (billed to
+// any key), delete them, or hold LOCK so that the gateway cannot start.
+// Open therefore refuses, with ErrUnsafe, a directory that is a symlink,
+// is not owned by the process's effective user or is writable by group or
+// others, and a spool file in it that is not a regular file owned by that
+// user and closed to writes by others. It creates what is missing with
+// mode 0700 (directories) and 0600 (files).
+//
 // # Bounds
 //
 // The segment files together never exceed Options.MaxBytes: a record that
@@ -90,7 +100,8 @@ func (b Bytes) Marshal() ([]byte, error) { return b, nil }
 
 // Options configure a spool.
 type Options struct {
-	// Dir is the spool directory; it is created when missing.
+	// Dir is the spool directory; it is created (0700) when missing, and
+	// must be owned by the process's user and not writable by others.
 	Dir string
 	// MaxBytes bounds the segment files together. Default 1 GiB.
 	MaxBytes int64
@@ -196,6 +207,12 @@ type Spool struct {
 // Open opens (creating it if need be) the spool in o.Dir, seals what an
 // earlier process left there and counts its pending records, and starts
 // the writer. Close releases it.
+//
+// Open refuses (ErrUnsafe) a directory that is a symlink, is not owned by
+// the process's effective user or is writable by group or others, and
+// likewise a spool file in it (segment, offset, LOCK): whoever can write
+// the spool can forge, delete or block usage events. It creates a missing
+// directory, and the parents it needs, with mode 0700, and files 0600.
 func Open(o Options) (*Spool, error) {
 	o = o.withDefaults()
 	if o.Dir == "" {
@@ -204,16 +221,16 @@ func Open(o Options) (*Spool, error) {
 	if o.Log == nil {
 		return nil, errNoLogger
 	}
-	_, statErr := os.Stat(o.Dir)
-	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create spool directory: %w", err)
+	created, err := prepareDir(o.Dir)
+	if err != nil {
+		return nil, err
 	}
 	lock, err := lockDir(o.Dir)
 	if err != nil {
 		return nil, err
 	}
 	s := &Spool{
-		o: o, log: o.Log, lock: lock, created: errors.Is(statErr, fs.ErrNotExist),
+		o: o, log: o.Log, lock: lock, created: created,
 		in:       make(chan Record, o.QueueLen),
 		flushReq: make(chan chan struct{}),
 		poke:     make(chan struct{}, 1),
