@@ -25,6 +25,7 @@ func TestRunRefusesUnsafeSpool(t *testing.T) {
 	}
 	t.Setenv("SPOOL_DIR", dir)
 	t.Setenv("GATEWAY_ADDR", freePort(t))
+	t.Setenv("KEY_PEPPER", "spool-test-pepper")
 	// Bounds the test should the gateway start after all: Run then returns
 	// nil and the test fails below.
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
