@@ -33,7 +33,9 @@ const (
 	// SourceReported means the tokens are what the upstream reported.
 	SourceReported = "reported"
 	// SourceEstimated means the upstream never reported usage (e.g. the client
-	// hung up mid-stream) and the gateway estimated it.
+	// hung up before it did, even before the first byte of the answer) and
+	// the gateway estimated it: the prompt from the request's messages, the
+	// completion from what was relayed.
 	SourceEstimated = "estimated"
 	// SourceNone means no tokens were generated or reported (e.g. an upstream error).
 	SourceNone = "none"

@@ -398,6 +398,11 @@ func TestClientCancelStopsUpstream(t *testing.T) {
 	if ev.Outcome != usage.OutcomeClientCancelled || ev.UsageSource != usage.SourceEstimated || ev.CompletionTokens < 5 || ev.CompletionTokens > 1000 {
 		t.Errorf("cancelled event: %+v", ev)
 	}
+	// The upstream never reported usage: the prompt is the gateway's
+	// estimate of the messages (about four bytes a token).
+	if want := int64(len(`[{"role":"user","content":"#sim tokens=1000 chunk_delay_ms=20"}]`) / 4); ev.PromptTokens != want {
+		t.Errorf("cancelled event prompt %d, want the estimate %d", ev.PromptTokens, want)
+	}
 	// The simulator must see the cancellation promptly (it stops counting).
 	deadline := time.Now().Add(2 * time.Second)
 	for h.sim.Stats().InFlight != 0 {

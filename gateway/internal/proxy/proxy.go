@@ -163,6 +163,12 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) error
 			if r.Context().Err() != nil {
 				ev.Outcome = usage.OutcomeClientCancelled
 				ev.Status = 499
+				if fail.outcome == usage.OutcomeClientCancelled {
+					// The client left while waiting for the answer, not
+					// after an upstream error (in a retry's backoff): the
+					// upstream has the prompt and charges for it.
+					billHangUp(ev, req, 0)
+				}
 			}
 			h.finish(ev, in.Result)
 		}
@@ -246,7 +252,15 @@ func (h *Handler) unary(ctx context.Context, w http.ResponseWriter, req *chatReq
 	// larger one.
 	b, err := readAll(io.LimitReader(body, limit+1), resp.ContentLength, limit)
 	if err != nil {
-		fail(readFailure(ctx), outcomeOf(ctx))
+		outcome := outcomeOf(ctx)
+		if outcome == usage.OutcomeClientCancelled {
+			// The client hung up before its answer: nothing to write to it,
+			// but the upstream read the whole prompt.
+			ev.Status, ev.Outcome = 499, outcome
+			billHangUp(ev, req, 0)
+			return
+		}
+		fail(readFailure(ctx), outcome)
 		return
 	}
 	if int64(len(b)) > limit {
@@ -418,6 +432,17 @@ func (u *upstreamUsage) apply(ev *usage.Event) {
 	}
 	if u.CompletionTokensDetails != nil {
 		ev.ReasoningTokens = u.CompletionTokensDetails.ReasoningTokens
+	}
+}
+
+// billHangUp bills a request whose client hung up before the upstream
+// reported usage. The upstream read the whole prompt whatever the client
+// did next, so the prompt is estimated from the request's messages, with
+// the completion tokens relayed so far; usage the upstream did report
+// before the client left is exact and wins.
+func billHangUp(ev *usage.Event, req *chatRequest, completion int64) {
+	if ev.UsageSource == usage.SourceNone {
+		estimate(ev, req.promptBytes, completion)
 	}
 }
 

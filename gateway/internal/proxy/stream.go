@@ -175,7 +175,11 @@ func (h *Handler) stream(ctx context.Context, w http.ResponseWriter, r *http.Req
 			failure.Write(w)
 		}
 	}
-	if ev.UsageSource == usage.SourceNone && chunks > 0 {
+	switch {
+	case ev.Outcome == usage.OutcomeClientCancelled:
+		// Before the first content chunk too: the prompt was read.
+		billHangUp(ev, req, chunks)
+	case ev.UsageSource == usage.SourceNone && chunks > 0:
 		estimate(ev, req.promptBytes, chunks)
 	}
 }
