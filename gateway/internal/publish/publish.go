@@ -18,6 +18,12 @@
 //     whose publish failed, or whose ack has not come within AckWait of
 //     its Publish call, goes to the spool (a late ack then makes the
 //     replayed copy a duplicate, which JetStream drops).
+//   - the replayer publishes the spool's records in order, oldest segment
+//     first, with their original event ids as Nats-Msg-Id, and commits the
+//     spool's read position only after JetStream acknowledged them. On a
+//     failure it goes back to the committed position and resends (the
+//     duplicates are dropped by JetStream). It starts at once, so a spool
+//     left by an earlier run is replayed on start.
 //
 // JetStream takes events when the connection is up and acks flow. A
 // connection can be up while nothing is acked: a stream without a leader,
@@ -29,12 +35,6 @@
 // memory longer than about AckWait, and a kill -9 loses at most the
 // events of the last AckWait plus one spool fsync interval (~105 ms by
 // default), whatever state JetStream is in.
-//   - the replayer publishes the spool's records in order, oldest segment
-//     first, with their original event ids as Nats-Msg-Id, and commits the
-//     spool's read position only after JetStream acknowledged them. On a
-//     failure it goes back to the committed position and resends (the
-//     duplicates are dropped by JetStream). It starts at once, so a spool
-//     left by an earlier run is replayed on start.
 //
 // Run drains on shutdown: the queue is published while NATS answers, the
 // spool is replayed while there is time, and whatever is left at the drain

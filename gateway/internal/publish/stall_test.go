@@ -2,7 +2,7 @@ package publish
 
 import (
 	"bufio"
-	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -23,11 +23,11 @@ import (
 
 const scripts testenv.Scripts = "../../../deploy/local"
 
-// Environment of the child process of TestKill9WhileJetStreamStalled.
+// The child process of TestKill9WhileJetStreamStalled is the test binary
+// run with the arguments childArg, the NATS URL and the spool directory
+// after the test flags (flag.Args).
 const (
-	childEnv    = "QYAI_PUBLISH_STALL_CHILD" // set: run as the child
-	childNATS   = "QYAI_PUBLISH_STALL_NATS"
-	childSpool  = "QYAI_PUBLISH_STALL_SPOOL"
+	childArg    = "stall-child"
 	childPrefix = "stall"
 )
 
@@ -50,8 +50,8 @@ const frozenEvents = 10000
 // child accepted must then be in the stream, exactly once, except events
 // accepted within stallLossWindow of the kill.
 func TestKill9WhileJetStreamStalled(t *testing.T) {
-	if os.Getenv(childEnv) != "" {
-		stallChild(t)
+	if args := flag.Args(); len(args) == 3 && args[0] == childArg {
+		stallChild(t, args[1], args[2])
 		return
 	}
 	srv := scripts.NATSProcess(t)
@@ -70,8 +70,7 @@ func TestKill9WhileJetStreamStalled(t *testing.T) {
 
 	// The child publishes a steady stream of events and prints the number
 	// and accept time of each once Publish returned.
-	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1")
-	cmd.Env = append(os.Environ(), childEnv+"=1", childNATS+"="+srv.URL, childSpool+"="+dir)
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "--", childArg, srv.URL, dir)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -172,10 +171,10 @@ func TestKill9WhileJetStreamStalled(t *testing.T) {
 // stallChild is the child of TestKill9WhileJetStreamStalled: a publisher
 // with the gateway's settings, fed about 2,000 events a second until it
 // is killed.
-func stallChild(t *testing.T) {
+func stallChild(t *testing.T, natsURL, dir string) {
 	// As app.run connects: the 5 s ack timeout matters, since a pending
 	// ack holds one of the 4,096 slots until it times out.
-	nc, err := nats.Connect(os.Getenv(childNATS), nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(natsURL, nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1))
 	if err != nil {
 		t.Fatalf("connect to nats: %v", err)
 	}
@@ -183,12 +182,10 @@ func stallChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPublisher(t, js, os.Getenv(childSpool), func(o *Options) {
+	p := newPublisher(t, js, dir, func(o *Options) {
 		o.QueueSize = DefaultQueueSize
 	})
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	go p.Run(ctx, ctx)
+	go p.Run(t.Context(), t.Context()) // runs until the parent kills the process
 	w := bufio.NewWriter(os.Stdout)
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
@@ -196,7 +193,9 @@ func stallChild(t *testing.T) {
 		<-tick.C
 		for range 2 {
 			p.Publish(event(childPrefix, i))
-			fmt.Fprintf(w, "%d %d\n", i, time.Now().UnixNano())
+			if _, err := fmt.Fprintf(w, "%d %d\n", i, time.Now().UnixNano()); err != nil {
+				t.Fatalf("write to the parent: %v", err)
+			}
 			i++
 		}
 		if err := w.Flush(); err != nil {
