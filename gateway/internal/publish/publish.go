@@ -10,19 +10,31 @@
 //   - the sender takes events from the queue (waiting up to linger after
 //     the first of a quiet spell, so that they travel together) and
 //     publishes them asynchronously, each with its event id as Nats-Msg-Id, so that
-//     JetStream drops a second copy within its duplicate window. While the
-//     connection is down it writes them to the spool instead.
+//     JetStream drops a second copy within its duplicate window. While
+//     JetStream does not take events (see below) it writes them to the
+//     spool instead, and so does it with an event that has already waited
+//     AckWait in the queue.
 //   - the reaper awaits the acknowledgements in publish order. An event
-//     whose publish failed, or whose ack has not come within AckWait, goes
-//     to the spool (a late ack then makes the replayed copy a duplicate,
-//     which JetStream drops). A kill -9 therefore loses at most the events
-//     of the last linger and AckWait plus one spool fsync interval.
+//     whose publish failed, or whose ack has not come within AckWait of
+//     its Publish call, goes to the spool (a late ack then makes the
+//     replayed copy a duplicate, which JetStream drops).
 //   - the replayer publishes the spool's records in order, oldest segment
 //     first, with their original event ids as Nats-Msg-Id, and commits the
 //     spool's read position only after JetStream acknowledged them. On a
 //     failure it goes back to the committed position and resends (the
 //     duplicates are dropped by JetStream). It starts at once, so a spool
 //     left by an earlier run is replayed on start.
+//
+// JetStream takes events when the connection is up and acks flow. A
+// connection can be up while nothing is acked: a stream without a leader,
+// a frozen server, a full pending-ack window. So an ack that is overdue or
+// failed, or the pending acks reaching the ceiling (maxInflight less the
+// replay window), marks the publisher stalled: from then on new events go
+// straight to the spool, and only the replayer publishes, as a probe; the
+// first ack anyone receives ends the stall. No event therefore waits in
+// memory longer than about AckWait, and a kill -9 loses at most the
+// events of the last AckWait plus one spool fsync interval (~105 ms by
+// default), whatever state JetStream is in.
 //
 // Run drains on shutdown: the queue is published while NATS answers, the
 // spool is replayed while there is time, and whatever is left at the drain
@@ -72,12 +84,14 @@ type Options struct {
 	// Spool configures the disk spool; Spool.Dir is required. When empty,
 	// New sets Spool.Log to Log and Spool.OnDrop to logging the drop.
 	Spool spool.Options
-	// AckWait is how long an event may wait for its JetStream ack before
-	// a copy goes to the spool. It bounds what a kill -9 can lose while
-	// NATS is slow or partitioned. Default 100 ms.
+	// AckWait is how long an event may wait in memory, from Publish to
+	// its JetStream ack, before a copy goes to the spool; an overdue ack
+	// also stalls the publisher (see the package comment). It bounds what
+	// a kill -9 can lose while NATS is slow, partitioned or not acking.
+	// Default 100 ms.
 	AckWait time.Duration
 	// ReplayWindow is the number of spooled events in flight at once.
-	// Default 256.
+	// Default 256, at most 2048 (half the pending-ack slots).
 	ReplayWindow int
 	// Log receives errors. Required.
 	Log *slog.Logger
@@ -98,14 +112,20 @@ type Stats struct {
 // Publisher is the asynchronous usage event publisher.
 type Publisher struct {
 	js      jetstream.JetStream
+	now     func() time.Time
 	subject string
 	log     *slog.Logger
 	ackWait time.Duration
 	window  int
 
-	queue    chan *usage.Event
+	queue    chan queued
 	inflight chan inflight
 	spool    *spool.Spool
+
+	// stalled is set when JetStream stopped acking while the connection
+	// is up; the next ack clears it. While set, Publish's events go to
+	// the spool.
+	stalled atomic.Bool
 
 	// mu orders Publish against the end of the drain: once live is false
 	// no Publish is sending to queue, so a last sweep empties it.
@@ -115,11 +135,18 @@ type Publisher struct {
 	nInflight, published, retried, replayed, dropped atomic.Int64
 }
 
+// queued is an event in the queue, with the time Publish took it: the
+// bound on its time in memory counts from then.
+type queued struct {
+	ev *usage.Event
+	at time.Time
+}
+
 type inflight struct {
 	id   string
 	data []byte
 	fut  jetstream.PubAckFuture
-	sent time.Time
+	at   time.Time // when Publish took the event
 }
 
 // New opens the spool in o.Spool.Dir and returns a publisher. js should be
@@ -135,16 +162,20 @@ func New(js jetstream.JetStream, o Options) (*Publisher, error) {
 	if o.ReplayWindow <= 0 {
 		o.ReplayWindow = DefaultReplayWindow
 	}
+	// The live events' share of the pending acks is what the replayer
+	// leaves (see accepting); keep it at least half.
+	o.ReplayWindow = min(o.ReplayWindow, maxInflight/2)
 	if o.Log == nil {
 		return nil, errNoLogger
 	}
 	p := &Publisher{
 		js:       js,
+		now:      time.Now,
 		subject:  usage.Subject,
 		log:      o.Log,
 		ackWait:  o.AckWait,
 		window:   o.ReplayWindow,
-		queue:    make(chan *usage.Event, o.QueueSize),
+		queue:    make(chan queued, o.QueueSize),
 		inflight: make(chan inflight, maxInflight),
 		live:     true,
 	}
@@ -169,7 +200,7 @@ func (p *Publisher) Publish(ev *usage.Event) {
 	defer p.mu.RUnlock()
 	if p.live {
 		select {
-		case p.queue <- ev:
+		case p.queue <- queued{ev: ev, at: p.now()}:
 			return
 		default:
 		}
@@ -213,7 +244,37 @@ func (p *Publisher) Run(ctx, drain context.Context) {
 	}
 }
 
+// connected reports whether the connection to NATS is up. The replayer
+// publishes whenever it is: its publishes are the probe that ends a stall.
 func (p *Publisher) connected() bool { return p.js.Conn().IsConnected() }
+
+// accepting reports whether live events may be published: the connection
+// is up, acks flow, and the pending acks leave room for the replayer's
+// window, so that PublishAsync never waits for a free slot.
+func (p *Publisher) accepting() bool {
+	if !p.connected() || p.stalled.Load() {
+		return false
+	}
+	if p.js.PublishAsyncPending() >= maxInflight-p.window {
+		p.stall(errPendingCeiling)
+		return false
+	}
+	return true
+}
+
+// stall marks JetStream as not acking; the first ack ends it (acked).
+func (p *Publisher) stall(err error) {
+	if !p.stalled.Swap(true) {
+		p.log.Warn("usage publish stalled: JetStream does not ack; events go to the spool until acks flow again", "err", err)
+	}
+}
+
+// acked records that JetStream acknowledged a message: acks flow.
+func (p *Publisher) acked() {
+	if p.stalled.Load() && p.stalled.Swap(false) {
+		p.log.Info("usage publish resumed: JetStream acks again")
+	}
+}
 
 // send publishes queued events until ctx ends, then what is left in the
 // queue, and stops taking events into the queue.
@@ -224,7 +285,7 @@ func (p *Publisher) send(ctx, drain context.Context) {
 loop:
 	for {
 		select {
-		case ev := <-p.queue:
+		case q := <-p.queue:
 			if len(p.queue) < lingerBatch {
 				timer.Reset(linger)
 				select {
@@ -233,7 +294,7 @@ loop:
 					timer.Stop()
 				}
 			}
-			p.sendOne(drain, ev)
+			p.sendOne(drain, q)
 			for n := 1; n < maxInflight && p.sendQueued(drain); n++ {
 			}
 		case <-ctx.Done():
@@ -252,35 +313,43 @@ loop:
 // sendQueued sends one queued event, if there is one.
 func (p *Publisher) sendQueued(drain context.Context) bool {
 	select {
-	case ev := <-p.queue:
-		p.sendOne(drain, ev)
+	case q := <-p.queue:
+		p.sendOne(drain, q)
 		return true
 	default:
 		return false
 	}
 }
 
-func (p *Publisher) sendOne(drain context.Context, ev *usage.Event) {
+func (p *Publisher) sendOne(drain context.Context, q queued) {
+	ev := q.ev
 	data, err := ev.Marshal()
 	if err != nil { // cannot happen for this struct; never lose the count silently
 		p.dropped.Add(1)
 		p.log.Error("usage event dropped: encode", "event_id", ev.ID, "key_id", ev.KeyID, "err", err)
 		return
 	}
-	if drain.Err() != nil || !p.connected() {
+	// An event that already waited its AckWait in the queue goes to disk
+	// now rather than wait for an ack as well.
+	if drain.Err() != nil || !p.accepting() || p.now().Sub(q.at) >= p.ackWait {
 		p.spool.Put(spool.Bytes(data))
 		return
 	}
-	// Dedup layer 1 (pkg/ledger): the event id as Nats-Msg-Id.
-	fut, err := p.js.PublishAsync(p.subject, data, jetstream.WithMsgID(ev.ID))
+	// Dedup layer 1 (pkg/ledger): the event id as Nats-Msg-Id. The stall
+	// wait is short: accepting keeps the pending acks below the ceiling,
+	// so a wait for a slot means the replayer's window is full as well.
+	fut, err := p.js.PublishAsync(p.subject, data, jetstream.WithMsgID(ev.ID), jetstream.WithStallWait(linger))
 	if err != nil {
+		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			p.stall(err)
+		}
 		p.failed(err)
 		p.spool.Put(spool.Bytes(data))
 		return
 	}
 	p.nInflight.Add(1)
 	select {
-	case p.inflight <- inflight{id: ev.ID, data: data, fut: fut, sent: time.Now()}:
+	case p.inflight <- inflight{id: ev.ID, data: data, fut: fut, at: q.at}:
 	case <-drain.Done():
 		p.nInflight.Add(-1)
 		p.spool.Put(spool.Bytes(data))
@@ -288,7 +357,7 @@ func (p *Publisher) sendOne(drain context.Context, ev *usage.Event) {
 }
 
 // reap awaits acknowledgements in publish order; what fails or waits too
-// long goes to the spool.
+// long goes to the spool, and marks the publisher stalled.
 func (p *Publisher) reap(drain context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -297,7 +366,7 @@ func (p *Publisher) reap(drain context.Context) {
 		select {
 		case <-f.fut.Ok():
 		default:
-			timer.Reset(time.Until(f.sent.Add(p.ackWait)))
+			timer.Reset(f.at.Add(p.ackWait).Sub(p.now()))
 			select {
 			case <-f.fut.Ok():
 			case err = <-f.fut.Err():
@@ -308,8 +377,12 @@ func (p *Publisher) reap(drain context.Context) {
 			}
 		}
 		if err == nil {
+			p.acked()
 			p.published.Add(1)
 		} else {
+			if !errors.Is(err, errDrainDeadline) {
+				p.stall(err)
+			}
 			p.failed(err)
 			p.spool.Put(spool.Bytes(f.data))
 		}
@@ -318,9 +391,10 @@ func (p *Publisher) reap(drain context.Context) {
 }
 
 var (
-	errNoLogger      = errors.New("publisher logger not set")
-	errAckWait       = errors.New("no ack within the ack wait; event spooled")
-	errDrainDeadline = errors.New("drain deadline passed; event spooled")
+	errNoLogger       = errors.New("publisher logger not set")
+	errAckWait        = errors.New("no ack within the ack wait; event spooled")
+	errPendingCeiling = errors.New("pending acks at the ceiling")
+	errDrainDeadline  = errors.New("drain deadline passed; event spooled")
 )
 
 func (p *Publisher) failed(err error) {

@@ -164,6 +164,7 @@ func (p *Publisher) settle(drain context.Context, win []sent) ([]sent, error) {
 					return win[i:], nil
 				}
 			}
+			p.acked()
 			p.replayed.Add(1)
 			p.published.Add(1)
 		}
