@@ -185,6 +185,15 @@ func (v *Verifier) lookup(ctx context.Context, hash string) (*apikey.Record, err
 			return nil, ctx.Err()
 		}
 	}
+	// A flight that ended just now cached its answer before it left.
+	v.mu.RLock()
+	e, cached := v.cache[hash]
+	fresh := cached && v.trusted(e, v.now())
+	v.mu.RUnlock()
+	if fresh {
+		v.flightMu.Unlock()
+		return e.rec, nil
+	}
 	f := &flight{gen: gen, done: make(chan struct{})}
 	v.flights[hash] = f
 	v.flightMu.Unlock()

@@ -275,7 +275,7 @@ func (r *recorder) len() int {
 // listen runs Listen on rdb until the test ends.
 func listen(t *testing.T, rdb goredis.UniversalClient, w Watcher) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
