@@ -112,7 +112,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 
-	verifier := auth.NewVerifier(authredis.NewStore(rdb, cfg.RedisTimeout), cfg.KeyPepper, cfg.KeyCacheTTL, time.Now)
+	verifier := auth.NewVerifier(authredis.NewStore(rdb, cfg.RedisTimeout), cfg.KeyPepper, cfg.KeyCacheTTL, time.Now,
+		auth.WithStaleMaxAge(cfg.KeyStaleMaxAge))
 	pub, err := publish.New(js, publish.Options{
 		QueueSize: cfg.PublishQueue,
 		Spool:     spool.Options{Dir: cfg.SpoolDir, MaxBytes: cfg.SpoolMaxBytes},

@@ -3,8 +3,18 @@
 // locally for a short TTL so the hot path usually makes no store call, and
 // admin changes evict them through Invalidate (driven by Redis pub/sub).
 //
+// A revoke is seen within about a second, always:
+//   - a lookup that was in flight when Invalidate ran does not cache its
+//     (possibly stale) answer: every Invalidate bumps a generation, and a
+//     result is stored only if the generation is the one noted before the
+//     store was asked;
+//   - while the change feed is not known to work (SetWatched(false): the
+//     subscription is down, half-open or not yet confirmed), a cached key is
+//     trusted for at most UnwatchedTTL after it was verified, not the TTL.
+//
 // When the store is unreachable, keys verified before keep working from the
-// cache even past their TTL (stale-if-error), and unknown keys get
+// cache even past their TTL (stale-if-error), up to a maximum age
+// (WithStaleMaxAge); unknown keys, and keys older than that, get
 // ErrUnavailable rather than being refused as invalid.
 package auth
 
@@ -28,7 +38,14 @@ var (
 	ErrUnavailable = errors.New("key store unavailable")
 	// ErrNotFound is returned by a Store for an unknown hash.
 	ErrNotFound = errors.New("key not found")
+	// errTooStale is why a cached key is not used during an outage.
+	errTooStale = errors.New("cached key older than the stale-if-error limit")
 )
+
+// UnwatchedTTL bounds how long a cached key is trusted, from its
+// verification, while the change feed is not known to work (or the TTL, if
+// shorter). It is the revoke bound in that state.
+const UnwatchedTTL = time.Second
 
 // Store finds key records by key hash.
 type Store interface {
@@ -36,19 +53,23 @@ type Store interface {
 }
 
 type entry struct {
-	rec     *apikey.Record
-	expires time.Time
+	rec      *apikey.Record
+	verified time.Time // when the store last said the key is active
+	expires  time.Time
 }
 
 // Verifier checks presented keys.
 type Verifier struct {
-	store  Store
-	pepper []byte
-	ttl    time.Duration
-	now    func() time.Time
+	store    Store
+	pepper   []byte
+	ttl      time.Duration
+	staleMax time.Duration // 0: no limit
+	now      func() time.Time
 
-	mu    sync.RWMutex
-	cache map[string]entry // by key hash
+	mu      sync.RWMutex
+	cache   map[string]entry // by key hash
+	gen     uint64           // bumped by every Invalidate
+	watched bool             // the change feed is known to deliver
 
 	// Concurrent misses for one key share one store lookup, so a burst on
 	// a cold key costs Redis one round trip, not one per request.
@@ -57,14 +78,30 @@ type Verifier struct {
 }
 
 type flight struct {
+	gen  uint64 // v.gen before the store was asked
 	done chan struct{}
 	rec  *apikey.Record
 	err  error
 }
 
-// NewVerifier returns a verifier; now is the clock.
-func NewVerifier(store Store, pepper string, ttl time.Duration, now func() time.Time) *Verifier {
-	return &Verifier{store: store, pepper: []byte(pepper), ttl: ttl, now: now, cache: map[string]entry{}, flights: map[string]*flight{}}
+// Option configures a Verifier.
+type Option func(*Verifier)
+
+// WithStaleMaxAge caps stale-if-error: during a store outage a cached key
+// is used only if it was verified at most d ago. Zero (the default) means
+// no cap.
+func WithStaleMaxAge(d time.Duration) Option {
+	return func(v *Verifier) { v.staleMax = d }
+}
+
+// NewVerifier returns a verifier; now is the clock. It starts unwatched
+// (see SetWatched).
+func NewVerifier(store Store, pepper string, ttl time.Duration, now func() time.Time, opts ...Option) *Verifier {
+	v := &Verifier{store: store, pepper: []byte(pepper), ttl: ttl, now: now, cache: map[string]entry{}, flights: map[string]*flight{}}
+	for _, o := range opts {
+		o(v)
+	}
+	return v
 }
 
 // BearerToken extracts the token of an Authorization header value.
@@ -85,8 +122,9 @@ func (v *Verifier) Verify(ctx context.Context, key string) (*apikey.Record, erro
 	now := v.now()
 	v.mu.RLock()
 	e, cached := v.cache[hash]
+	fresh := cached && v.trusted(e, now)
 	v.mu.RUnlock()
-	if cached && now.Before(e.expires) {
+	if fresh {
 		return e.rec, nil
 	}
 	rec, err := v.lookup(ctx, hash)
@@ -95,26 +133,50 @@ func (v *Verifier) Verify(ctx context.Context, key string) (*apikey.Record, erro
 		v.evictHash(hash)
 		return nil, ErrInvalidKey
 	case err != nil:
-		if cached { // stale-if-error: the key was valid moments ago
-			return e.rec, nil
-		}
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return v.stale(hash, now, err)
 	case rec.Hash != hash || !rec.Active():
 		v.evictHash(hash)
 		return nil, ErrInvalidKey
 	}
-	v.mu.Lock()
-	v.cache[hash] = entry{rec: rec, expires: now.Add(v.ttl)}
-	v.mu.Unlock()
 	return rec, nil
+}
+
+// trusted reports whether a cached entry may be used without asking the
+// store. Callers hold v.mu.
+func (v *Verifier) trusted(e entry, now time.Time) bool {
+	if !now.Before(e.expires) {
+		return false
+	}
+	return v.watched || now.Sub(e.verified) < min(v.ttl, UnwatchedTTL)
+}
+
+// stale answers a failed lookup from the cache (stale-if-error: the key was
+// valid moments ago). The cache is read again: an Invalidate that ran while
+// the lookup failed must win.
+func (v *Verifier) stale(hash string, now time.Time, err error) (*apikey.Record, error) {
+	v.mu.RLock()
+	e, ok := v.cache[hash]
+	v.mu.RUnlock()
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	case v.staleMax > 0 && now.Sub(e.verified) > v.staleMax:
+		return nil, fmt.Errorf("%w: %w: %w", ErrUnavailable, errTooStale, err)
+	}
+	return e.rec, nil
 }
 
 // lookup asks the store once for all concurrent callers with the same hash,
 // retrying once: a lookup is idempotent, and a single slow answer should
-// not turn a valid key into a 503.
+// not turn a valid key into a 503. The flight caches an active record
+// itself, and only if no Invalidate ran since it started; a caller that
+// arrives after an Invalidate does not join an older flight.
 func (v *Verifier) lookup(ctx context.Context, hash string) (*apikey.Record, error) {
+	v.mu.RLock()
+	gen := v.gen
+	v.mu.RUnlock()
 	v.flightMu.Lock()
-	if f, ok := v.flights[hash]; ok {
+	if f, ok := v.flights[hash]; ok && f.gen == gen {
 		v.flightMu.Unlock()
 		select {
 		case <-f.done:
@@ -123,7 +185,16 @@ func (v *Verifier) lookup(ctx context.Context, hash string) (*apikey.Record, err
 			return nil, ctx.Err()
 		}
 	}
-	f := &flight{done: make(chan struct{})}
+	// A flight that ended just now cached its answer before it left.
+	v.mu.RLock()
+	e, cached := v.cache[hash]
+	fresh := cached && v.trusted(e, v.now())
+	v.mu.RUnlock()
+	if fresh {
+		v.flightMu.Unlock()
+		return e.rec, nil
+	}
+	f := &flight{gen: gen, done: make(chan struct{})}
 	v.flights[hash] = f
 	v.flightMu.Unlock()
 
@@ -131,23 +202,52 @@ func (v *Verifier) lookup(ctx context.Context, hash string) (*apikey.Record, err
 	if f.err != nil && !errors.Is(f.err, ErrNotFound) && ctx.Err() == nil {
 		f.rec, f.err = v.store.Lookup(ctx, hash)
 	}
+	if f.err == nil && f.rec.Hash == hash && f.rec.Active() {
+		now := v.now()
+		v.mu.Lock()
+		if v.gen == f.gen {
+			v.cache[hash] = entry{rec: f.rec, verified: now, expires: now.Add(v.ttl)}
+		}
+		v.mu.Unlock()
+	}
 	v.flightMu.Lock()
-	delete(v.flights, hash)
+	if v.flights[hash] == f {
+		delete(v.flights, hash)
+	}
 	v.flightMu.Unlock()
 	close(f.done)
 	return f.rec, f.err
 }
 
-// Invalidate forgets every cached key with the id (after an admin change).
-// An empty id forgets everything, e.g. after a missed notification.
+// Invalidate forgets every cached key with the id (after an admin change),
+// and keeps lookups already in flight from caching what they read. An empty
+// id forgets everything, e.g. after a missed notification.
 func (v *Verifier) Invalidate(id string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.gen++
 	for h, e := range v.cache {
 		if id == "" || e.rec.ID == id {
 			delete(v.cache, h)
 		}
 	}
+}
+
+// SetWatched tells the verifier whether the change feed that calls
+// Invalidate is known to work. While it is not, cached keys are trusted for
+// UnwatchedTTL at most. Whoever sets it back to true must first Invalidate
+// everything, since changes may have been missed.
+func (v *Verifier) SetWatched(ok bool) {
+	v.mu.Lock()
+	v.watched = ok
+	v.mu.Unlock()
+}
+
+// Watched reports what SetWatched set last.
+func (v *Verifier) Watched() bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.watched
 }
 
 func (v *Verifier) evictHash(hash string) {

@@ -29,6 +29,9 @@ type Config struct {
 	KeyPepper    string        // KEY_PEPPER or KEY_PEPPER_FILE: HMAC secret shared with admin
 	// KeyCacheTTL is how long a verified key is trusted without asking Redis.
 	KeyCacheTTL time.Duration // KEY_CACHE_TTL
+	// KeyStaleMaxAge caps stale-if-error: while Redis is unreachable a
+	// cached key is used only if it was verified at most this long ago.
+	KeyStaleMaxAge time.Duration // KEY_STALE_MAX_AGE
 	// LimitReplicas is how many gateways share each key's limits; while
 	// Redis is unreachable each replica allows 1/LimitReplicas of them.
 	LimitReplicas int // LIMIT_FALLBACK_REPLICAS
@@ -91,14 +94,15 @@ func Load(getenv func(string) string) (Config, error) {
 	r := envconfig.New(envconfig.Getenv(getenv))
 	host, _ := os.Hostname()
 	c := Config{
-		Addr:          r.String("GATEWAY_ADDR", "127.0.0.1:8080"),
-		RedisAddr:     r.String("REDIS_ADDR", "127.0.0.1:6379"),
-		RedisTimeout:  r.Duration("REDIS_TIMEOUT", 50*time.Millisecond),
-		NATSURL:       r.String("NATS_URL", "nats://127.0.0.1:4222"),
-		AdminURL:      r.String("ADMIN_URL", "http://127.0.0.1:8081"),
-		KeyPepper:     apikey.ReadPepper(r),
-		KeyCacheTTL:   r.Duration("KEY_CACHE_TTL", 30*time.Second),
-		LimitReplicas: r.Int("LIMIT_FALLBACK_REPLICAS", 1),
+		Addr:           r.String("GATEWAY_ADDR", "127.0.0.1:8080"),
+		RedisAddr:      r.String("REDIS_ADDR", "127.0.0.1:6379"),
+		RedisTimeout:   r.Duration("REDIS_TIMEOUT", 50*time.Millisecond),
+		NATSURL:        r.String("NATS_URL", "nats://127.0.0.1:4222"),
+		AdminURL:       r.String("ADMIN_URL", "http://127.0.0.1:8081"),
+		KeyPepper:      apikey.ReadPepper(r),
+		KeyCacheTTL:    r.Duration("KEY_CACHE_TTL", 30*time.Second),
+		KeyStaleMaxAge: r.Duration("KEY_STALE_MAX_AGE", 15*time.Minute),
+		LimitReplicas:  r.Int("LIMIT_FALLBACK_REPLICAS", 1),
 		Upstream: Upstream{
 			Members:          members(r),
 			EjectAfter:       r.Int("UPSTREAM_EJECT_AFTER", 3),
@@ -174,6 +178,12 @@ func (c Config) Validate() error {
 	}
 	if c.KeyPepper == "" {
 		add("keys", "KEY_PEPPER is empty")
+	}
+	if c.KeyCacheTTL <= 0 {
+		add("keys", "KEY_CACHE_TTL must be positive")
+	}
+	if c.KeyStaleMaxAge <= 0 {
+		add("keys", "KEY_STALE_MAX_AGE must be positive")
 	}
 	if c.MaxBodyBytes < 1024 {
 		add("server", "MAX_BODY_BYTES must be at least 1024")

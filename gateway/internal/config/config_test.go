@@ -85,6 +85,18 @@ func TestLoad(t *testing.T) {
 			"KEY_PEPPER": "p", "KEY_PEPPER_FILE": pepperFile, "UPSTREAM_API_KEY_FILE": filepath.Join(dir, "missing"),
 		}, wantErr: []string{"set KEY_PEPPER or KEY_PEPPER_FILE, not both", "read UPSTREAM_API_KEY_FILE"}},
 		{name: "no pepper outside dev mode", env: map[string]string{"QYAI_DEV": ""}, wantErr: []string{"KEY_PEPPER is required"}},
+		{name: "key stale max age default", check: func(t *testing.T, c Config) {
+			if c.KeyStaleMaxAge != 15*time.Minute || c.KeyCacheTTL != 30*time.Second {
+				t.Errorf("stale max age %v, cache ttl %v", c.KeyStaleMaxAge, c.KeyCacheTTL)
+			}
+		}},
+		{name: "key stale max age set", env: map[string]string{"KEY_STALE_MAX_AGE": "5m"}, check: func(t *testing.T, c Config) {
+			if c.KeyStaleMaxAge != 5*time.Minute {
+				t.Errorf("stale max age %v", c.KeyStaleMaxAge)
+			}
+		}},
+		{name: "key durations not positive", env: map[string]string{"KEY_STALE_MAX_AGE": "0s", "KEY_CACHE_TTL": "-1s"},
+			wantErr: []string{"keys: KEY_STALE_MAX_AGE must be positive", "keys: KEY_CACHE_TTL must be positive"}},
 		{name: "bad log level", env: map[string]string{"LOG_LEVEL": "loud"}, wantErr: []string{`server: LOG_LEVEL "loud" is not one of debug, info, warn, error`}},
 		{name: "every problem reported", env: map[string]string{
 			"REDIS_TIMEOUT": "soon", "MAX_BODY_BYTES": "12", "UPSTREAM_BASE_URL": "ftp://x", "STREAM_REPLICAS": "9",

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -45,39 +46,76 @@ func (s *Store) Lookup(ctx context.Context, hash string) (*apikey.Record, error)
 	return &rec, nil
 }
 
-// Invalidator is what Listen notifies.
-type Invalidator interface{ Invalidate(id string) }
+// Watcher is what Listen notifies: the key changes, and whether the
+// subscription is known to deliver them (auth.Verifier implements it).
+type Watcher interface {
+	Invalidate(id string)
+	SetWatched(ok bool)
+}
 
-// Listen evicts keys named on apikey.ChangedChannel until ctx ends. After
-// every (re)subscription it evicts everything, since changes may have been
-// missed while the subscription was down.
-func Listen(ctx context.Context, rdb goredis.UniversalClient, inv Invalidator, log *slog.Logger) {
+// PingInterval is how long the subscription may stay silent before Listen
+// pings it; a ping unanswered for as long again counts as a dead or
+// half-open connection. Detection takes at most twice this.
+const PingInterval = 250 * time.Millisecond
+
+// Listen evicts keys named on apikey.ChangedChannel until ctx ends. It
+// reports the subscription watched once Redis confirms it, and unwatched
+// as soon as the connection fails or stops answering pings; it then
+// subscribes again on a fresh connection. After every subscription it
+// evicts everything, since changes may have been missed while it was down.
+func Listen(ctx context.Context, rdb goredis.UniversalClient, w Watcher, log *slog.Logger) {
+	for {
+		err := listenOnce(ctx, rdb, w)
+		w.SetWatched(false)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("key change subscription interrupted", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// listenOnce runs one subscription until it fails or stops answering.
+func listenOnce(ctx context.Context, rdb goredis.UniversalClient, w Watcher) error {
 	sub := rdb.Subscribe(ctx, apikey.ChangedChannel)
 	// Receive blocks in a socket read that ignores ctx: closing the
 	// subscription is what ends it.
 	stop := context.AfterFunc(ctx, func() { _ = sub.Close() })
 	defer stop()
 	defer func() { _ = sub.Close() }() // ends the subscription, if ctx has not already
+	pinged := false
 	for {
-		msg, err := sub.Receive(ctx)
+		msg, err := sub.ReceiveTimeout(ctx, PingInterval)
 		if ctx.Err() != nil {
-			return
+			return ctx.Err()
 		}
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			if pinged {
+				return fmt.Errorf("no answer to ping within %v: %w", PingInterval, err)
+			}
+			if err := sub.Ping(ctx); err != nil {
+				return fmt.Errorf("ping: %w", err)
+			}
+			pinged = true
+			continue
+		case err != nil:
+			return fmt.Errorf("receive: %w", err)
+		}
+		pinged = false
 		switch m := msg.(type) {
 		case *goredis.Subscription:
 			if m.Kind == "subscribe" {
-				inv.Invalidate("")
+				w.Invalidate("")
+				w.SetWatched(true)
 			}
 		case *goredis.Message:
-			inv.Invalidate(m.Payload)
-		}
-		if err != nil {
-			log.Warn("key change subscription interrupted", "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
+			w.Invalidate(m.Payload)
 		}
 	}
 }
