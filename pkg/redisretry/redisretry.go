@@ -32,24 +32,28 @@ var serverPrefixes = [...]string{"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "C
 // MASTERDOWN, TRYAGAIN, CLUSTERDOWN). The command was not executed, so it is
 // safe to send again.
 func IsServerTransient(err error) bool {
-	// Not errors.As: it stops at the first reply, and the EXECABORT that Hook
-	// joins with its cause comes first.
-	if re, ok := err.(goredis.Error); ok {
-		msg := re.Error()
-		for _, p := range serverPrefixes {
-			if msg == p || strings.HasPrefix(msg, p+" ") {
+	var re goredis.Error
+	if errors.As(err, &re) && refusal(re.Error()) {
+		return true
+	}
+	// errors.As stops at the first reply, and the EXECABORT that Hook joins
+	// with its cause comes first: look into joined errors too.
+	var joined interface{ Unwrap() []error }
+	if errors.As(err, &joined) {
+		for _, e := range joined.Unwrap() {
+			if IsServerTransient(e) {
 				return true
 			}
 		}
 	}
-	switch u := err.(type) {
-	case interface{ Unwrap() error }:
-		return IsServerTransient(u.Unwrap())
-	case interface{ Unwrap() []error }:
-		for _, e := range u.Unwrap() {
-			if IsServerTransient(e) {
-				return true
-			}
+	return false
+}
+
+// refusal reports whether msg starts with one of serverPrefixes.
+func refusal(msg string) bool {
+	for _, p := range serverPrefixes {
+		if msg == p || strings.HasPrefix(msg, p+" ") {
+			return true
 		}
 	}
 	return false

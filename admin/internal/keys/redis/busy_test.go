@@ -77,7 +77,9 @@ func busy(t *testing.T, addr string) (kill func()) {
 				t.Errorf("SCRIPT KILL: %v", err)
 				return
 			}
-			<-done
+			if err := <-done; err == nil {
+				t.Error("the looping script ended without an error")
+			}
 		})
 	}
 	t.Cleanup(kill)
