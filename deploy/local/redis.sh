@@ -29,14 +29,22 @@ redis_launch() {
 }
 
 # redis_probe <dir> <from> <port>: the Redis answering on the port is ours (another
-# one may hold the port).
+# one may hold the port) and has loaded its data. A Redis answers INFO and PING
+# while it loads an append-only file, but refuses every data command with
+# LOADING until it is done, so "ready" waits for loading:0 (and async_loading:0,
+# Redis 7 and later).
 redis_probe() {
 	local dir=$1 port=$3 info
-	info=$(timeout 0.5 redis-cli -h 127.0.0.1 -p "$port" info server 2>/dev/null) || return 1
-	[[ $info == *"process_id:$(read_pid "$dir/pid")"$'\r'* ]]
+	# INFO without a section: the default ones, server and persistence among them.
+	info=$(timeout 0.5 redis-cli -h 127.0.0.1 -p "$port" info 2>/dev/null) || return 1
+	[[ $info == *"process_id:$(read_pid "$dir/pid")"$'\r'* ]] || return 1
+	[[ $info == *$'\n'"loading:0"$'\r'* ]] || return 1
+	[[ $info != *$'\n'"async_loading:"[!0]* ]]
 }
 
 # redis_ready_line <pid> <elapsed> <port>
 redis_ready_line() { echo "redis ready on 127.0.0.1:$3 (pid $1, $2)"; }
 
-server_main redis "port" 10 10 "$@"
+# The ready timeout covers loading the append-only file of a persistent Redis
+# (about a second per 50 MB).
+server_main redis "port" 60 10 "$@"

@@ -47,7 +47,8 @@ import (
 const installHint = "install the servers with deploy/local/install.sh"
 
 // scriptTimeout bounds one run of a deploy/local script; the scripts have their own
-// readiness deadlines (ClickHouse 30 s, the others 10 s) well below it.
+// readiness deadlines (Redis 60 s, to load a large append-only file; ClickHouse 30 s;
+// NATS 10 s) below it.
 const scriptTimeout = 90 * time.Second
 
 // Server is one running (or stopped) server owned by a test.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -240,5 +242,49 @@ func httpGet(t *testing.T, url string) {
 	_ = resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+}
+
+// TestRedisStartWaitsForLoading restarts a persistent Redis over an append-only
+// file large enough that loading it takes a noticeable time, and checks that Start
+// returns only once the server has loaded it: the first command is served, not
+// refused with LOADING.
+func TestRedisStartWaitsForLoading(t *testing.T) {
+	t.Parallel()
+	srv := scripts.RedisPersistent(t)
+	ctx := t.Context()
+	// MaxRetries -1: go-redis would otherwise retry LOADING by itself.
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+
+	const keys, batch = 400_000, 10_000
+	value := strings.Repeat("v", 100)
+	for i := 0; i < keys; i += batch {
+		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j := i; j < i+batch; j++ {
+				p.Set(ctx, "key:"+strconv.Itoa(j), value, 0)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("write keys %d..%d: %v", i, i+batch, err)
+		}
+	}
+	srv.Stop(t)
+	srv.Start(t)
+
+	info, err := rdb.Info(ctx, "persistence").Result()
+	if err != nil {
+		t.Fatalf("INFO persistence: %v", err)
+	}
+	if !strings.Contains(info, "\r\nloading:0\r\n") {
+		t.Fatalf("INFO persistence right after Start:\n%s\nwant loading:0", info)
+	}
+	n, err := rdb.DBSize(ctx).Result()
+	if err != nil || n != keys {
+		t.Fatalf("DBSIZE right after Start = %d, %v; want %d", n, err, keys)
+	}
+	if got, err := rdb.Get(ctx, "key:0").Result(); err != nil || got != value {
+		t.Fatalf("GET key:0 right after Start = %q, %v", got, err)
 	}
 }

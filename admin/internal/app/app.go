@@ -32,6 +32,7 @@ import (
 	redisstore "github.com/qyai/qyai/admin/internal/keys/redis"
 	"github.com/qyai/qyai/pkg/chschema"
 	"github.com/qyai/qyai/pkg/logging"
+	"github.com/qyai/qyai/pkg/redisretry"
 	"github.com/qyai/qyai/pkg/tier"
 )
 
@@ -119,6 +120,9 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 		DisableIdentity:       true,
 	})
 	defer func() { _ = rdb.Close() }() // shutting down: nothing left to do on error
+	// A Redis still loading its data after a restart, or blocked in a script,
+	// refuses commands for a moment: retry them within each call's bound.
+	rdb.AddHook(redisretry.Hook{})
 
 	ch := chstore.NewConnector(chschema.Options{
 		Addr:     cfg.ClickHouse.Addr,

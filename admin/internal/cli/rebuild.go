@@ -17,6 +17,7 @@ import (
 	redisstore "github.com/qyai/qyai/admin/internal/keys/redis"
 	"github.com/qyai/qyai/pkg/apikey"
 	"github.com/qyai/qyai/pkg/chschema"
+	"github.com/qyai/qyai/pkg/redisretry"
 )
 
 // monthCounterSlack matches the gateway: a monthly counter lives until 35
@@ -59,6 +60,8 @@ func (r *runner) rebuildRedis(ctx context.Context, args []string) error {
 		DisableIdentity:       true,
 	})
 	defer func() { _ = rdb.Close() }() // every command has returned by then
+	// A Redis still loading its data answers LOADING for a moment: retry.
+	rdb.AddHook(redisretry.Hook{})
 	ch := r.cfg.ClickHouse
 	conn, err := chschema.Open(ctx, chschema.Options{
 		Addr: ch.Addr, Database: ch.Database, User: ch.User, Password: ch.Password, Cluster: ch.Cluster,

@@ -26,6 +26,7 @@ import (
 	"github.com/qyai/qyai/admin/internal/keys"
 	"github.com/qyai/qyai/admin/internal/web"
 	"github.com/qyai/qyai/pkg/apierr"
+	"github.com/qyai/qyai/pkg/redisretry"
 )
 
 // Check is one readiness dependency.
@@ -162,12 +163,15 @@ func (a *api) renderError(c *gin.Context, err error) {
 }
 
 // unavailable reports whether err means a backend could not be reached in
-// time or dropped the connection (as opposed to refusing a query).
+// time, dropped the connection, or (Redis) refused a command for its state:
+// still loading its data, busy in a script, failing over (as opposed to
+// refusing a query).
 func unavailable(err error) bool {
 	var ne net.Error
 	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		redisretry.IsTransient(err)
 }
 
 // recoverAndLog logs one line per request (route template, never the raw

@@ -37,6 +37,7 @@ import (
 	quotaredis "github.com/qyai/qyai/gateway/internal/quota/redis"
 	"github.com/qyai/qyai/gateway/internal/telemetry"
 	"github.com/qyai/qyai/pkg/logging"
+	"github.com/qyai/qyai/pkg/redisretry"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
 
@@ -92,6 +93,10 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		MaxRetries: -1, // a retry would double the latency budget; callers degrade instead
 	})
 	defer func() { _ = rdb.Close() }() // shutting down: nothing left to do on error
+	// A Redis still loading its data after a restart, or blocked in a script,
+	// refuses commands (LOADING, BUSY): retry them within each call's bound
+	// (REDIS_TIMEOUT), after which the callers degrade as for an outage.
+	rdb.AddHook(redisretry.Hook{})
 
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("qyai-gateway "+cfg.Instance),

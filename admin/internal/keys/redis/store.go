@@ -43,6 +43,7 @@ import (
 	"github.com/qyai/qyai/admin/internal/audit"
 	"github.com/qyai/qyai/admin/internal/keys"
 	"github.com/qyai/qyai/pkg/apikey"
+	"github.com/qyai/qyai/pkg/redisretry"
 )
 
 // maxAttempts bounds the optimistic retries of Update under concurrent writes.
@@ -132,11 +133,17 @@ func (s *Store) Create(ctx context.Context, rec apikey.Record, actor string) err
 		p.Publish(ctx, apikey.ChangedChannel, rec.ID)
 		return nil
 	}
-	if s.cluster {
-		_, err = s.rdb.Pipelined(ctx, write)
-	} else {
-		_, err = s.rdb.TxPipelined(ctx, write)
-	}
+	// A transaction refused for the server's state (LOADING right after a
+	// restart, BUSY) executed nothing and runs under no WATCH: send it again
+	// within the bound (redisretry.Hook leaves transactions to their caller).
+	err = redisretry.Do(ctx, redisretry.IsServerTransient, func(ctx context.Context) error {
+		if s.cluster {
+			_, err := s.rdb.Pipelined(ctx, write)
+			return err
+		}
+		_, err := s.rdb.TxPipelined(ctx, write)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("redis create key: %w", err)
 	}
