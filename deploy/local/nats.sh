@@ -9,6 +9,9 @@
 # <dir>/http_port (monitoring), logs to <dir>/server.log. Ready when
 # /healthz?js-enabled-only=true answers on the monitoring port. The binary is
 # <repo>/.bin/nats-server (built by install.sh) unless NATS_SERVER names another.
+# NATS_CONFIG, when set, names a server config file passed with -c (for example
+# authorization and tls blocks); the command-line listen, port, name and
+# JetStream flags above still win over it.
 # The start and stop logic is server_main in lib.sh; this file holds the NATS hooks.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -23,7 +26,9 @@ nats_check() {
 # nats_launch <dir> <port> <monitor port>
 nats_launch() {
 	local dir=$1 port=$2 http_port=$3
-	spawn "$dir/server.log" "$dir/pid" "$NATS_SERVER" \
+	local config=()
+	[[ -z ${NATS_CONFIG:-} ]] || config=(-c "$NATS_CONFIG")
+	spawn "$dir/server.log" "$dir/pid" "$NATS_SERVER" "${config[@]}" \
 		-a 127.0.0.1 -p "$port" -m "$http_port" -n "qyai-local-$port" \
 		-js -sd "$dir/jetstream" --ports_file_dir "$dir"
 }

@@ -150,6 +150,19 @@ func (d Scripts) NATSProcess(t testing.TB) *Server {
 	return d.startProcess(t, "nats-process", "nats.sh", nil)
 }
 
+// NATSProcessConfig is NATSProcess with the server config file configFile
+// (NATS_CONFIG, passed to nats-server as -c): authorization, accounts, tls.
+// The script's command-line flags (loopback listen, ports, JetStream and its
+// store directory) override the file's.
+func (d Scripts) NATSProcessConfig(t testing.TB, configFile string) *Server {
+	t.Helper()
+	abs, err := filepath.Abs(configFile)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return d.startProcess(t, "nats-process", "nats.sh", []string{"NATS_CONFIG=" + abs})
+}
+
 // Start starts a stopped server again on the same port(s) with the same data.
 func (s *Server) Start(t testing.TB) {
 	t.Helper()

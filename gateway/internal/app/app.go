@@ -98,14 +98,18 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	// (REDIS_TIMEOUT), after which the callers degrade as for an outage.
 	rdb.AddHook(redisretry.Hook{})
 
-	nc, err := nats.Connect(cfg.NATSURL,
+	natsOpts, err := cfg.NATSAuth.Options(log)
+	if err != nil {
+		return fmt.Errorf("nats options: %w", err)
+	}
+	nc, err := nats.Connect(cfg.NATSURL, append(natsOpts,
 		nats.Name("qyai-gateway "+cfg.Instance),
 		nats.RetryOnFailedConnect(true), // start even when NATS is down; events wait
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", "err", err) }),
 		nats.ReconnectHandler(func(*nats.Conn) { log.Info("nats reconnected") }),
-	)
+	)...)
 	if err != nil {
 		return fmt.Errorf("connect to nats: %w", err)
 	}
@@ -199,7 +203,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
 	ready.Store(true)
-	log.Info("gateway listening", "addr", ln.Addr().String(), "upstreams", len(cfg.Upstream.Members), "instance", cfg.Instance)
+	log.Info("gateway listening", "addr", ln.Addr().String(), "upstreams", len(cfg.Upstream.Members), "instance", cfg.Instance,
+		"nats_auth", cfg.NATSAuth.Method())
 
 	select {
 	case <-ctx.Done():

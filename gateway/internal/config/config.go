@@ -15,6 +15,7 @@ import (
 	"github.com/qyai/qyai/pkg/apikey"
 	"github.com/qyai/qyai/pkg/envconfig"
 	"github.com/qyai/qyai/pkg/logging"
+	"github.com/qyai/qyai/pkg/natsconn"
 )
 
 // Config is everything the gateway needs to start.
@@ -25,8 +26,12 @@ type Config struct {
 	// RedisTimeout bounds every Redis call on the request path.
 	RedisTimeout time.Duration // REDIS_TIMEOUT
 	NATSURL      string        // NATS_URL
-	AdminURL     string        // ADMIN_URL: where /v1/dashboard/billing/usage is answered
-	KeyPepper    string        // KEY_PEPPER or KEY_PEPPER_FILE: HMAC secret shared with admin
+	// NATSAuth is how the gateway authenticates to NATS and secures the
+	// connection: NATS_USER, NATS_PASSWORD (or _FILE), NATS_TOKEN (or
+	// _FILE), NATS_NKEY_FILE, NATS_CREDS_FILE, NATS_TLS_*.
+	NATSAuth  natsconn.Config
+	AdminURL  string // ADMIN_URL: where /v1/dashboard/billing/usage is answered
+	KeyPepper string // KEY_PEPPER or KEY_PEPPER_FILE: HMAC secret shared with admin
 	// KeyCacheTTL is how long a verified key is trusted without asking Redis.
 	KeyCacheTTL time.Duration // KEY_CACHE_TTL
 	// KeyStaleMaxAge caps stale-if-error: while Redis is unreachable a
@@ -87,8 +92,8 @@ const DefaultKeyPepper = apikey.DevPepper
 
 // Load reads the configuration from getenv (os.Getenv in production) with
 // envconfig: values are trimmed, an empty variable is an unset one, and the
-// secrets KEY_PEPPER and UPSTREAM_API_KEY may instead be read from the files
-// KEY_PEPPER_FILE and UPSTREAM_API_KEY_FILE name. It returns every problem
+// secrets KEY_PEPPER, UPSTREAM_API_KEY, NATS_PASSWORD and NATS_TOKEN may
+// instead be read from the files their _FILE variables name. It returns every problem
 // at once, parsing and Validate's together.
 func Load(getenv func(string) string) (Config, error) {
 	r := envconfig.New(envconfig.Getenv(getenv))
@@ -98,6 +103,7 @@ func Load(getenv func(string) string) (Config, error) {
 		RedisAddr:      r.String("REDIS_ADDR", "127.0.0.1:6379"),
 		RedisTimeout:   r.Duration("REDIS_TIMEOUT", 50*time.Millisecond),
 		NATSURL:        r.String("NATS_URL", "nats://127.0.0.1:4222"),
+		NATSAuth:       natsconn.Read(r),
 		AdminURL:       r.String("ADMIN_URL", "http://127.0.0.1:8081"),
 		KeyPepper:      apikey.ReadPepper(r),
 		KeyCacheTTL:    r.Duration("KEY_CACHE_TTL", 30*time.Second),
@@ -157,6 +163,9 @@ func (c Config) Validate() error {
 	}
 	if c.NATSURL == "" {
 		add("nats", "NATS_URL is empty")
+	}
+	if err := c.NATSAuth.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("nats: %w", err))
 	}
 	checkURL := func(name, raw string) {
 		if u, err := url.Parse(raw); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

@@ -81,6 +81,22 @@ func TestLoad(t *testing.T) {
 				t.Errorf("pepper %q members %+v", c.KeyPepper, c.Upstream.Members)
 			}
 		}},
+		{name: "nats credentials", env: map[string]string{
+			"NATS_USER": "gateway", "NATS_PASSWORD_FILE": pepperFile, "NATS_TLS_CA_FILE": pepperFile,
+		}, check: func(t *testing.T, c Config) {
+			a := c.NATSAuth
+			if a.User != "gateway" || a.Password != "file-pepper" || a.TLS.CAFile != pepperFile || a.Method() != "user" {
+				t.Errorf("nats auth %+v", a)
+			}
+		}},
+		{name: "nats without credentials", check: func(t *testing.T, c Config) {
+			if c.NATSAuth.Method() != "none" || c.NATSAuth.TLS.CAFile != "" {
+				t.Errorf("nats auth %+v", c.NATSAuth)
+			}
+		}},
+		{name: "nats conflicting credentials", env: map[string]string{
+			"NATS_TOKEN": "t", "NATS_CREDS_FILE": pepperFile, "NATS_TLS_CERT_FILE": pepperFile,
+		}, wantErr: []string{"nats: set one NATS credential method", "NATS_TLS_KEY_FILE together"}},
 		{name: "secret set twice or unreadable", env: map[string]string{
 			"KEY_PEPPER": "p", "KEY_PEPPER_FILE": pepperFile, "UPSTREAM_API_KEY_FILE": filepath.Join(dir, "missing"),
 		}, wantErr: []string{"set KEY_PEPPER or KEY_PEPPER_FILE, not both", "read UPSTREAM_API_KEY_FILE"}},

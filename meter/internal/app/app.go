@@ -146,10 +146,14 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	log.Info("meter starting", "addr", ln.Addr().String(), "nats", cfg.NATS.URL,
+	log.Info("meter starting", "addr", ln.Addr().String(), "nats", cfg.NATS.URL, "nats_auth", cfg.NATS.Auth.Method(),
 		"clickhouse", cfg.ClickHouse.Addr, "database", cfg.ClickHouse.Database)
 
-	nc, err := nats.Connect(cfg.NATS.URL,
+	natsOpts, err := cfg.NATS.Auth.Options(log)
+	if err != nil {
+		return fmt.Errorf("nats options: %w", err)
+	}
+	nc, err := nats.Connect(cfg.NATS.URL, append(natsOpts,
 		nats.Name("qyai-meter"),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
@@ -161,7 +165,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 			}
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { log.Info("nats reconnected") }),
-	)
+	)...)
 	if err != nil {
 		return fmt.Errorf("connect to nats: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/qyai/qyai/pkg/envconfig"
 	"github.com/qyai/qyai/pkg/logging"
+	"github.com/qyai/qyai/pkg/natsconn"
 )
 
 // Config is everything the meter needs to run.
@@ -30,6 +31,10 @@ type Config struct {
 // NATS says where usage events come from.
 type NATS struct {
 	URL string // NATS_URL
+	// Auth is how the meter authenticates to NATS and secures the
+	// connection: NATS_USER, NATS_PASSWORD (or _FILE), NATS_TOKEN (or
+	// _FILE), NATS_NKEY_FILE, NATS_CREDS_FILE, NATS_TLS_*.
+	Auth natsconn.Config
 	// Consumer is the durable pull consumer every meter replica shares
 	// (METER_CONSUMER).
 	Consumer string
@@ -108,8 +113,8 @@ func Default() Config {
 
 // Load returns Default overridden by every variable getenv (os.Getenv in
 // production) knows, read with envconfig: values are trimmed, an empty
-// variable is an unset one, and CLICKHOUSE_PASSWORD may instead be read from
-// the file CLICKHOUSE_PASSWORD_FILE names. It reports every unparsable value
+// variable is an unset one, and the secrets CLICKHOUSE_PASSWORD, NATS_PASSWORD
+// and NATS_TOKEN may instead be read from the files their _FILE variables name. It reports every unparsable value
 // at once; call Validate for the rest.
 func Load(getenv func(string) string) (Config, error) {
 	c := Default()
@@ -123,6 +128,7 @@ func Load(getenv func(string) string) (Config, error) {
 		}
 	}
 	c.NATS.URL = r.String("NATS_URL", c.NATS.URL)
+	c.NATS.Auth = natsconn.Read(r)
 	c.NATS.Consumer = r.String("METER_CONSUMER", c.NATS.Consumer)
 	c.NATS.StreamReplicas = r.Int("STREAM_REPLICAS", c.NATS.StreamReplicas)
 	c.NATS.AckWait = r.Duration("METER_ACK_WAIT", c.NATS.AckWait)
@@ -163,6 +169,9 @@ func (c Config) Validate() error {
 
 	if u, err := url.Parse(c.NATS.URL); err != nil || u.Host == "" {
 		add("nats", "NATS_URL %q: want a URL such as nats://127.0.0.1:4222", c.NATS.URL)
+	}
+	if err := c.NATS.Auth.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("nats: %w", err))
 	}
 	if !validName(c.NATS.Consumer) {
 		add("nats", "METER_CONSUMER %q: want letters, digits, - or _", c.NATS.Consumer)

@@ -94,6 +94,14 @@ func TestLoadTrimsAndReadsSecretFiles(t *testing.T) {
 		t.Errorf("password %q, %v", c.ClickHouse.Password, err)
 	}
 
+	c, err = Load(env(map[string]string{"NATS_USER": "meter", "NATS_PASSWORD_FILE": file, "NATS_TLS_CA_FILE": file}))
+	if err != nil || c.NATS.Auth.User != "meter" || c.NATS.Auth.Password != "pw-from-file" || c.NATS.Auth.TLS.CAFile != file {
+		t.Errorf("nats auth %+v, %v", c.NATS.Auth, err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("nats auth: Validate() = %v", err)
+	}
+
 	_, err = Load(env(map[string]string{"CLICKHOUSE_PASSWORD": "hunter2-secret", "CLICKHOUSE_PASSWORD_FILE": file}))
 	if err == nil || !strings.Contains(err.Error(), "set CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE, not both") ||
 		strings.Contains(err.Error(), "hunter2") {
@@ -117,6 +125,9 @@ func TestValidate(t *testing.T) {
 			c.NATS.AckWait = 2 * time.Second
 			c.Batch.MaxAge = 1500 * time.Millisecond
 		}, want: []string{"twice METER_BATCH_MAX_AGE"}},
+		{name: "nats user without password", change: func(c *Config) { c.NATS.Auth.User = "meter" }, want: []string{"nats: NATS_USER is set without NATS_PASSWORD"}},
+		{name: "nats two credential methods", change: func(c *Config) { c.NATS.Auth.Token, c.NATS.Auth.CredsFile = "t", "/dev/null" }, want: []string{"nats: set one NATS credential method"}},
+		{name: "nats cert without key", change: func(c *Config) { c.NATS.Auth.TLS.CertFile = "/dev/null" }, want: []string{"nats: set NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE together"}},
 		{name: "bad clickhouse addr", change: func(c *Config) { c.ClickHouse.Addr = "ch" }, want: []string{"clickhouse: CLICKHOUSE_ADDR"}},
 		{name: "database injection", change: func(c *Config) { c.ClickHouse.Database = "q; DROP" }, want: []string{"clickhouse: CLICKHOUSE_DATABASE"}},
 		{name: "database starting with digit", change: func(c *Config) { c.ClickHouse.Database = "1q" }, want: []string{"CLICKHOUSE_DATABASE"}},

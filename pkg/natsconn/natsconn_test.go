@@ -1,0 +1,121 @@
+package natsconn_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qyai/qyai/pkg/envconfig"
+	"github.com/qyai/qyai/pkg/natsconn"
+)
+
+func lookup(m map[string]string) envconfig.Lookup {
+	return func(name string) (string, bool) {
+		v, ok := m[name]
+		return v, ok && v != ""
+	}
+}
+
+// read returns the Config env describes and every problem, Read's and
+// Validate's together, as the services do.
+func read(env map[string]string) (natsconn.Config, error) {
+	r := envconfig.New(lookup(env))
+	c := natsconn.Read(r)
+	if err := r.Err(); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+func TestReadValidate(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	pwFile := file("password", "s3cret\n")
+	tokenFile := file("token", "tok\n")
+	seed := file("user.nk", "SUAseed")
+	creds := file("user.creds", "creds")
+	pem := file("x.pem", "pem")
+	missing := filepath.Join(dir, "missing")
+
+	tests := []struct {
+		name    string
+		env     map[string]string
+		want    natsconn.Config
+		method  string
+		wantErr []string
+	}{
+		{name: "none", env: nil, method: "none"},
+		{
+			name: "user and password", env: map[string]string{"NATS_USER": "gateway", "NATS_PASSWORD": " pw "},
+			want: natsconn.Config{User: "gateway", Password: "pw"}, method: "user",
+		},
+		{
+			name: "password from file", env: map[string]string{"NATS_USER": "gateway", "NATS_PASSWORD_FILE": pwFile},
+			want: natsconn.Config{User: "gateway", Password: "s3cret"}, method: "user",
+		},
+		{
+			name: "token from file", env: map[string]string{"NATS_TOKEN_FILE": tokenFile},
+			want: natsconn.Config{Token: "tok"}, method: "token",
+		},
+		{name: "nkey", env: map[string]string{"NATS_NKEY_FILE": seed}, want: natsconn.Config{NKeyFile: seed}, method: "nkey"},
+		{name: "creds", env: map[string]string{"NATS_CREDS_FILE": creds}, want: natsconn.Config{CredsFile: creds}, method: "creds"},
+		{
+			name: "tls with client cert",
+			env:  map[string]string{"NATS_TLS_CA_FILE": pem, "NATS_TLS_CERT_FILE": pem, "NATS_TLS_KEY_FILE": pem},
+			want: natsconn.Config{TLS: natsconn.TLS{CAFile: pem, CertFile: pem, KeyFile: pem}}, method: "none",
+		},
+		{
+			name: "two methods", env: map[string]string{"NATS_TOKEN": "t", "NATS_CREDS_FILE": creds},
+			wantErr: []string{"set one NATS credential method, not 2", "NATS_TOKEN", "NATS_CREDS_FILE"},
+		},
+		{
+			name: "three methods", env: map[string]string{"NATS_USER": "u", "NATS_PASSWORD": "p", "NATS_TOKEN": "t", "NATS_NKEY_FILE": seed},
+			wantErr: []string{"not 3"},
+		},
+		{name: "user without password", env: map[string]string{"NATS_USER": "u"}, wantErr: []string{"NATS_USER is set without NATS_PASSWORD"}},
+		{name: "password without user", env: map[string]string{"NATS_PASSWORD": "p"}, wantErr: []string{"NATS_PASSWORD is set without NATS_USER"}},
+		{
+			name: "password and its file", env: map[string]string{"NATS_USER": "u", "NATS_PASSWORD": "p", "NATS_PASSWORD_FILE": pwFile},
+			wantErr: []string{"set NATS_PASSWORD or NATS_PASSWORD_FILE, not both"},
+		},
+		{name: "cert without key", env: map[string]string{"NATS_TLS_CERT_FILE": pem}, wantErr: []string{"NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE together"}},
+		{name: "key without cert", env: map[string]string{"NATS_TLS_KEY_FILE": pem}, wantErr: []string{"NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE together"}},
+		{
+			name: "missing files", env: map[string]string{"NATS_NKEY_FILE": missing, "NATS_TLS_CA_FILE": missing},
+			wantErr: []string{"NATS_NKEY_FILE: open " + missing, "NATS_TLS_CA_FILE: open " + missing},
+		},
+		{name: "missing token file", env: map[string]string{"NATS_TOKEN_FILE": missing}, wantErr: []string{"read NATS_TOKEN_FILE"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := read(tc.env)
+			if len(tc.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("err = nil, want %q", tc.wantErr)
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("err = %q, want it to contain %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("err = %v", err)
+			}
+			if c != tc.want {
+				t.Errorf("config = %+v, want %+v", c, tc.want)
+			}
+			if got := c.Method(); got != tc.method {
+				t.Errorf("Method() = %q, want %q", got, tc.method)
+			}
+		})
+	}
+}
