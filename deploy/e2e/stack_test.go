@@ -210,6 +210,8 @@ func startStack(t *testing.T, gateways int) *stack {
 		addr := freeAddr(t)
 		env := clone(s.env)
 		env["GATEWAY_ADDR"] = addr
+		// Each gateway's internal metrics listener on a port of its own.
+		env["GATEWAY_METRICS_ADDR"] = freeAddr(t)
 		env["GATEWAY_INSTANCE"] = fmt.Sprintf("gw-%d", i)
 		// Each gateway spools to its own directory, and a spool of an
 		// earlier run can never leak into this run's totals.

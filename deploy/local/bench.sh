@@ -94,11 +94,12 @@ start_servers() {
 }
 
 start_services() {
-	local sim_addr meter_addr admin_addr gateway_addr ref_addr
+	local sim_addr meter_addr admin_addr gateway_addr gateway_metrics_addr ref_addr
 	sim_addr=127.0.0.1:$(free_port)
 	meter_addr=127.0.0.1:$(free_port)
 	admin_addr=127.0.0.1:$(free_port)
 	gateway_addr=127.0.0.1:$(free_port)
+	gateway_metrics_addr=127.0.0.1:$(free_port)
 	SIM_URL=http://$sim_addr
 	ADMIN_URL=http://$admin_addr
 	GATEWAY_URL=http://$gateway_addr
@@ -117,7 +118,7 @@ start_services() {
 	fi
 	spawn_service meter env "${common[@]}" METER_ADDR="$meter_addr" "$BIN/meter"
 	spawn_service admin env "${common[@]}" ADMIN_ADDR="$admin_addr" ADMIN_TOKEN="$ADMIN_TOKEN" "$BIN/admin"
-	spawn_service gateway env "${common[@]}" GATEWAY_ADDR="$gateway_addr" GATEWAY_INSTANCE=bench \
+	spawn_service gateway env "${common[@]}" GATEWAY_ADDR="$gateway_addr" GATEWAY_METRICS_ADDR="$gateway_metrics_addr" GATEWAY_INSTANCE=bench \
 		ADMIN_URL="$ADMIN_URL" UPSTREAM_BASE_URL="$SIM_URL" UPSTREAM_API_KEY="$SIM_KEY" \
 		SPOOL_DIR="$tmp/spool" "$BIN/gateway"
 

@@ -6,7 +6,8 @@
 # Installs what is missing (install.sh), builds the binaries into .bin/, starts Redis,
 # NATS JetStream and ClickHouse with their data under .run/, then the upstream
 # simulator (unless UPSTREAM_BASE_URL is set), meter, admin on 127.0.0.1:8081 and
-# GATEWAY_REPLICAS gateways (default 1) on 127.0.0.1:8080, :8180, :8280, ... It creates
+# GATEWAY_REPLICAS gateways (default 1) on 127.0.0.1:8080, :8180, :8280, ..., each with
+# its internal metrics listener (GATEWAY_METRICS_ADDR) on 127.0.0.1:9464, :9564, ... It creates
 # a demo API key, prints it with a ready line, and stops everything on Ctrl-C (exit
 # 0), SIGTERM (exit 143) or SIGHUP (exit 129).
 #
@@ -39,15 +40,19 @@ ADMIN_ADDR=127.0.0.1:8081
 SERVICE_STOP_TIMEOUT=30
 
 gateway_ports=()
+metrics_ports=() # GATEWAY_METRICS_ADDR of each gateway, in the order of gateway_ports
 services=() # started services, in start order
 servers=()  # started servers: redis nats clickhouse
 
 main() {
 	[[ $GATEWAY_REPLICAS =~ ^[1-9][0-9]*$ ]] || die "GATEWAY_REPLICAS=$GATEWAY_REPLICAS: want a positive integer"
 	local i
-	for ((i = 0; i < GATEWAY_REPLICAS; i++)); do gateway_ports+=($((8080 + 100 * i))); done
+	for ((i = 0; i < GATEWAY_REPLICAS; i++)); do
+		gateway_ports+=($((8080 + 100 * i)))
+		metrics_ports+=($((9464 + 100 * i)))
+	done
 	stop_leftovers
-	for port in "${gateway_ports[@]}" "${ADMIN_ADDR##*:}"; do
+	for port in "${gateway_ports[@]}" "${metrics_ports[@]}" "${ADMIN_ADDR##*:}"; do
 		port_free "$port" || die "127.0.0.1:$port is in use (another make run?); stop what listens there first"
 	done
 
@@ -141,13 +146,15 @@ start_services() {
 	start_service meter "http://$meter_addr/healthz" env METER_ADDR="$meter_addr" "$BIN/meter"
 	start_service admin "http://$ADMIN_ADDR/healthz" env ADMIN_ADDR="$ADMIN_ADDR" "$BIN/admin"
 
-	local port name
-	for port in "${gateway_ports[@]}"; do
+	local i port name
+	for i in "${!gateway_ports[@]}"; do
+		port=${gateway_ports[i]}
 		name=gateway
 		((port == 8080)) || name=gateway-$port
+		# Metrics are on an internal listener of their own, one per replica.
 		start_service "$name" "http://127.0.0.1:$port/healthz" \
-			env GATEWAY_ADDR="127.0.0.1:$port" ADMIN_URL="http://$ADMIN_ADDR" \
-			SPOOL_DIR="$RUN/spool/$name" "$BIN/gateway"
+			env GATEWAY_ADDR="127.0.0.1:$port" GATEWAY_METRICS_ADDR="127.0.0.1:${metrics_ports[i]}" \
+			ADMIN_URL="http://$ADMIN_ADDR" SPOOL_DIR="$RUN/spool/$name" "$BIN/gateway"
 	done
 }
 
@@ -202,6 +209,9 @@ curl $base/chat/completions \\
 EOF
 	local gateways=() port
 	for port in "${gateway_ports[@]}"; do gateways+=("http://127.0.0.1:$port/v1"); done
+	local metrics=()
+	for port in "${metrics_ports[@]}"; do metrics+=("http://127.0.0.1:$port/metrics"); done
+	echo "Gateway metrics (internal listener): ${metrics[*]}"
 	echo "QYAI ready: gateway ${gateways[*]}  admin http://$ADMIN_ADDR"
 	echo "Press Ctrl-C to stop."
 }

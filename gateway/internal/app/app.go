@@ -1,6 +1,8 @@
 // Package app wires the gateway together and runs it until its context
 // ends, then drains: readiness turns false, in-flight requests (streams
-// included) finish, and queued usage events are published.
+// included) finish or, past SHUTDOWN_TIMEOUT, are cancelled and awaited,
+// and only then is the usage publisher stopped, so that every request's
+// event is published or spooled.
 package app
 
 import (
@@ -176,7 +178,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	handler := httpapi.New(httpapi.Deps{
 		Catalog: cat, Verifier: verifier, Proxy: ph,
 		Limiter: quota.NewLimiter(quotaredis.NewStore(rdb, cfg.RedisTimeout), cfg.LimitReplicas, time.Now), AdminURL: adminURL, Log: log,
-		Ready: ready, Metrics: tel.Metrics, Telemetry: tel, Now: time.Now,
+		Ready: ready, Telemetry: tel, Now: time.Now,
 	})
 
 	ln, err := new(net.ListenConfig).Listen(ctx, "tcp", cfg.Addr)
@@ -184,7 +186,31 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		abandonPub()
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	mln, err := new(net.ListenConfig).Listen(ctx, "tcp", cfg.MetricsAddr)
+	if err != nil {
+		_ = ln.Close()
+		abandonPub()
+		return fmt.Errorf("listen on GATEWAY_METRICS_ADDR %s: %w", cfg.MetricsAddr, err)
+	}
+	// Every request's context derives from reqCtx: cancelling it ends the
+	// requests still running past the drain deadline (their handlers then
+	// publish the usage they saw, flagged as such, and return).
+	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRequests()
+	var running inflight
+	srv := &http.Server{
+		Handler: running.wrap(handler), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return reqCtx },
+	}
+	// The internal listener stays up while draining, so that the drain can
+	// be watched; it closes last.
+	msrv := &http.Server{Handler: httpapi.Operational(tel.Metrics, ready), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := msrv.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics listener failed", "addr", cfg.MetricsAddr, "err", err)
+		}
+	}()
+	defer func() { _ = msrv.Close() }()
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
@@ -203,8 +229,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(ln) }()
 	ready.Store(true)
-	log.Info("gateway listening", "addr", ln.Addr().String(), "upstreams", len(cfg.Upstream.Members), "instance", cfg.Instance,
-		"nats_auth", cfg.NATSAuth.Method())
+	log.Info("gateway listening", "addr", ln.Addr().String(), "metrics_addr", mln.Addr().String(), "upstreams", len(cfg.Upstream.Members),
+		"instance", cfg.Instance, "nats_auth", cfg.NATSAuth.Method())
 
 	select {
 	case <-ctx.Done():
@@ -215,16 +241,13 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 
 	// Drain: stop taking traffic, let in-flight requests finish, then
 	// publish the events they produced; what NATS cannot take before the
-	// deadline goes to the spool for the next start.
+	// deadline goes to the spool for the next start. The publisher stops
+	// only once every handler has returned (stopHTTP), since a handler
+	// publishes its request's event as it returns.
 	ready.Store(false)
 	log.Info("draining", "timeout", cfg.DrainTimeout)
 	deadline := time.Now().Add(cfg.DrainTimeout)
-	sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("in-flight requests did not finish before the drain deadline", "err", err)
-		_ = srv.Close()
-	}
+	stopHTTP(ctx, srv, &running, cancelRequests, deadline, handlerGrace, log)
 	stopPub()
 	time.AfterFunc(time.Until(deadline)+time.Second, stopDrain)
 	<-pubDone
@@ -238,6 +261,32 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 	return nil
+}
+
+// handlerGrace bounds the wait for handlers after their requests were
+// cancelled at the drain deadline. A cancelled handler returns as soon as
+// its upstream call notices (at once: the call shares the request's
+// context); the bound only keeps a stuck one from holding the exit.
+const handlerGrace = 5 * time.Second
+
+// stopHTTP shuts srv down and returns once every handler running has
+// returned. Shutdown gives up at deadline with handlers still running (a
+// long stream) and Close does not wait for them: those requests are
+// cancelled (cancelRequests ends the context they derive from) and awaited
+// for at most grace more. ctx only carries values.
+func stopHTTP(ctx context.Context, srv *http.Server, running *inflight, cancelRequests func(), deadline time.Time, grace time.Duration, log *slog.Logger) {
+	sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("in-flight requests did not finish before the drain deadline; cancelling them", "err", err)
+		cancelRequests()
+		_ = srv.Close()
+	}
+	gctx, cancelGrace := context.WithTimeout(context.WithoutCancel(ctx), grace)
+	defer cancelGrace()
+	if n := running.wait(gctx); n > 0 {
+		log.Error("handlers still running after they were cancelled; their usage events may be lost", "handlers", n, "grace", grace)
+	}
 }
 
 func members(ms []config.Member) []proxy.Member {

@@ -33,15 +33,17 @@ const pepper = "test-pepper"
 // harness is one gateway in-process against real Redis and JetStream and
 // an in-process simulator.
 type harness struct {
-	url   string
-	redis *testenv.Server
-	sim   *upstreamsim.Server
-	rdb   *goredis.Client
-	js    jetstream.JetStream
-	cfg   config.Config
-	stop  func()
-	done  chan error
-	simTS *httptest.Server
+	url string
+	// metricsURL is the internal listener (GATEWAY_METRICS_ADDR).
+	metricsURL string
+	redis      *testenv.Server
+	sim        *upstreamsim.Server
+	rdb        *goredis.Client
+	js         jetstream.JetStream
+	cfg        config.Config
+	stop       func()
+	done       chan error
+	simTS      *httptest.Server
 }
 
 func freePort(t *testing.T) string {
@@ -61,6 +63,12 @@ func startGateway(t *testing.T, mutate func(*config.Config)) *harness {
 
 func startGatewayWith(t *testing.T, rs *testenv.Server, mutate func(*config.Config)) *harness {
 	t.Helper()
+	return startGatewayLog(t, rs, mutate, slog.New(slog.DiscardHandler))
+}
+
+// startGatewayLog starts a gateway that logs to log.
+func startGatewayLog(t *testing.T, rs *testenv.Server, mutate func(*config.Config), log *slog.Logger) *harness {
+	t.Helper()
 	ns := embednats.Start(t)
 	sim := upstreamsim.New(upstreamsim.Config{APIKey: "sk-upstream", DefaultTokens: 12})
 	simTS := httptest.NewServer(sim)
@@ -69,7 +77,7 @@ func startGatewayWith(t *testing.T, rs *testenv.Server, mutate func(*config.Conf
 	spoolDir := filepath.Join(t.TempDir(), "spool")
 	cfg, err := config.Load(func(k string) string {
 		return map[string]string{
-			"GATEWAY_ADDR": freePort(t), "REDIS_ADDR": rs.Addr, "NATS_URL": ns.URL, "SPOOL_DIR": spoolDir,
+			"GATEWAY_ADDR": freePort(t), "GATEWAY_METRICS_ADDR": freePort(t), "REDIS_ADDR": rs.Addr, "NATS_URL": ns.URL, "SPOOL_DIR": spoolDir,
 			"UPSTREAM_BASE_URL": simTS.URL, "UPSTREAM_API_KEY": "sk-upstream", "KEY_PEPPER": pepper,
 			"UPSTREAM_IDLE_TIMEOUT": "2s", "UPSTREAM_FIRST_BYTE_TIMEOUT": "2s",
 		}[k]
@@ -81,8 +89,7 @@ func startGatewayWith(t *testing.T, rs *testenv.Server, mutate func(*config.Conf
 		mutate(&cfg)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
-	h := &harness{url: "http://" + cfg.Addr, redis: rs, sim: sim, cfg: cfg, stop: cancel, done: make(chan error, 1), simTS: simTS}
-	log := slog.New(slog.DiscardHandler)
+	h := &harness{url: "http://" + cfg.Addr, metricsURL: "http://" + cfg.MetricsAddr, redis: rs, sim: sim, cfg: cfg, stop: cancel, done: make(chan error, 1), simTS: simTS}
 	go func() { h.done <- run(ctx, cfg, log) }()
 	t.Cleanup(func() {
 		cancel()
@@ -449,7 +456,8 @@ func TestPoolFailover(t *testing.T) {
 }
 
 // TestTelemetry: a client's traceparent is joined (its trace id lands in
-// the usage event) and /metrics exposes request and publisher series.
+// the usage event) and /metrics, on the internal listener, exposes request
+// and publisher series.
 func TestTelemetry(t *testing.T) {
 	h := startGateway(t, nil)
 	key := h.addKey(t, "key_tel")
@@ -468,7 +476,7 @@ func TestTelemetry(t *testing.T) {
 		t.Errorf("trace id %q, want the client's", ev.TraceID)
 	}
 
-	mresp, err := http.Get(h.url + "/metrics")
+	mresp, err := http.Get(h.metricsURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

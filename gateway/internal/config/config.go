@@ -20,9 +20,15 @@ import (
 
 // Config is everything the gateway needs to start.
 type Config struct {
-	Addr      string // GATEWAY_ADDR
-	Instance  string // GATEWAY_INSTANCE: name in usage events and traces
-	RedisAddr string // REDIS_ADDR
+	Addr string // GATEWAY_ADDR: the public listener
+	// MetricsAddr is the internal listener of /metrics (and /healthz,
+	// /readyz): never the public one, so that an ingress in front of Addr
+	// does not expose it. Loopback by default; in a cluster set e.g.
+	// 0.0.0.0:9464 (the OpenTelemetry Prometheus exporter's port) and
+	// keep it off the public Service.
+	MetricsAddr string // GATEWAY_METRICS_ADDR
+	Instance    string // GATEWAY_INSTANCE: name in usage events and traces
+	RedisAddr   string // REDIS_ADDR
 	// RedisTimeout bounds every Redis call on the request path.
 	RedisTimeout time.Duration // REDIS_TIMEOUT
 	NATSURL      string        // NATS_URL
@@ -86,6 +92,11 @@ type Member struct {
 	Weight  int
 }
 
+// DefaultMetricsAddr is GATEWAY_METRICS_ADDR's default: loopback, on the
+// OpenTelemetry Prometheus exporter's conventional port (the meter uses
+// 8082, admin 8081).
+const DefaultMetricsAddr = "127.0.0.1:9464"
+
 // DefaultKeyPepper is the public pepper of a development stack, used only
 // when KEY_PEPPER is unset and QYAI_DEV is on (apikey.ReadPepper).
 const DefaultKeyPepper = apikey.DevPepper
@@ -100,6 +111,7 @@ func Load(getenv func(string) string) (Config, error) {
 	host, _ := os.Hostname()
 	c := Config{
 		Addr:           r.String("GATEWAY_ADDR", "127.0.0.1:8080"),
+		MetricsAddr:    r.String("GATEWAY_METRICS_ADDR", DefaultMetricsAddr),
 		RedisAddr:      r.String("REDIS_ADDR", "127.0.0.1:6379"),
 		RedisTimeout:   r.Duration("REDIS_TIMEOUT", 50*time.Millisecond),
 		NATSURL:        r.String("NATS_URL", "nats://127.0.0.1:4222"),
@@ -151,6 +163,12 @@ func (c Config) Validate() error {
 	}
 	if c.Addr == "" {
 		add("server", "GATEWAY_ADDR is empty")
+	}
+	switch c.MetricsAddr {
+	case "":
+		add("server", "GATEWAY_METRICS_ADDR is empty")
+	case c.Addr:
+		add("server", "GATEWAY_METRICS_ADDR must differ from GATEWAY_ADDR (metrics stay off the public listener)")
 	}
 	if c.RedisAddr == "" {
 		add("redis", "REDIS_ADDR is empty")

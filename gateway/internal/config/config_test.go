@@ -30,6 +30,18 @@ func TestLoad(t *testing.T) {
 				t.Errorf("unexpected defaults: %+v", c)
 			}
 		}},
+		{name: "metrics listener default", check: func(t *testing.T, c Config) {
+			if c.MetricsAddr != "127.0.0.1:9464" {
+				t.Errorf("metrics addr %q, want 127.0.0.1:9464", c.MetricsAddr)
+			}
+		}},
+		{name: "metrics listener set", env: map[string]string{"GATEWAY_METRICS_ADDR": "0.0.0.0:9565"}, check: func(t *testing.T, c Config) {
+			if c.MetricsAddr != "0.0.0.0:9565" {
+				t.Errorf("metrics addr %q", c.MetricsAddr)
+			}
+		}},
+		{name: "metrics listener is not the public one", env: map[string]string{"GATEWAY_ADDR": "127.0.0.1:9999", "GATEWAY_METRICS_ADDR": "127.0.0.1:9999"},
+			wantErr: []string{"server: GATEWAY_METRICS_ADDR must differ from GATEWAY_ADDR"}},
 		{name: "spool defaults", env: map[string]string{"GATEWAY_INSTANCE": "gw-1/127.0.0.1:8080"}, check: func(t *testing.T, c Config) {
 			want := "/home/gw/.local/state/qyai/spool/gw-1_127.0.0.1_8080"
 			if c.SpoolDir != want || c.SpoolMaxBytes != 1<<30 {

@@ -41,8 +41,6 @@ type Deps struct {
 	Log      *slog.Logger
 	// Ready reports whether the gateway should receive traffic (false while draining).
 	Ready *atomic.Bool
-	// Metrics is rendered at GET /metrics; nil serves 404.
-	Metrics http.Handler
 	// Telemetry traces requests and records request metrics; may be nil.
 	Telemetry *telemetry.Telemetry
 	Now       func() time.Time
@@ -79,7 +77,10 @@ func stateOf(c *gin.Context) *reqState {
 	return &reqState{}
 }
 
-// New returns the gateway's handler. The whole route table is here.
+// New returns the gateway's public handler. The whole route table is here.
+// Operational endpoints (metrics) are not in it: they are served by
+// Operational on a separate, internal listener, so that a public ingress
+// never exposes them; /metrics here is the usual 404.
 func New(d Deps) http.Handler {
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
@@ -89,9 +90,6 @@ func New(d Deps) http.Handler {
 
 	r.GET("/healthz", func(c *gin.Context) { c.String(http.StatusOK, "ok") })
 	r.GET("/readyz", d.readyz)
-	if d.Metrics != nil {
-		r.GET("/metrics", gin.WrapH(d.Metrics))
-	}
 
 	v1 := r.Group("/v1")
 	v1.GET("/models", d.listModels)
@@ -216,6 +214,24 @@ func recovery(log *slog.Logger) gin.HandlerFunc {
 		}()
 		c.Next()
 	}
+}
+
+// Operational returns the handler of the internal listener
+// (GATEWAY_METRICS_ADDR): GET /metrics renders metrics, and /healthz and
+// /readyz answer as on the public listener, so that a probe may use
+// either.
+func Operational(metrics http.Handler, ready *atomic.Bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if ready != nil && !ready.Load() {
+			apierr.Unavailable("draining").Write(w)
+			return
+		}
+		_, _ = w.Write([]byte("ready"))
+	})
+	return mux
 }
 
 func (d *Deps) readyz(c *gin.Context) {

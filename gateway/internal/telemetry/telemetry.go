@@ -1,7 +1,8 @@
 // Package telemetry sets up OpenTelemetry for the gateway: traces exported
 // over OTLP/HTTP when an endpoint is configured (the standard OTEL_*
 // environment variables, read by the OpenTelemetry SDK itself), and
-// metrics exposed in the Prometheus format at /metrics.
+// metrics exposed in the Prometheus format at /metrics (on the internal
+// listener, GATEWAY_METRICS_ADDR).
 //
 // Without an OTLP endpoint spans are still created unsampled, so every
 // request has a trace id for logs and usage events at almost no cost.
