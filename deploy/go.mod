@@ -12,8 +12,6 @@ require (
 	github.com/shopspring/decimal v1.4.0
 )
 
-require go.yaml.in/yaml/v3 v3.0.6 // indirect
-
 require (
 	github.com/ClickHouse/ch-go v0.61.5 // indirect
 	github.com/andybalholm/brotli v1.1.0 // indirect
