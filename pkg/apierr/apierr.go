@@ -102,6 +102,12 @@ func New(status int, typ, msg string) *Error { return newErr(status, typ, msg) }
 // InvalidRequest is a 400 invalid_request_error.
 func InvalidRequest(msg string) *Error { return newErr(http.StatusBadRequest, TypeInvalidRequest, msg) }
 
+// RequestTimeout is a 408 invalid_request_error with code request_timeout:
+// the client did not send its request in time.
+func RequestTimeout(msg string) *Error {
+	return newErr(http.StatusRequestTimeout, TypeInvalidRequest, msg).WithCode("request_timeout")
+}
+
 // Unauthenticated is a 401 authentication_error.
 func Unauthenticated(msg string) *Error {
 	return newErr(http.StatusUnauthorized, TypeAuthentication, msg)

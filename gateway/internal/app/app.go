@@ -173,12 +173,16 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Log:      log,
 		Instance: cfg.Instance,
 		MaxBody:  cfg.MaxBodyBytes,
-		Now:      time.Now,
+		// WriteTimeout bounds each write to a client; the server has no
+		// WriteTimeout of its own, which would bound a whole stream.
+		WriteTimeout: cfg.ClientWriteTimeout,
+		Now:          time.Now,
 	}
 	handler := httpapi.New(httpapi.Deps{
 		Catalog: cat, Verifier: verifier, Proxy: ph,
 		Limiter: quota.NewLimiter(quotaredis.NewStore(rdb, cfg.RedisTimeout), cfg.LimitReplicas, time.Now), AdminURL: adminURL, Log: log,
 		Ready: ready, Telemetry: tel, Now: time.Now,
+		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.ClientWriteTimeout,
 	})
 
 	ln, err := new(net.ListenConfig).Listen(ctx, "tcp", cfg.Addr)
@@ -198,6 +202,9 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelRequests()
 	var running inflight
+	// No ReadTimeout or WriteTimeout: they would bound a whole request,
+	// streams included. The handler sets per-request deadlines instead
+	// (BODY_READ_TIMEOUT for the body, CLIENT_WRITE_TIMEOUT for each write).
 	srv := &http.Server{
 		Handler: running.wrap(handler), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return reqCtx },

@@ -221,13 +221,20 @@ func (v *Verifier) lookup(ctx context.Context, hash string) (*apikey.Record, err
 
 // Invalidate forgets every cached key with the id (after an admin change),
 // and keeps lookups already in flight from caching what they read. An empty
-// id forgets everything, e.g. after a missed notification.
+// id, after notifications may have been missed, makes every cached key be
+// looked up again before it is trusted, but keeps it as the stale-if-error
+// answer (within KEY_STALE_MAX_AGE) should that lookup fail: nothing says
+// it changed, and dropping it would turn a slow Redis into 503s.
 func (v *Verifier) Invalidate(id string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.gen++
 	for h, e := range v.cache {
-		if id == "" || e.rec.ID == id {
+		switch {
+		case id == "":
+			e.expires = time.Time{}
+			v.cache[h] = e
+		case e.rec.ID == id:
 			delete(v.cache, h)
 		}
 	}

@@ -51,6 +51,14 @@ type Config struct {
 
 	ModelsFile   string // MODELS_FILE: model catalog YAML; empty = built-in
 	MaxBodyBytes int64  // MAX_BODY_BYTES
+	// BodyReadTimeout bounds the time a request's body may take to arrive,
+	// from the end of its headers; past it the client gets 408 and the
+	// connection is closed.
+	BodyReadTimeout time.Duration // BODY_READ_TIMEOUT
+	// ClientWriteTimeout bounds each write to the client (one stream event,
+	// one piece of an answer): a client that stops reading is cut off once
+	// a write cannot complete within it.
+	ClientWriteTimeout time.Duration // CLIENT_WRITE_TIMEOUT
 	// PublishQueue is the size of the in-memory usage event queue.
 	PublishQueue int // USAGE_QUEUE_SIZE
 	// SpoolDir is where usage events wait on disk while NATS cannot take
@@ -131,16 +139,18 @@ func Load(getenv func(string) string) (Config, error) {
 			IdleTimeout:      r.Duration("UPSTREAM_IDLE_TIMEOUT", 60*time.Second),
 			MaxConns:         r.Int("UPSTREAM_MAX_CONNS", 2048),
 		},
-		ModelsFile:     r.String("MODELS_FILE", ""),
-		MaxBodyBytes:   int64(r.Int("MAX_BODY_BYTES", 16<<20)),
-		PublishQueue:   r.Int("USAGE_QUEUE_SIZE", 65536),
-		SpoolDir:       r.String("SPOOL_DIR", ""),
-		SpoolMaxBytes:  int64(r.Int("SPOOL_MAX_BYTES", 1<<30)),
-		StreamReplicas: r.Int("STREAM_REPLICAS", 1),
-		DrainTimeout:   r.Duration("SHUTDOWN_TIMEOUT", 25*time.Second),
-		LogLevel:       strings.ToLower(r.String("LOG_LEVEL", "info")),
-		PprofAddr:      r.String("PPROF_ADDR", ""),
-		OTLPEndpoint:   r.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", r.String("OTEL_EXPORTER_OTLP_ENDPOINT", "")),
+		ModelsFile:         r.String("MODELS_FILE", ""),
+		MaxBodyBytes:       int64(r.Int("MAX_BODY_BYTES", 16<<20)),
+		BodyReadTimeout:    r.Duration("BODY_READ_TIMEOUT", 30*time.Second),
+		ClientWriteTimeout: r.Duration("CLIENT_WRITE_TIMEOUT", 30*time.Second),
+		PublishQueue:       r.Int("USAGE_QUEUE_SIZE", 65536),
+		SpoolDir:           r.String("SPOOL_DIR", ""),
+		SpoolMaxBytes:      int64(r.Int("SPOOL_MAX_BYTES", 1<<30)),
+		StreamReplicas:     r.Int("STREAM_REPLICAS", 1),
+		DrainTimeout:       r.Duration("SHUTDOWN_TIMEOUT", 25*time.Second),
+		LogLevel:           strings.ToLower(r.String("LOG_LEVEL", "info")),
+		PprofAddr:          r.String("PPROF_ADDR", ""),
+		OTLPEndpoint:       r.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", r.String("OTEL_EXPORTER_OTLP_ENDPOINT", "")),
 	}
 	c.Instance = r.String("GATEWAY_INSTANCE", host+"/"+c.Addr)
 	if c.SpoolDir == "" {
@@ -214,6 +224,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBodyBytes < 1024 {
 		add("server", "MAX_BODY_BYTES must be at least 1024")
+	}
+	if c.BodyReadTimeout <= 0 || c.ClientWriteTimeout <= 0 {
+		add("server", "BODY_READ_TIMEOUT and CLIENT_WRITE_TIMEOUT must be positive")
 	}
 	if c.PublishQueue < 1 {
 		add("usage", "USAGE_QUEUE_SIZE must be positive")

@@ -42,6 +42,12 @@ func TestLoad(t *testing.T) {
 		}},
 		{name: "metrics listener is not the public one", env: map[string]string{"GATEWAY_ADDR": "127.0.0.1:9999", "GATEWAY_METRICS_ADDR": "127.0.0.1:9999"},
 			wantErr: []string{"server: GATEWAY_METRICS_ADDR must differ from GATEWAY_ADDR"}},
+		{name: "client timeouts", env: map[string]string{"BODY_READ_TIMEOUT": "5s"}, check: func(t *testing.T, c Config) {
+			if c.BodyReadTimeout != 5*time.Second || c.ClientWriteTimeout != 30*time.Second {
+				t.Errorf("body read %s, client write %s; want 5s, 30s", c.BodyReadTimeout, c.ClientWriteTimeout)
+			}
+		}},
+		{name: "client timeouts must be positive", env: map[string]string{"CLIENT_WRITE_TIMEOUT": "0s"}, wantErr: []string{"server: BODY_READ_TIMEOUT and CLIENT_WRITE_TIMEOUT must be positive"}},
 		{name: "spool defaults", env: map[string]string{"GATEWAY_INSTANCE": "gw-1/127.0.0.1:8080"}, check: func(t *testing.T, c Config) {
 			want := "/home/gw/.local/state/qyai/spool/gw-1_127.0.0.1_8080"
 			if c.SpoolDir != want || c.SpoolMaxBytes != 1<<30 {

@@ -44,6 +44,14 @@ type Deps struct {
 	// Telemetry traces requests and records request metrics; may be nil.
 	Telemetry *telemetry.Telemetry
 	Now       func() time.Time
+	// BodyReadTimeout bounds the arrival of a request body, counted from
+	// the end of the headers; zero leaves it unbounded. The chat handler
+	// lifts the bound once it has the whole body.
+	BodyReadTimeout time.Duration
+	// WriteTimeout bounds the write of what is left of a response once its
+	// handler returned (the proxy bounds each of its own writes); zero
+	// leaves it unbounded.
+	WriteTimeout time.Duration
 }
 
 // reqState is what the middleware learns about a request, for the handlers
@@ -118,6 +126,32 @@ func render(c *gin.Context, e *apierr.Error) {
 	c.Abort()
 }
 
+// bound sets the connection deadlines of one request. The read deadline is
+// set only when a body follows: net/http reads ahead on the connection once
+// the body is read (to notice a client that hangs up), and that read must
+// not time out. A body that does not arrive in time fails its read (the
+// chat handler answers 408), or, on a route that never reads it, the
+// bounded read net/http does after the handler, which then closes the
+// connection; either way a stalled client cannot hold the connection open.
+// The returned func, deferred until the handlers are done, bounds the write
+// of what net/http still has buffered of the response (the proxy bounds
+// each of its own writes); net/http clears the write deadline once the
+// response is out, so it never reaches the next request on the connection.
+//
+// Deadlines are wall-clock times of the connection, hence time.Now rather
+// than the injected clock. Errors only mean the writer has no deadlines (a
+// test recorder): there is nothing to bound then.
+func (d *Deps) bound(c *gin.Context) func() {
+	rc := http.NewResponseController(c.Writer)
+	if d.BodyReadTimeout > 0 && c.Request.ContentLength != 0 && c.Request.Body != http.NoBody {
+		_ = rc.SetReadDeadline(time.Now().Add(d.BodyReadTimeout))
+	}
+	if d.WriteTimeout <= 0 {
+		return func() {}
+	}
+	return func() { _ = rc.SetWriteDeadline(time.Now().Add(d.WriteTimeout)) }
+}
+
 // requestContext assigns the request id and sets openai-processing-ms just
 // before the response headers go out, whatever writes them.
 func (d *Deps) requestContext(c *gin.Context) {
@@ -128,6 +162,8 @@ func (d *Deps) requestContext(c *gin.Context) {
 	}
 	st := &reqState{start: start, id: id}
 	setState(c, st)
+	boundRest := d.bound(c)
+	defer boundRest()
 	c.Header("X-Request-Id", id)
 	tw := &timingWriter{ResponseWriter: c.Writer, start: start, now: d.Now}
 	c.Writer = tw

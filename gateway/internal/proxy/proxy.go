@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -51,6 +52,12 @@ type Handler struct {
 	// its newline included; a longer line ends the stream as an upstream
 	// error. Zero means DefaultMaxEventLine.
 	MaxEventLine int
+	// WriteTimeout bounds each write to the client: one stream event (or
+	// the events that arrived together), one piece of a non-streaming
+	// answer. A client that stops reading is cut off once a write cannot
+	// complete within it, and metered as client_cancelled. Zero leaves
+	// writes unbounded.
+	WriteTimeout time.Duration
 	Now          func() time.Time
 }
 
@@ -113,15 +120,28 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) error
 			in.NotReached()
 		}
 	}()
+	rc := http.NewResponseController(w)
 	body, err := readAll(http.MaxBytesReader(w, r.Body, h.MaxBody), r.ContentLength, h.MaxBody)
 	if err != nil {
 		var mb *http.MaxBytesError
-		if errors.As(err, &mb) {
+		switch {
+		case errors.As(err, &mb):
 			return apierr.New(http.StatusRequestEntityTooLarge, apierr.TypeInvalidRequest,
 				"request body is larger than the limit of "+strconv.FormatInt(h.MaxBody, 10)+" bytes").WithCode("request_too_large")
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The read deadline (BODY_READ_TIMEOUT, set by the HTTP layer)
+			// stays in the past: the connection cannot be reused with the
+			// rest of a body still on it, and net/http's read of that rest
+			// after the handler fails at once instead of waiting.
+			w.Header().Set("Connection", "close")
+			return apierr.RequestTimeout("the request body did not arrive in time; send it without pauses")
 		}
 		return apierr.InvalidRequest("could not read the request body")
 	}
+	// The whole body is here: lift its deadline before net/http's read-ahead
+	// (which notices a client that hangs up) can run into it. Streams read
+	// nothing more from the client, however long they last.
+	_ = rc.SetReadDeadline(time.Time{}) // an error means no deadline was possible: none to lift
 	req, err := prepare(body, h.Catalog.Get())
 	if err != nil {
 		return err
@@ -236,6 +256,21 @@ func readAll(r io.Reader, declared, limit int64) ([]byte, error) {
 	return buf.Bytes(), err
 }
 
+// extendWrite gives the next write to the client WriteTimeout to complete.
+// Deadlines are wall-clock times of the connection, hence time.Now rather
+// than h.Now; an error only means the writer has no deadlines (a test
+// recorder).
+func (h *Handler) extendWrite(rc *http.ResponseController) {
+	if h.WriteTimeout > 0 {
+		_ = rc.SetWriteDeadline(time.Now().Add(h.WriteTimeout))
+	}
+}
+
+// answerPiece is how much of a non-streaming answer one write carries, each
+// with WriteTimeout of its own: a client that reads slowly but steadily
+// gets a large answer, one that stopped reading is cut off.
+const answerPiece = 64 << 10
+
 func (h *Handler) unary(ctx context.Context, w http.ResponseWriter, req *chatRequest, resp *http.Response, body io.Reader, ev *usage.Event) {
 	limit := h.maxAnswer()
 	fail := func(ae *apierr.Error, outcome string) {
@@ -277,15 +312,30 @@ func (h *Handler) unary(ctx context.Context, w http.ResponseWriter, req *chatReq
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Content-Length", strconv.Itoa(len(b)))
 	ev.TTFTMs = h.Now().Sub(ev.StartedAt).Milliseconds()
+	rc := http.NewResponseController(w)
+	h.extendWrite(rc)
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(b)
+	var werr error
+	for rest := b; len(rest) > 0 && werr == nil; {
+		n := min(len(rest), answerPiece)
+		h.extendWrite(rc)
+		_, werr = w.Write(rest[:n])
+		rest = rest[n:]
+	}
 	// The client has its whole answer now, before the usage event, metrics
 	// and span are recorded (net/http would send it only after the handler).
-	if f, ok := w.(http.Flusher); ok {
-		f.Flush()
+	if werr == nil {
+		h.extendWrite(rc)
+		werr = rc.Flush()
 	}
 	ev.Status = http.StatusOK
 	ev.Outcome = usage.OutcomeCompleted
+	if werr != nil && !errors.Is(werr, http.ErrNotSupported) {
+		// The client hung up or stopped reading (the write deadline
+		// passed): billed like a completed answer, flagged as not received.
+		ev.Status = 499
+		ev.Outcome = usage.OutcomeClientCancelled
+	}
 	if ev.UsageSource == usage.SourceNone {
 		// A 200 without usage is a provider bug; bill an estimate rather than nothing.
 		estimate(ev, req.promptBytes, int64(len(b)/4))

@@ -56,6 +56,10 @@ func (h *Handler) stream(ctx context.Context, w http.ResponseWriter, r *http.Req
 		if writeErr != nil {
 			return
 		}
+		// Every write may reach the connection (when the response buffer
+		// fills): each gets its own deadline, so a client that stops
+		// reading ends the stream within WriteTimeout.
+		h.extendWrite(rc)
 		if !started {
 			started = true
 			ev.TTFTMs = h.Now().Sub(ev.StartedAt).Milliseconds()
@@ -65,6 +69,7 @@ func (h *Handler) stream(ctx context.Context, w http.ResponseWriter, r *http.Req
 	}
 	flush := func() {
 		if writeErr == nil && started {
+			h.extendWrite(rc)
 			writeErr = rc.Flush()
 		}
 	}
@@ -138,7 +143,8 @@ func (h *Handler) stream(ctx context.Context, w http.ResponseWriter, r *http.Req
 	var failure *apierr.Error
 	switch {
 	case writeErr != nil || r.Context().Err() != nil:
-		// The client hung up: stop the upstream at once.
+		// The client hung up, or stopped reading until a write ran past
+		// its deadline: stop the upstream at once.
 		ev.Outcome = usage.OutcomeClientCancelled
 		ev.Status = 499
 	case errors.Is(readErr, errLineTooLong):

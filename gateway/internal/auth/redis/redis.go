@@ -54,15 +54,22 @@ type Watcher interface {
 }
 
 // PingInterval is how long the subscription may stay silent before Listen
-// pings it; a ping unanswered for as long again counts as a dead or
-// half-open connection. Detection takes at most twice this.
-const PingInterval = 250 * time.Millisecond
+// pings it; a ping unanswered for PingTimeout more counts as a dead or
+// half-open connection. Detection takes at most the sum.
+const (
+	PingInterval = 250 * time.Millisecond
+	// PingTimeout is longer than the interval: a busy Redis or a loaded
+	// host may take a few hundred milliseconds to answer, and a false
+	// alarm costs a resubscription and a lookup of every cached key.
+	PingTimeout = 500 * time.Millisecond
+)
 
 // Listen evicts keys named on apikey.ChangedChannel until ctx ends. It
 // reports the subscription watched once Redis confirms it, and unwatched
 // as soon as the connection fails or stops answering pings; it then
-// subscribes again on a fresh connection. After every subscription it
-// evicts everything, since changes may have been missed while it was down.
+// subscribes again on a fresh connection. After every subscription it has
+// every cached key looked up again (Invalidate("")), since changes may have
+// been missed while it was down.
 func Listen(ctx context.Context, rdb goredis.UniversalClient, w Watcher, log *slog.Logger) {
 	for {
 		err := listenOnce(ctx, rdb, w)
@@ -89,7 +96,11 @@ func listenOnce(ctx context.Context, rdb goredis.UniversalClient, w Watcher) err
 	defer func() { _ = sub.Close() }() // ends the subscription, if ctx has not already
 	pinged := false
 	for {
-		msg, err := sub.ReceiveTimeout(ctx, PingInterval)
+		wait := PingInterval
+		if pinged {
+			wait = PingTimeout
+		}
+		msg, err := sub.ReceiveTimeout(ctx, wait)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -97,7 +108,7 @@ func listenOnce(ctx context.Context, rdb goredis.UniversalClient, w Watcher) err
 		switch {
 		case errors.As(err, &ne) && ne.Timeout():
 			if pinged {
-				return fmt.Errorf("no answer to ping within %v: %w", PingInterval, err)
+				return fmt.Errorf("no answer to ping within %v: %w", PingTimeout, err)
 			}
 			if err := sub.Ping(ctx); err != nil {
 				return fmt.Errorf("ping: %w", err)
