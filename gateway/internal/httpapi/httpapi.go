@@ -35,10 +35,13 @@ import (
 type Deps struct {
 	Catalog  *catalog.Holder
 	Verifier *auth.Verifier
-	Limiter  *quota.Limiter
-	Proxy    *proxy.Handler
-	AdminURL *url.URL
-	Log      *slog.Logger
+	// AuthFailures limits failed key verifications per client address (the
+	// TCP peer); nil means no limit.
+	AuthFailures *auth.FailLimiter
+	Limiter      *quota.Limiter
+	Proxy        *proxy.Handler
+	AdminURL     *url.URL
+	Log          *slog.Logger
 	// Ready reports whether the gateway should receive traffic (false while draining).
 	Ready *atomic.Bool
 	// Telemetry traces requests and records request metrics; may be nil.
@@ -262,8 +265,27 @@ func (d *Deps) authenticate(c *gin.Context) {
 		render(c, apierr.Unauthenticated("You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."))
 		return
 	}
-	rec, err := d.Verifier.Verify(c.Request.Context(), tok)
+	// The client is the TCP peer: the gateway trusts no X-Forwarded-For,
+	// so a client cannot pick the address its failures count against.
+	client := auth.ClientKey(c.RemoteIP())
+	var wait time.Duration
+	rec, err := d.Verifier.VerifyGated(c.Request.Context(), tok, func() error {
+		if w, blocked := d.AuthFailures.Blocked(client); blocked {
+			wait = w
+			return errTooManyFailures
+		}
+		return nil
+	})
+	if errors.Is(err, auth.ErrInvalidKey) {
+		d.AuthFailures.Fail(client)
+	}
 	switch {
+	case errors.Is(err, errTooManyFailures):
+		secs := max(1, int64((wait+time.Second-1)/time.Second))
+		c.Header("Retry-After", strconv.FormatInt(secs, 10))
+		render(c, apierr.RateLimited("Too many requests with invalid API keys from your address; retry after "+
+			strconv.FormatInt(secs, 10)+" seconds.").WithCode("too_many_failed_attempts"))
+		return
 	case errors.Is(err, auth.ErrUnavailable):
 		d.Log.Warn("key store unavailable", "err", err)
 		render(c, apierr.Unavailable("The service is temporarily unavailable; try again later."))
@@ -275,6 +297,10 @@ func (d *Deps) authenticate(c *gin.Context) {
 	stateOf(c).key = rec
 	c.Next()
 }
+
+// errTooManyFailures is why authenticate refuses a client before its key
+// reaches the store.
+var errTooManyFailures = errors.New("too many failed key verifications from the client address")
 
 // admit takes an RPM slot and a monthly unit for the key, and reports the
 // limits in OpenAI's headers on every response, refusals included.
