@@ -5,8 +5,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,5 +95,60 @@ func TestAuthFailureLimit(t *testing.T) {
 	// The blocked address itself: a cached paying key is not refused.
 	if r := h.postFrom(t, attacker, paying); r.status != http.StatusOK {
 		t.Errorf("cached paying key from the blocked address: %d %s", r.status, r.body)
+	}
+}
+
+// TestAuthFailureLimitBilling: keys that admin refuses on the forwarded
+// billing endpoint count against the address too; over the limit the
+// gateway answers 429 without asking admin.
+func TestAuthFailureLimitBilling(t *testing.T) {
+	var asked atomic.Int64
+	admin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = w.Write([]byte(`{"error":{"message":"Invalid API key provided","type":"authentication_error","param":null,"code":null}}`))
+	}))
+	t.Cleanup(admin.Close)
+	h := startGateway(t, func(c *config.Config) {
+		c.AdminURL = admin.URL
+		c.AuthFailLimit = 3
+		c.AuthFailWindow = time.Hour
+	})
+	attacker := clientFrom(t, "127.0.0.2")
+	get := func(c *http.Client) (int, http.Header) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, h.url+"/v1/dashboard/billing/usage", nil)
+		req.Header.Set("Authorization", "Bearer sk-guess")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		return resp.StatusCode, resp.Header
+	}
+	for i := range 3 {
+		if code, _ := get(attacker); code != http.StatusUnauthorized {
+			t.Fatalf("billing request %d: %d, want 401 from admin", i, code)
+		}
+	}
+	code, hdr := get(attacker)
+	if code != http.StatusTooManyRequests || hdr.Get("Retry-After") == "" {
+		t.Fatalf("over the limit: %d, Retry-After %q; want 429 with Retry-After", code, hdr.Get("Retry-After"))
+	}
+	if n := asked.Load(); n != 3 {
+		t.Errorf("admin was asked %d times, want 3 (not for the refused request)", n)
+	}
+	// The budget is shared with the chat endpoint.
+	key, err := apikey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := h.postFrom(t, attacker, key); r.status != http.StatusTooManyRequests {
+		t.Errorf("chat with an unknown key from the blocked address: %d, want 429", r.status)
+	}
+	if code, _ := get(http.DefaultClient); code != http.StatusUnauthorized {
+		t.Errorf("another address: %d, want admin's 401", code)
 	}
 }
