@@ -4,7 +4,9 @@
 // The limit lives in the memory of each admin replica: with N replicas
 // behind a load balancer a client gets up to N times the attempts. Admin
 // tokens are long random strings, so the limit is there to stop noise and
-// to make guessing visibly slow, not to be exact.
+// to make guessing visible, not to be exact. A valid token is accepted even
+// from a client over the limit (see the admin httpapi's requireAdmin), so a
+// client behind the same load balancer cannot lock operators out.
 package adminauth
 
 import (

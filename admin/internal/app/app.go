@@ -25,6 +25,7 @@ import (
 	auditredis "github.com/qyai/qyai/admin/internal/audit/redis"
 	"github.com/qyai/qyai/admin/internal/billing"
 	chstore "github.com/qyai/qyai/admin/internal/billing/clickhouse"
+	billingredis "github.com/qyai/qyai/admin/internal/billing/redis"
 	"github.com/qyai/qyai/admin/internal/cli"
 	"github.com/qyai/qyai/admin/internal/config"
 	"github.com/qyai/qyai/admin/internal/httpapi"
@@ -147,6 +148,7 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 		AdminTokens:    tokens,
 		AuthFailures:   adminauth.NewLimiter(cfg.AuthMaxFailures, cfg.AuthFailureWindow, now),
 		TrustedProxies: cfg.TrustedProxies,
+		BillingLimit:   billingLimit(rdb, cfg),
 		Ready: []httpapi.Check{
 			{Name: "redis", Timeout: cfg.Redis.Timeout, Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 			{Name: "clickhouse", Timeout: time.Second, Ping: ch.Ping},
@@ -231,4 +233,13 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	}
 	log.Info("admin stopped")
 	return nil
+}
+
+// billingLimit is the billing endpoints' per-key limit, nil when
+// BILLING_RPM is 0. A nil *Limiter must not become a non-nil interface.
+func billingLimit(rdb goredis.UniversalClient, cfg config.Config) httpapi.BillingLimiter {
+	if cfg.BillingRPM == 0 {
+		return nil
+	}
+	return billingredis.NewLimiter(rdb, cfg.BillingRPM, cfg.Redis.Timeout, time.Now)
 }

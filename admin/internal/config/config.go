@@ -44,6 +44,10 @@ type Config struct {
 	// is the client.
 	TrustedProxies []string // ADMIN_TRUSTED_PROXIES
 
+	// BillingRPM is how many public billing requests (each a ClickHouse
+	// query) one key may make per minute, across replicas; 0: no limit.
+	BillingRPM int // BILLING_RPM
+
 	// AuditFlushInterval is how often audit entries move from the Redis
 	// buffer to ClickHouse.
 	AuditFlushInterval time.Duration // AUDIT_FLUSH_INTERVAL
@@ -111,6 +115,7 @@ func Load(getenv func(string) string) (Config, error) {
 		AuthMaxFailures:    r.Int("ADMIN_AUTH_MAX_FAILURES", 10),
 		AuthFailureWindow:  r.Duration("ADMIN_AUTH_FAILURE_WINDOW", time.Minute),
 		TrustedProxies:     r.List("ADMIN_TRUSTED_PROXIES", nil),
+		BillingRPM:         r.Int("BILLING_RPM", 60),
 		AuditFlushInterval: r.Duration("AUDIT_FLUSH_INTERVAL", time.Second),
 		Redis:              redis(r),
 		ClickHouse:         clickhouse(r),
@@ -226,6 +231,9 @@ func (c Config) Validate() error {
 	}
 	if c.Addr == "" {
 		add("server", "ADMIN_ADDR is empty")
+	}
+	if c.BillingRPM < 0 {
+		add("server", "BILLING_RPM must not be negative (0: no limit)")
 	}
 	if len(c.AdminTokens) == 0 {
 		add("server", "an admin token is required: set ADMIN_TOKEN, ADMIN_TOKENS or ADMIN_TOKEN_FILE")

@@ -38,6 +38,9 @@ func TestLoadDefaults(t *testing.T) {
 	if c.AuthMaxFailures != 10 || c.AuthFailureWindow != time.Minute || len(c.TrustedProxies) != 0 || c.AuditFlushInterval != time.Second {
 		t.Errorf("auth and audit defaults: %+v", c)
 	}
+	if c.BillingRPM != 60 {
+		t.Errorf("BILLING_RPM default %d, want 60", c.BillingRPM)
+	}
 	if c.Addr != "127.0.0.1:8081" || c.Redis.Addrs[0] != "127.0.0.1:6379" || c.Redis.Timeout != 50*time.Millisecond ||
 		c.ClickHouse.Addr != "127.0.0.1:9000" || c.ClickHouse.Database != "qyai" || c.ClickHouse.User != "default" ||
 		c.LogLevel != "info" || !c.UsesDefaultPepper() {
@@ -122,6 +125,11 @@ func TestLoad(t *testing.T) {
 			name:    "auth limits and proxies",
 			env:     map[string]string{"ADMIN_TOKEN": "t", "ADMIN_AUTH_MAX_FAILURES": "0", "ADMIN_AUTH_FAILURE_WINDOW": "0s", "ADMIN_TRUSTED_PROXIES": "10.0.0.0/8, nope", "AUDIT_FLUSH_INTERVAL": "0s"},
 			wantErr: []string{"ADMIN_AUTH_MAX_FAILURES must be at least 1", "ADMIN_AUTH_FAILURE_WINDOW must be positive", `"nope" is not an IP address or CIDR`, "AUDIT_FLUSH_INTERVAL must be positive"},
+		},
+		{
+			name:    "billing rpm negative",
+			env:     map[string]string{"ADMIN_TOKEN": "t", "BILLING_RPM": "-1"},
+			wantErr: []string{"BILLING_RPM must not be negative"},
 		},
 		{
 			name:    "token and token file",

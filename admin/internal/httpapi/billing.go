@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"encoding/csv"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -17,13 +18,29 @@ import (
 // dateLayout is the layout of the from and to parameters (UTC days).
 const dateLayout = "2006-01-02"
 
-// callerKey authenticates the API key of a public billing request.
+// callerKey authenticates the API key of a public billing request and
+// takes one request of the key's billing budget (BILLING_RPM): over it the
+// request is refused with 429 and Retry-After before any ClickHouse query.
 func (a *api) callerKey(c *gin.Context) (apikey.Record, error) {
 	tok, ok := bearer(c.GetHeader("Authorization"))
 	if !ok {
 		return apikey.Record{}, errAPIKey
 	}
-	return a.Keys.Authenticate(c.Request.Context(), tok)
+	rec, err := a.Keys.Authenticate(c.Request.Context(), tok)
+	if err != nil || a.BillingLimit == nil {
+		return rec, err
+	}
+	wait, ok, err := a.BillingLimit.Allow(c.Request.Context(), rec.ID)
+	if err != nil {
+		return apikey.Record{}, err
+	}
+	if !ok {
+		secs := max(1, int(math.Ceil(wait.Seconds())))
+		c.Header("Retry-After", strconv.Itoa(secs))
+		return apikey.Record{}, apierr.RateLimited("Rate limit reached for billing requests; retry after " +
+			strconv.Itoa(secs) + " seconds.").WithCode("rate_limit_exceeded")
+	}
+	return rec, nil
 }
 
 // billingUsage answers GET /v1/dashboard/billing/usage for the caller's key.

@@ -49,9 +49,18 @@ type Deps struct {
 	// TrustedProxies are the addresses (IPs or CIDRs) whose X-Forwarded-For
 	// names the client; empty: the peer address is the client.
 	TrustedProxies []string
-	Ready          []Check
-	Log            *slog.Logger
-	Now            func() time.Time
+	// BillingLimit limits the public billing requests per key (they run
+	// ClickHouse queries); nil means no limit.
+	BillingLimit BillingLimiter
+	Ready        []Check
+	Log          *slog.Logger
+	Now          func() time.Time
+}
+
+// BillingLimiter takes one billing request of a key's budget; when none is
+// left it says so and when to retry.
+type BillingLimiter interface {
+	Allow(ctx context.Context, keyID string) (retryAfter time.Duration, ok bool, err error)
 }
 
 type api struct {
@@ -210,18 +219,31 @@ type actorKey struct{}
 func setActor(c *gin.Context, name string) { c.Set(actorKey{}, name) }
 
 // requireAdmin lets the request through only with an admin token, and
-// records the token's name as the actor of the request. A client address
-// with too many recent failures is refused with 429 before its token is
-// even looked at (otherwise a blocked client could go on guessing and tell
-// a right token by the status). The presented token is never logged.
+// records the token's name as the actor of the request. The presented
+// token is never logged.
+//
+// A valid token is accepted even when its client address is over the
+// failure limit; only wrong tokens are refused (429) there. Behind a load
+// balancer that hides client addresses (ADMIN_TRUSTED_PROXIES unset) every
+// client shares one address, and refusing right tokens too would let one
+// client sending bad tokens lock every operator out. The price: a client
+// over the limit still learns whether a guess is right (200 against 429),
+// so the limit no longer slows a determined guesser, it turns noise into
+// 429s and makes it visible in the logs. Against guessing, what protects
+// is the token itself: a long random string (the README asks for 32
+// random bytes), which no guessing rate finds. Keying the limit by
+// (address, token) instead would change nothing for a guesser (each guess
+// is a new token) and nothing for an operator's valid token (it never
+// fails); a coarser per-address budget on top would bring the lock-out
+// back.
 func (a *api) requireAdmin(c *gin.Context) error {
 	client := adminauth.ClientKey(c.ClientIP())
-	if wait, blocked := a.AuthFailures.Blocked(client); blocked {
-		return tooManyFailures(c, wait)
-	}
 	tok, _ := bearer(c.GetHeader("Authorization"))
 	name, ok := a.tokens.Identify(tok)
 	if !ok {
+		if wait, blocked := a.AuthFailures.Blocked(client); blocked {
+			return tooManyFailures(c, wait) // refused attempts do not count
+		}
 		_, blocked := a.AuthFailures.Fail(client)
 		a.Log.WarnContext(c.Request.Context(), "admin authentication failed",
 			"client", client, "route", c.FullPath(), "blocked", blocked)

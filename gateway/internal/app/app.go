@@ -180,7 +180,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	handler := httpapi.New(httpapi.Deps{
 		Catalog: cat, Verifier: verifier, Proxy: ph,
-		Limiter: quota.NewLimiter(quotaredis.NewStore(rdb, cfg.RedisTimeout), cfg.LimitReplicas, time.Now), AdminURL: adminURL, Log: log,
+		AuthFailures: auth.NewFailLimiter(cfg.AuthFailLimit, cfg.AuthFailWindow, auth.DefaultMaxAddrs, time.Now),
+		Limiter:      quota.NewLimiter(quotaredis.NewStore(rdb, cfg.RedisTimeout), cfg.LimitReplicas, time.Now), AdminURL: adminURL, Log: log,
 		Ready: ready, Telemetry: tel, Now: time.Now,
 		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.ClientWriteTimeout,
 	})

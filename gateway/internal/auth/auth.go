@@ -12,6 +12,14 @@
 //     subscription is down, half-open or not yet confirmed), a cached key is
 //     trusted for at most UnwatchedTTL after it was verified, not the TTL.
 //
+// Unknown keys are remembered too (a negative cache, NegativeTTL, at most
+// MaxNegative hashes), so that a flood of random well-formed keys does not
+// cost Redis one lookup each. Creating a key publishes its id on the change
+// feed, and every Invalidate forgets all unknown hashes (the id does not
+// say which hash it had), so a new key works at once; while the feed is
+// not known to work, an unknown hash is remembered for UnwatchedTTL at
+// most, the same bound as a revoke.
+//
 // When the store is unreachable, keys verified before keep working from the
 // cache even past their TTL (stale-if-error), up to a maximum age
 // (WithStaleMaxAge); unknown keys, and keys older than that, get
@@ -47,6 +55,14 @@ var (
 // shorter). It is the revoke bound in that state.
 const UnwatchedTTL = time.Second
 
+// NegativeTTL is how long a hash the store called unknown is
+// refused without asking again.
+const NegativeTTL = 2 * time.Second
+
+// MaxNegative bounds the negative cache; beyond it the oldest entries are
+// dropped (FIFO, which is oldest-expiring too since the TTL is fixed).
+const MaxNegative = 16384
+
 // Store finds key records by key hash.
 type Store interface {
 	Lookup(ctx context.Context, hash string) (*apikey.Record, error)
@@ -70,6 +86,7 @@ type Verifier struct {
 	cache   map[string]entry // by key hash
 	gen     uint64           // bumped by every Invalidate
 	watched bool             // the change feed is known to deliver
+	neg     negCache         // unknown hashes, under mu
 
 	// Concurrent misses for one key share one store lookup, so a burst on
 	// a cold key costs Redis one round trip, not one per request.
@@ -97,7 +114,8 @@ func WithStaleMaxAge(d time.Duration) Option {
 // NewVerifier returns a verifier; now is the clock. It starts unwatched
 // (see SetWatched).
 func NewVerifier(store Store, pepper string, ttl time.Duration, now func() time.Time, opts ...Option) *Verifier {
-	v := &Verifier{store: store, pepper: []byte(pepper), ttl: ttl, now: now, cache: map[string]entry{}, flights: map[string]*flight{}}
+	v := &Verifier{store: store, pepper: []byte(pepper), ttl: ttl, now: now, cache: map[string]entry{}, flights: map[string]*flight{},
+		neg: newNegCache(MaxNegative)}
 	for _, o := range opts {
 		o(v)
 	}
@@ -115,6 +133,15 @@ func BearerToken(header string) (string, error) {
 
 // Verify returns the record of an active key.
 func (v *Verifier) Verify(ctx context.Context, key string) (*apikey.Record, error) {
+	return v.VerifyGated(ctx, key, nil)
+}
+
+// VerifyGated is Verify, except that gate (if not nil) runs just before the
+// store would be asked: when it returns an error, the store is not asked
+// and that error is returned as is. Keys answered from the cache, positive
+// or negative, never reach the gate; it is how the caller refuses clients
+// that failed too often without making a paying key from the cache wait.
+func (v *Verifier) VerifyGated(ctx context.Context, key string, gate func() error) (*apikey.Record, error) {
 	if err := apikey.CheckFormat(key); err != nil {
 		return nil, ErrInvalidKey
 	}
@@ -123,9 +150,18 @@ func (v *Verifier) Verify(ctx context.Context, key string) (*apikey.Record, erro
 	v.mu.RLock()
 	e, cached := v.cache[hash]
 	fresh := cached && v.trusted(e, now)
+	unknown := !fresh && v.neg.has(hash, now, v.negTTL())
 	v.mu.RUnlock()
 	if fresh {
 		return e.rec, nil
+	}
+	if unknown {
+		return nil, ErrInvalidKey
+	}
+	if gate != nil {
+		if err := gate(); err != nil {
+			return nil, err
+		}
 	}
 	rec, err := v.lookup(ctx, hash)
 	switch {
@@ -148,6 +184,16 @@ func (v *Verifier) trusted(e entry, now time.Time) bool {
 		return false
 	}
 	return v.watched || now.Sub(e.verified) < min(v.ttl, UnwatchedTTL)
+}
+
+// negTTL is how long an unknown hash is remembered now: shorter while the
+// change feed (which tells of a newly created key) is not known to work.
+// Callers hold v.mu.
+func (v *Verifier) negTTL() time.Duration {
+	if v.watched {
+		return NegativeTTL
+	}
+	return min(NegativeTTL, UnwatchedTTL)
 }
 
 // stale answers a failed lookup from the cache (stale-if-error: the key was
@@ -202,11 +248,23 @@ func (v *Verifier) lookup(ctx context.Context, hash string) (*apikey.Record, err
 	if f.err != nil && !errors.Is(f.err, ErrNotFound) && ctx.Err() == nil {
 		f.rec, f.err = v.store.Lookup(ctx, hash)
 	}
-	if f.err == nil && f.rec.Hash == hash && f.rec.Active() {
+	switch {
+	case f.err == nil && f.rec.Hash == hash && f.rec.Active():
 		now := v.now()
 		v.mu.Lock()
 		if v.gen == f.gen {
 			v.cache[hash] = entry{rec: f.rec, verified: now, expires: now.Add(v.ttl)}
+		}
+		v.mu.Unlock()
+	case errors.Is(f.err, ErrNotFound):
+		// Remembered only if no Invalidate (a key created meanwhile, say)
+		// ran since the store was asked. Inactive records are not: a
+		// revoked key is asked about again, as before (the per-address
+		// failure limit covers replays of one).
+		now := v.now()
+		v.mu.Lock()
+		if v.gen == f.gen {
+			v.neg.add(hash, now)
 		}
 		v.mu.Unlock()
 	}
@@ -225,10 +283,14 @@ func (v *Verifier) lookup(ctx context.Context, hash string) (*apikey.Record, err
 // looked up again before it is trusted, but keeps it as the stale-if-error
 // answer (within KEY_STALE_MAX_AGE) should that lookup fail: nothing says
 // it changed, and dropping it would turn a slow Redis into 503s.
+// Every call also forgets every unknown hash whatever the id: a created or
+// rotated key publishes only its id, not its hash, and key changes are rare
+// enough for that.
 func (v *Verifier) Invalidate(id string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.gen++
+	v.neg.clear()
 	for h, e := range v.cache {
 		switch {
 		case id == "":
@@ -262,3 +324,40 @@ func (v *Verifier) evictHash(hash string) {
 	delete(v.cache, hash)
 	v.mu.Unlock()
 }
+
+// negCache is a size-capped set of unknown hashes with the time each was
+// learnt. A ring of the hashes in insertion order bounds it: adding to a
+// full ring drops the oldest slot's hash. A hash added twice holds two
+// slots and leaves at the first one's turn, early, which is harmless in a
+// cache; the map never holds more hashes than the ring has slots.
+type negCache struct {
+	at   map[string]time.Time
+	ring []string
+	next int
+}
+
+func newNegCache(size int) negCache {
+	return negCache{at: make(map[string]time.Time), ring: make([]string, size)}
+}
+
+func (n *negCache) has(hash string, now time.Time, ttl time.Duration) bool {
+	t, ok := n.at[hash]
+	return ok && now.Sub(t) < ttl
+}
+
+func (n *negCache) add(hash string, now time.Time) {
+	if old := n.ring[n.next]; old != "" {
+		delete(n.at, old)
+	}
+	n.ring[n.next] = hash
+	n.next = (n.next + 1) % len(n.ring)
+	n.at[hash] = now
+}
+
+func (n *negCache) clear() {
+	clear(n.at)
+	clear(n.ring)
+	n.next = 0
+}
+
+func (n *negCache) len() int { return len(n.at) }

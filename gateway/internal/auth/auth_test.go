@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -116,6 +117,79 @@ func TestBearerToken(t *testing.T) {
 		got, err := BearerToken(in)
 		if got != want || (want == "") != (err != nil) {
 			t.Errorf("%q: %q %v", in, got, err)
+		}
+	}
+}
+
+// TestNegCacheBounded adds far more unknown hashes than the cache holds:
+// it never holds more than its size, and keeps the newest.
+func TestNegCacheBounded(t *testing.T) {
+	n := newNegCache(100)
+	now := time.Unix(1_000_000, 0)
+	for i := range 10_000 {
+		n.add(strconv.Itoa(i), now)
+		if n.len() > 100 {
+			t.Fatalf("after %d adds the cache holds %d hashes, want at most 100", i+1, n.len())
+		}
+	}
+	if !n.has("9999", now, time.Second) || n.has("0", now, time.Second) {
+		t.Error("the cache did not keep the newest hashes")
+	}
+	n.add("9999", now) // a hash added twice holds two slots, one entry
+	if n.len() > 100 {
+		t.Errorf("re-adding a hash: %d entries, want at most 100", n.len())
+	}
+}
+
+// TestFailLimiter: limit failures, then blocked with the time to the next
+// allowed one; other addresses are not affected; the bucket refills.
+func TestFailLimiter(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	l := NewFailLimiter(3, time.Minute, 10, func() time.Time { return now })
+	for range 3 {
+		if _, blocked := l.Blocked("a"); blocked {
+			t.Fatal("blocked before the limit")
+		}
+		l.Fail("a")
+	}
+	wait, blocked := l.Blocked("a")
+	if !blocked || wait != 20*time.Second {
+		t.Fatalf("after 3 failures: blocked %v, retry after %v; want true, 20s", blocked, wait)
+	}
+	if _, blocked := l.Blocked("b"); blocked {
+		t.Error("another address is blocked")
+	}
+	now = now.Add(20 * time.Second)
+	if _, blocked := l.Blocked("a"); blocked {
+		t.Error("still blocked after a refill")
+	}
+}
+
+// TestFailLimiterBounded: failures from many more addresses than the cap
+// never track more than the cap.
+func TestFailLimiterBounded(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	l := NewFailLimiter(1, time.Minute, 50, func() time.Time { return now })
+	for i := range 5_000 {
+		l.Fail("10.0." + strconv.Itoa(i/256) + "." + strconv.Itoa(i%256))
+		if l.Tracked() > 50 {
+			t.Fatalf("after %d addresses %d are tracked, want at most 50", i+1, l.Tracked())
+		}
+	}
+	if _, blocked := l.Blocked("10.0.19.135"); !blocked { // the last one
+		t.Error("the newest address is not blocked")
+	}
+}
+
+func TestClientKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.7":            "192.0.2.7",
+		"::ffff:192.0.2.7":     "192.0.2.7",
+		"2001:db8:1:2:3:4:5:6": "2001:db8:1:2::/64",
+		"not-an-ip":            "not-an-ip",
+	} {
+		if got := ClientKey(in); got != want {
+			t.Errorf("ClientKey(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -43,6 +43,11 @@ type Config struct {
 	// KeyStaleMaxAge caps stale-if-error: while Redis is unreachable a
 	// cached key is used only if it was verified at most this long ago.
 	KeyStaleMaxAge time.Duration // KEY_STALE_MAX_AGE
+	// AuthFailLimit failed key verifications per AuthFailWindow from one
+	// client address (TCP peer; IPv6 per /64) make the gateway refuse its
+	// keys that are not cached with 429 instead of asking Redis; 0 disables.
+	AuthFailLimit  int           // AUTH_FAIL_LIMIT
+	AuthFailWindow time.Duration // AUTH_FAIL_WINDOW
 	// LimitReplicas is how many gateways share each key's limits; while
 	// Redis is unreachable each replica allows 1/LimitReplicas of them.
 	LimitReplicas int // LIMIT_FALLBACK_REPLICAS
@@ -128,6 +133,8 @@ func Load(getenv func(string) string) (Config, error) {
 		KeyPepper:      apikey.ReadPepper(r),
 		KeyCacheTTL:    r.Duration("KEY_CACHE_TTL", 30*time.Second),
 		KeyStaleMaxAge: r.Duration("KEY_STALE_MAX_AGE", 15*time.Minute),
+		AuthFailLimit:  r.Int("AUTH_FAIL_LIMIT", 20),
+		AuthFailWindow: r.Duration("AUTH_FAIL_WINDOW", time.Minute),
 		LimitReplicas:  r.Int("LIMIT_FALLBACK_REPLICAS", 1),
 		Upstream: Upstream{
 			Members:          members(r),
@@ -221,6 +228,12 @@ func (c Config) Validate() error {
 	}
 	if c.KeyStaleMaxAge <= 0 {
 		add("keys", "KEY_STALE_MAX_AGE must be positive")
+	}
+	if c.AuthFailLimit < 0 {
+		add("keys", "AUTH_FAIL_LIMIT must not be negative (0 disables it)")
+	}
+	if c.AuthFailWindow <= 0 {
+		add("keys", "AUTH_FAIL_WINDOW must be positive")
 	}
 	if c.MaxBodyBytes < 1024 {
 		add("server", "MAX_BODY_BYTES must be at least 1024")

@@ -131,6 +131,18 @@ func TestLoad(t *testing.T) {
 		}},
 		{name: "key durations not positive", env: map[string]string{"KEY_STALE_MAX_AGE": "0s", "KEY_CACHE_TTL": "-1s"},
 			wantErr: []string{"keys: KEY_STALE_MAX_AGE must be positive", "keys: KEY_CACHE_TTL must be positive"}},
+		{name: "auth failure limit default", check: func(t *testing.T, c Config) {
+			if c.AuthFailLimit != 20 || c.AuthFailWindow != time.Minute {
+				t.Errorf("auth failure limit %d per %v, want 20 per 1m", c.AuthFailLimit, c.AuthFailWindow)
+			}
+		}},
+		{name: "auth failure limit off", env: map[string]string{"AUTH_FAIL_LIMIT": "0", "AUTH_FAIL_WINDOW": "30s"}, check: func(t *testing.T, c Config) {
+			if c.AuthFailLimit != 0 || c.AuthFailWindow != 30*time.Second {
+				t.Errorf("auth failure limit %d per %v", c.AuthFailLimit, c.AuthFailWindow)
+			}
+		}},
+		{name: "auth failure limit invalid", env: map[string]string{"AUTH_FAIL_LIMIT": "-1", "AUTH_FAIL_WINDOW": "0s"},
+			wantErr: []string{"keys: AUTH_FAIL_LIMIT must not be negative", "keys: AUTH_FAIL_WINDOW must be positive"}},
 		{name: "bad log level", env: map[string]string{"LOG_LEVEL": "loud"}, wantErr: []string{`server: LOG_LEVEL "loud" is not one of debug, info, warn, error`}},
 		{name: "every problem reported", env: map[string]string{
 			"REDIS_TIMEOUT": "soon", "MAX_BODY_BYTES": "12", "UPSTREAM_BASE_URL": "ftp://x", "STREAM_REPLICAS": "9",

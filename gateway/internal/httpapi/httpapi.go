@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -35,10 +36,13 @@ import (
 type Deps struct {
 	Catalog  *catalog.Holder
 	Verifier *auth.Verifier
-	Limiter  *quota.Limiter
-	Proxy    *proxy.Handler
-	AdminURL *url.URL
-	Log      *slog.Logger
+	// AuthFailures limits failed key verifications per client address (the
+	// TCP peer); nil means no limit.
+	AuthFailures *auth.FailLimiter
+	Limiter      *quota.Limiter
+	Proxy        *proxy.Handler
+	AdminURL     *url.URL
+	Log          *slog.Logger
 	// Ready reports whether the gateway should receive traffic (false while draining).
 	Ready *atomic.Bool
 	// Telemetry traces requests and records request metrics; may be nil.
@@ -298,8 +302,22 @@ func (d *Deps) authenticate(c *gin.Context) {
 		render(c, apierr.Unauthenticated("You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."))
 		return
 	}
-	rec, err := d.Verifier.Verify(c.Request.Context(), tok)
+	client := clientOf(c.Request)
+	var wait time.Duration
+	rec, err := d.Verifier.VerifyGated(c.Request.Context(), tok, func() error {
+		if w, blocked := d.AuthFailures.Blocked(client); blocked {
+			wait = w
+			return errTooManyFailures
+		}
+		return nil
+	})
+	if errors.Is(err, auth.ErrInvalidKey) {
+		d.AuthFailures.Fail(client)
+	}
 	switch {
+	case errors.Is(err, errTooManyFailures):
+		render(c, tooManyFailures(c.Writer.Header(), wait))
+		return
 	case errors.Is(err, auth.ErrUnavailable):
 		d.Log.Warn("key store unavailable", "err", err)
 		render(c, apierr.Unavailable("The service is temporarily unavailable; try again later."))
@@ -311,6 +329,10 @@ func (d *Deps) authenticate(c *gin.Context) {
 	stateOf(c).key = rec
 	c.Next()
 }
+
+// errTooManyFailures is why authenticate refuses a client before its key
+// reaches the store.
+var errTooManyFailures = errors.New("too many failed key verifications from the client address")
 
 // admit takes an RPM slot and a monthly unit for the key, and reports the
 // limits in OpenAI's headers on every response, refusals included.
@@ -393,12 +415,47 @@ func (d *Deps) chat(c *gin.Context) {
 }
 
 // billingProxy forwards the public billing endpoint to admin, which
-// authenticates the caller's key itself.
+// authenticates the caller's key itself (and limits each key's billing
+// requests, BILLING_RPM). Failed authentications there count against the
+// client address like the gateway's own, and an address over the limit is
+// refused here before admin is asked.
 func (d *Deps) billingProxy() http.Handler {
 	rp := httputil.NewSingleHostReverseProxy(d.AdminURL)
 	rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
 		d.Log.Warn("billing proxy to admin failed", "err", err)
 		apierr.Unavailable("The billing service is temporarily unavailable; try again later.").Write(w)
 	}
-	return rp
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if resp.StatusCode == http.StatusUnauthorized {
+			d.AuthFailures.Fail(clientOf(resp.Request))
+		}
+		return nil
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if wait, blocked := d.AuthFailures.Blocked(clientOf(r)); blocked {
+			tooManyFailures(w.Header(), wait).Write(w)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	})
+}
+
+// clientOf is the unit failed authentications count per: the TCP peer
+// (the gateway trusts no X-Forwarded-For, so that a client cannot pick the
+// address its failures count against), an IPv6 peer by its /64.
+func clientOf(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	return auth.ClientKey(host)
+}
+
+// tooManyFailures is the refusal of a client over its failed-authentication
+// limit; it sets Retry-After in h.
+func tooManyFailures(h http.Header, wait time.Duration) *apierr.Error {
+	secs := max(1, int64((wait+time.Second-1)/time.Second))
+	h.Set("Retry-After", strconv.FormatInt(secs, 10))
+	return apierr.RateLimited("Too many requests with invalid API keys from your address; retry after " +
+		strconv.FormatInt(secs, 10) + " seconds.").WithCode("too_many_failed_attempts")
 }
