@@ -9,11 +9,11 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/qyai/qyai/admin/internal/config"
+	"github.com/qyai/qyai/testkit/logbuf"
 )
 
 func TestValidateFlag(t *testing.T) {
@@ -72,24 +72,6 @@ func TestCommandLine(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestServeBeforeClickHouse starts admin while ClickHouse is down: keys work,
 // billing answers 503 and readiness says why; once ClickHouse comes up the
 // schema is applied in the background and everything is ready. Then a
@@ -107,7 +89,7 @@ func TestServeBeforeClickHouse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	ctx, cancel := context.WithCancel(t.Context())
 	ready := make(chan net.Addr, 1)
 	done := make(chan error, 1)

@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +27,7 @@ import (
 	"github.com/qyai/qyai/pkg/apikey"
 	"github.com/qyai/qyai/pkg/chschema"
 	"github.com/qyai/qyai/pkg/tier"
+	"github.com/qyai/qyai/testkit/logbuf"
 	"github.com/qyai/qyai/testkit/testenv"
 )
 
@@ -53,25 +53,7 @@ type env struct {
 	rdb   *goredis.Client
 	ch    driver.Conn
 	conn  *chstore.Connector
-	logs  *syncBuffer
-}
-
-// syncBuffer is a log sink safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs  *logbuf.Buffer
 }
 
 func newEnv(t *testing.T) *env {
@@ -86,7 +68,7 @@ func newEnvWith(t *testing.T, edit func(*httpapi.Deps)) *env {
 	rs, cs := scripts.Redis(t), scripts.ClickHouse(t)
 	rdb := goredis.NewClient(&goredis.Options{Addr: rs.Addr, ContextTimeoutEnabled: true, DisableIdentity: true, MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	conn := chstore.NewConnector(chschema.Options{Addr: cs.Addr, Database: database}, chschema.ApplyOptions{}, log)
 	t.Cleanup(func() { _ = conn.Close() })

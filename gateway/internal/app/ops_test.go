@@ -2,7 +2,6 @@ package app
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"github.com/qyai/qyai/gateway/internal/config"
 	"github.com/qyai/qyai/pkg/apikey"
 	"github.com/qyai/qyai/pkg/usage"
+	"github.com/qyai/qyai/testkit/logbuf"
 )
 
 // TestOperationalListener: /metrics and pprof are not on the public
@@ -70,24 +70,6 @@ func TestOperationalListener(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestShutdownKeepsLateStreamEvents: streams still open when the gateway
 // is told to stop (its context ends, as on SIGTERM) and still open at
 // SHUTDOWN_TIMEOUT are cancelled, and the usage event of each is published
@@ -96,7 +78,7 @@ func (s *syncBuffer) String() string {
 // drain awaited them, the late ones published into a stopped publisher.
 func TestShutdownKeepsLateStreamEvents(t *testing.T) {
 	const streams = 40
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	h := startGatewayLog(t, scripts.Redis(t), func(c *config.Config) { c.DrainTimeout = 300 * time.Millisecond },
 		slog.New(slog.NewJSONHandler(logs, nil)))
 	key := h.addKeyWith(t, "key_drain", func(r *apikey.Record) { r.RPM, r.MonthlyLimit = 100000, 1000000 })
