@@ -33,7 +33,7 @@ func TestReadPepper(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := envconfig.New(func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok })
+			r := envconfig.New(envconfig.Map(tt.env))
 			got := apikey.ReadPepper(r)
 			err := r.Err()
 			if tt.wantErr != "" {

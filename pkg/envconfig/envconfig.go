@@ -40,6 +40,14 @@ func Getenv(getenv func(string) string) Lookup {
 	}
 }
 
+// Map is a Lookup over a fixed set of variables (tests, embedders).
+func Map(m map[string]string) Lookup {
+	return func(name string) (string, bool) {
+		v, ok := m[name]
+		return v, ok
+	}
+}
+
 // Reader reads variables and collects the problems it finds. Its methods
 // return the default (or the zero value) for a variable they cannot use, so
 // that a caller can read everything first and look at Err once.

@@ -13,12 +13,7 @@ import (
 )
 
 // env is a Lookup over a map: the tests never touch the process environment.
-func env(m map[string]string) envconfig.Lookup {
-	return func(name string) (string, bool) {
-		v, ok := m[name]
-		return v, ok
-	}
-}
+func env(m map[string]string) envconfig.Lookup { return envconfig.Map(m) }
 
 // wantErrs fails unless err mentions every one of want, and no more
 // problems than want has (each joined problem is one line).

@@ -10,12 +10,8 @@ import (
 	"github.com/qyai/qyai/pkg/natsconn"
 )
 
-func lookup(m map[string]string) envconfig.Lookup {
-	return func(name string) (string, bool) {
-		v, ok := m[name]
-		return v, ok && v != ""
-	}
-}
+// lookup is a Lookup over a map (a blank value reads as unset, as always).
+func lookup(m map[string]string) envconfig.Lookup { return envconfig.Map(m) }
 
 // read returns the Config env describes and every problem, Read's and
 // Validate's together, as the services do.
