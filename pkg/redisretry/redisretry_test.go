@@ -13,6 +13,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/qyai/qyai/pkg/redisretry"
+	"github.com/qyai/qyai/testkit/redisbusy"
 )
 
 // reply is an error reply as go-redis returns it (it implements goredis.Error).
@@ -131,51 +132,18 @@ func (r *recorder) refused(prefix string) bool {
 	return false
 }
 
-// busyServer makes the Redis at addr answer BUSY to every other client, with
-// a Lua script that loops until SCRIPT KILL, and returns a function that
-// kills it and waits until the server is free again.
+// busyServer makes the Redis at addr answer BUSY to every other client
+// (redisbusy.Start) and checks that its real reply is classified as
+// transient.
 func busyServer(t *testing.T, addr string) (kill func()) {
 	t.Helper()
-	// Not t.Context(): kill also runs as a cleanup, after it is cancelled.
-	ctx := context.WithoutCancel(t.Context())
-	admin := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
-	t.Cleanup(func() { _ = admin.Close() })
-	// Redis answers BUSY once a script has run longer than this.
-	if err := admin.ConfigSet(ctx, "busy-reply-threshold", "10").Err(); err != nil {
-		t.Fatalf("CONFIG SET busy-reply-threshold: %v", err)
-	}
-	looper := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1, ReadTimeout: -1})
-	t.Cleanup(func() { _ = looper.Close() })
-	done := make(chan error, 1)
-	go func() { done <- looper.Eval(context.WithoutCancel(ctx), "while true do end", nil).Err() }()
-	// Wait until the server really answers BUSY.
+	kill = redisbusy.Start(t, addr)
 	probe := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
 	t.Cleanup(func() { _ = probe.Close() })
-	for end := time.Now().Add(10 * time.Second); ; {
-		err := probe.Get(ctx, "k").Err()
-		if goredis.HasErrorPrefix(err, "BUSY") {
-			if !redisretry.IsServerTransient(err) || !redisretry.IsTransient(err) {
-				t.Fatalf("the server's reply %q is not classified as transient", err)
-			}
-			break
-		}
-		if time.Now().After(end) {
-			t.Fatalf("the server never answered BUSY; last GET: %v", err)
-		}
-		time.Sleep(5 * time.Millisecond)
+	err := probe.Get(t.Context(), "k").Err()
+	if !goredis.HasErrorPrefix(err, "BUSY") || !redisretry.IsServerTransient(err) || !redisretry.IsTransient(err) {
+		t.Fatalf("the busy server's reply %v is not a BUSY classified as transient", err)
 	}
-	var once sync.Once
-	kill = func() {
-		once.Do(func() {
-			if err := admin.ScriptKill(ctx).Err(); err != nil {
-				t.Errorf("SCRIPT KILL: %v", err)
-			}
-			if err := <-done; err == nil {
-				t.Error("the looping script ended without an error")
-			}
-		})
-	}
-	t.Cleanup(kill)
 	return kill
 }
 

@@ -12,6 +12,7 @@ import (
 	redisstore "github.com/qyai/qyai/admin/internal/keys/redis"
 	"github.com/qyai/qyai/pkg/redisretry"
 	"github.com/qyai/qyai/pkg/tier"
+	"github.com/qyai/qyai/testkit/redisbusy"
 )
 
 // refusals is a hook below redisretry.Hook that counts the attempts the
@@ -47,45 +48,6 @@ func (r *refusals) seen() bool {
 	return r.n > 0
 }
 
-// busy blocks the Redis at addr in a Lua loop, so that it answers BUSY to
-// every other client, until the returned function runs SCRIPT KILL.
-func busy(t *testing.T, addr string) (kill func()) {
-	t.Helper()
-	ctx := context.WithoutCancel(t.Context()) // kill also runs as a cleanup
-	ctl := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1, DisableIdentity: true})
-	t.Cleanup(func() { _ = ctl.Close() })
-	if err := ctl.ConfigSet(ctx, "busy-reply-threshold", "10").Err(); err != nil {
-		t.Fatalf("CONFIG SET busy-reply-threshold: %v", err)
-	}
-	looper := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1, ReadTimeout: -1, DisableIdentity: true})
-	t.Cleanup(func() { _ = looper.Close() })
-	done := make(chan error, 1)
-	go func() { done <- looper.Eval(ctx, "while true do end", nil).Err() }()
-	for end := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		err := ctl.Get(ctx, "probe").Err()
-		if goredis.HasErrorPrefix(err, "BUSY") {
-			break
-		}
-		if time.Now().After(end) {
-			t.Fatalf("Redis never answered BUSY; last GET: %v", err)
-		}
-	}
-	var once sync.Once
-	kill = func() {
-		once.Do(func() {
-			if err := ctl.ScriptKill(ctx).Err(); err != nil {
-				t.Errorf("SCRIPT KILL: %v", err)
-				return
-			}
-			if err := <-done; err == nil {
-				t.Error("the looping script ended without an error")
-			}
-		})
-	}
-	t.Cleanup(kill)
-	return kill
-}
-
 // TestCreateOnBusyRedis: a Redis that refuses commands for its state (here
 // BUSY in a script; LOADING after a restart takes the same path) makes Create
 // retry within its bound, and fail with an error the HTTP layer answers with
@@ -106,7 +68,7 @@ func TestCreateOnBusyRedis(t *testing.T) {
 	t.Run("retried until the server frees up", func(t *testing.T) {
 		rdb, rec := client(t)
 		svc := keys.NewService(redisstore.New(rdb, 30*time.Second), pepper, tier.Default(), now)
-		kill := busy(t, srv.Addr)
+		kill := redisbusy.Start(t, srv.Addr)
 		type result struct {
 			is  keys.Issued
 			err error
@@ -134,7 +96,7 @@ func TestCreateOnBusyRedis(t *testing.T) {
 	t.Run("unavailable once the bound expires", func(t *testing.T) {
 		rdb, _ := client(t)
 		svc := keys.NewService(redisstore.New(rdb, 300*time.Millisecond), pepper, tier.Default(), now)
-		busy(t, srv.Addr)
+		redisbusy.Start(t, srv.Addr)
 		_, err := svc.Create(t.Context(), "op", keys.CreateRequest{Name: "busy", Tier: "basic"})
 		if err == nil || !redisretry.IsServerTransient(err) || !redisretry.IsTransient(err) {
 			t.Fatalf("Create on a busy server = %v, want a transient BUSY refusal (503)", err)
