@@ -54,23 +54,12 @@ func TestKill9WhileJetStreamStalled(t *testing.T) {
 		stallChild(t, args[1], args[2])
 		return
 	}
-	srv := scripts.NATSProcess(t)
-	e := &natsEnv{srv: srv, js: gatewayJS(t, srv.URL), obs: gatewayJS(t, srv.URL)}
-	if _, err := usagejs.EnsureStream(t.Context(), e.obs, usagejs.StreamConfig{}); err != nil {
-		t.Fatalf("create usage stream: %v", err)
-	}
-	pid := natsPID(t, srv)
-	thaw := func() {
-		if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
-			t.Errorf("SIGCONT nats-server: %v", err)
-		}
-	}
-	t.Cleanup(thaw) // before the server's own cleanup stops it
+	e, freeze, thaw := freezableNATS(t)
 	dir := filepath.Join(t.TempDir(), "spool")
 
 	// The child publishes a steady stream of events and prints the number
 	// and accept time of each once Publish returned.
-	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "--", childArg, srv.URL, dir)
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "--", childArg, e.srv.URL, dir)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -110,9 +99,7 @@ func TestKill9WhileJetStreamStalled(t *testing.T) {
 	eventually(t, "the child's events reach the stream", func() bool { return count() > 1000 && e.count(t) > 500 })
 
 	// Stalled: the server is frozen, the connection stays open.
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP nats-server: %v", err)
-	}
+	freeze()
 	frozenAt := count()
 	eventually(t, "the child accepts events while JetStream is frozen", func() bool { return count() >= frozenAt+frozenEvents })
 	killedAt := time.Now()
@@ -204,6 +191,32 @@ func stallChild(t *testing.T, natsURL, dir string) {
 	}
 }
 
+// freezableNATS starts a nats-server process with the usage stream, and
+// returns it with functions that freeze it (SIGSTOP: connections stay open,
+// nothing is answered) and thaw it; a frozen server is thawed when the test
+// ends, before it is stopped.
+func freezableNATS(t *testing.T) (e *natsEnv, freeze, thaw func()) {
+	t.Helper()
+	srv := scripts.NATSProcess(t)
+	e = &natsEnv{srv: srv, js: gatewayJS(t, srv.URL), obs: gatewayJS(t, srv.URL)}
+	if _, err := usagejs.EnsureStream(t.Context(), e.obs, usagejs.StreamConfig{}); err != nil {
+		t.Fatalf("create usage stream: %v", err)
+	}
+	pid := natsPID(t, srv)
+	freeze = func() {
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatalf("SIGSTOP nats-server: %v", err)
+		}
+	}
+	thaw = func() {
+		if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+			t.Errorf("SIGCONT nats-server: %v", err)
+		}
+	}
+	t.Cleanup(thaw) // registered after the server's, so it runs before the server is stopped
+	return e, freeze, thaw
+}
+
 func natsPID(t *testing.T, srv *testenv.Server) int {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(srv.Dir, "pid"))
@@ -223,27 +236,14 @@ func natsPID(t *testing.T, srv *testenv.Server) int {
 // the server thaws the spool is replayed, the stall ends, and every event
 // is in the stream exactly once.
 func TestStallSpoolsWhatWaitsThenResumes(t *testing.T) {
-	srv := scripts.NATSProcess(t)
-	e := &natsEnv{srv: srv, js: gatewayJS(t, srv.URL), obs: gatewayJS(t, srv.URL)}
-	if _, err := usagejs.EnsureStream(t.Context(), e.obs, usagejs.StreamConfig{}); err != nil {
-		t.Fatalf("create usage stream: %v", err)
-	}
-	pid := natsPID(t, srv)
-	thaw := func() {
-		if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
-			t.Errorf("SIGCONT nats-server: %v", err)
-		}
-	}
-	t.Cleanup(thaw)
+	e, freeze, thaw := freezableNATS(t)
 	p := newPublisher(t, e.js, filepath.Join(t.TempDir(), "spool"), nil)
 	startRun(t, p)
 	want := map[string]bool{}
 	publish(p, "before", 0, 100, want)
 	eventually(t, "the first events are published", settled(p))
 
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP nats-server: %v", err)
-	}
+	freeze()
 	publish(p, "frozen", 0, 500, want)
 	eventually(t, "the publisher stalls", p.stalled.Load)
 	publish(p, "stalled", 0, 500, want)
