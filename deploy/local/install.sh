@@ -89,12 +89,29 @@ install_nats() {
 	(cd / && GOWORK=off GOBIN=$BIN_DIR go install "github.com/nats-io/nats-server/v2@$NATS_VERSION")
 }
 
+# install_zookeeper installs Debian's zookeeper (and a Java runtime when there is none):
+# the ClickHouse cluster of TOPOLOGY=cluster and its tests coordinate through it. The
+# package puts no command on PATH, so its jar is what tells it is there.
+install_zookeeper() {
+	local pkgs=()
+	[[ -e $ZOOKEEPER_JAR ]] || pkgs+=(zookeeper)
+	command -v java >/dev/null || pkgs+=(default-jre-headless)
+	if ((${#pkgs[@]} == 0)); then
+		log "packages: zookeeper and java present"
+		return
+	fi
+	command -v apt-get >/dev/null || die "missing ${pkgs[*]} and no apt-get: install them by hand"
+	log "packages: installing ${pkgs[*]}"
+	apt_install "${pkgs[@]}"
+}
+
 case ${1:-} in
 "")
 	# clickhouse-server lives in /usr/sbin (lib.sh adds it to PATH).
 	install_packages "redis-server, clickhouse-server, clickhouse-client, curl" \
 		redis-server:redis-server redis-cli:redis-tools \
 		clickhouse-server:clickhouse-server clickhouse-client:clickhouse-client curl:curl
+	install_zookeeper
 	install_nats
 	;;
 lint) install_packages shellcheck shellcheck:shellcheck ;;

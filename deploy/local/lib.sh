@@ -16,6 +16,8 @@ QYAI_LOCAL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 QYAI_REPO_ROOT=$(cd "$QYAI_LOCAL_DIR/../.." && pwd)
 # Debian installs clickhouse-server into /usr/sbin, which a non-root PATH lacks.
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+# Debian's zookeeper package: the jar (the package puts no command on PATH).
+ZOOKEEPER_JAR=/usr/share/java/zookeeper.jar
 
 log() { printf '%s\n' "$*" >&2; }
 die() {
