@@ -3,8 +3,9 @@
 SHELL := /bin/bash
 GO ?= go
 MODULES := ./pkg/... ./gateway/... ./meter/... ./admin/... ./deploy/... ./testkit/...
-GATEWAY_REPLICAS ?= 1
-export GATEWAY_REPLICAS
+# make run TOPOLOGY=cluster GATEWAY_REPLICAS=N: passed to deploy/local/run.sh, which
+# has the defaults (single, and 1 or 3 gateways).
+export TOPOLOGY GATEWAY_REPLICAS METER_REPLICAS
 
 .DEFAULT_GOAL := help
 
@@ -14,7 +15,7 @@ help: ## List the targets
 install: ## Install what is missing: redis-server, clickhouse-server (apt), nats-server (go install)
 	@deploy/local/install.sh
 
-run: ## Start the whole local stack (servers, simulator, gateway, meter, admin); Ctrl-C stops it
+run: ## Start the whole local stack (servers, simulator, gateway, meter, admin; TOPOLOGY=cluster: clustered engines); Ctrl-C stops it
 	@deploy/local/run.sh
 
 build: ## Build every binary into .bin/

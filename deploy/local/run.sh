@@ -11,18 +11,30 @@
 # a demo API key, prints it with a ready line, and stops everything on Ctrl-C (exit
 # 0), SIGTERM (exit 143) or SIGHUP (exit 129).
 #
+# TOPOLOGY=cluster runs the engines clustered instead, on fixed loopback ports:
+#   NATS JetStream, 3 nodes: client 4222-4224, monitoring 8222-8224, routes 6222-6224;
+#     the usage streams with 3 replicas (STREAM_REPLICAS=3)
+#   Redis Cluster, 3 masters + 3 replicas: 7001-7006 (cluster bus 17001-17006)
+#   ZooKeeper on 2181 and ClickHouse 18.16 as 2 shards x 2 replicas (cluster "qyai"):
+#     native 9000-9003, HTTP 8123-8126, interserver 9009-9012; the schema in its
+#     cluster form (ON CLUSTER, Replicated*MergeTree, Distributed)
+# and 3 gateways, 2 meters (127.0.0.1:8082, :8182), admin and the simulator on them.
+# A node that dies is reported, not fatal: the engines are there to survive it.
+#
 # Environment:
+#   TOPOLOGY             single (default) or cluster
+#   METER_REPLICAS       number of meters (default 1; 2 with TOPOLOGY=cluster)
 #   ADMIN_TOKEN          admin API token (default: a printed dev value)
 #   UPSTREAM_BASE_URL    a real upstream (e.g. https://api.deepseek.com) instead of the
 #   UPSTREAM_API_KEY       simulator, and its key
-#   GATEWAY_REPLICAS     number of gateways (default 1)
+#   GATEWAY_REPLICAS     number of gateways (default 1; 3 with TOPOLOGY=cluster)
 #   SKIP_BUILD=1         use the binaries already in .bin/
 #   KEY_PEPPER           the key hashing secret; when unset, QYAI_DEV=1 is exported
 #                        and the services use the public development pepper
 #   LOG_LEVEL and the other service variables pass through.
 #
 # Data persists across runs in .run/ (rm -rf .run for a clean slate); service logs
-# are in .run/logs/<name>.log.
+# are in .run/logs/<name>.log, the clustered engines' as .run/logs/<engine>-<node>.log.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -34,7 +46,23 @@ LOGS=$RUN/logs
 PIDS=$RUN/pids
 
 DEV_ADMIN_TOKEN=qyai-dev-admin-token
-GATEWAY_REPLICAS=${GATEWAY_REPLICAS:-1}
+TOPOLOGY=${TOPOLOGY:-single}
+case $TOPOLOGY in
+single)
+	GATEWAY_REPLICAS=${GATEWAY_REPLICAS:-1}
+	METER_REPLICAS=${METER_REPLICAS:-1}
+	;;
+cluster)
+	GATEWAY_REPLICAS=${GATEWAY_REPLICAS:-3}
+	METER_REPLICAS=${METER_REPLICAS:-2}
+	;;
+*) die "TOPOLOGY=$TOPOLOGY: want single or cluster" ;;
+esac
+# The fixed ports of TOPOLOGY=cluster, in the order the <engine>-cluster.sh scripts
+# take them.
+NATS_CLUSTER_PORTS=(4222 4223 4224 8222 8223 8224 6222 6223 6224)
+REDIS_CLUSTER_PORTS=(7001 7002 7003 7004 7005 7006)
+CLICKHOUSE_CLUSTER_PORTS=(2181 9000 9001 9002 9003 8123 8124 8125 8126 9009 9010 9011 9012)
 ADMIN_ADDR=127.0.0.1:8081
 # SHUTDOWN_TIMEOUT of the gateway is 25 s by default: give it a little more.
 SERVICE_STOP_TIMEOUT=30
@@ -42,17 +70,23 @@ SERVICE_STOP_TIMEOUT=30
 gateway_ports=()
 metrics_ports=() # GATEWAY_METRICS_ADDR of each gateway, in the order of gateway_ports
 services=() # started services, in start order
-servers=()  # started servers: redis nats clickhouse
+servers=()  # started servers: their deploy/local script names (redis, nats-cluster, ...)
 
 main() {
 	[[ $GATEWAY_REPLICAS =~ ^[1-9][0-9]*$ ]] || die "GATEWAY_REPLICAS=$GATEWAY_REPLICAS: want a positive integer"
+	[[ $METER_REPLICAS =~ ^[1-9][0-9]*$ ]] || die "METER_REPLICAS=$METER_REPLICAS: want a positive integer"
 	local i
 	for ((i = 0; i < GATEWAY_REPLICAS; i++)); do
 		gateway_ports+=($((8080 + 100 * i)))
 		metrics_ports+=($((9464 + 100 * i)))
 	done
 	stop_leftovers
-	for port in "${gateway_ports[@]}" "${metrics_ports[@]}" "${ADMIN_ADDR##*:}"; do
+	local fixed=()
+	if [[ $TOPOLOGY == cluster ]]; then
+		fixed=("${NATS_CLUSTER_PORTS[@]}" "${REDIS_CLUSTER_PORTS[@]}" "${CLICKHOUSE_CLUSTER_PORTS[@]}")
+		for port in "${REDIS_CLUSTER_PORTS[@]}"; do fixed+=($((port + 10000))); done
+	fi
+	for port in "${gateway_ports[@]}" "${metrics_ports[@]}" "${ADMIN_ADDR##*:}" "${fixed[@]}"; do
 		port_free "$port" || die "127.0.0.1:$port is in use (another make run?); stop what listens there first"
 	done
 
@@ -93,13 +127,23 @@ stop_leftovers() {
 	for pidfile in "$PIDS"/*.pid; do
 		[[ -e $pidfile ]] && stop_pidfile "$pidfile" "$(basename "$pidfile" .pid)" "$SERVICE_STOP_TIMEOUT"
 	done
-	"$QYAI_LOCAL_DIR/redis.sh" stop "$RUN/redis"
-	"$QYAI_LOCAL_DIR/nats.sh" stop "$RUN/nats"
-	"$QYAI_LOCAL_DIR/clickhouse.sh" stop "$RUN/clickhouse"
+	local name
+	for name in redis nats clickhouse redis-cluster nats-cluster clickhouse-cluster; do
+		[[ -d $RUN/$name ]] && "$QYAI_LOCAL_DIR/$name.sh" stop "$RUN/$name"
+	done
+	return 0
 }
 
-# start_servers starts Redis, NATS and ClickHouse on their usual ports when free.
 start_servers() {
+	if [[ $TOPOLOGY == cluster ]]; then
+		start_cluster_servers
+	else
+		start_single_servers
+	fi
+}
+
+# start_single_servers starts Redis, NATS and ClickHouse on their usual ports when free.
+start_single_servers() {
 	servers+=(redis)
 	REDIS_PERSIST=1 "$QYAI_LOCAL_DIR/redis.sh" start "$RUN/redis" "$(pick_port 6379)"
 	servers+=(nats)
@@ -116,6 +160,40 @@ start_servers() {
 	CLICKHOUSE_ADDR=127.0.0.1:$(<"$RUN/clickhouse/port")
 	CLICKHOUSE_DATABASE=${CLICKHOUSE_DATABASE:-qyai}
 	export REDIS_ADDR NATS_URL CLICKHOUSE_ADDR CLICKHOUSE_DATABASE
+}
+
+# start_cluster_servers starts the clustered engines on their fixed ports, all at
+# once, and points every service at all of their nodes.
+start_cluster_servers() {
+	servers+=(nats-cluster redis-cluster clickhouse-cluster)
+	local pids=() pid failed=0
+	REDIS_PERSIST=1 "$QYAI_LOCAL_DIR/redis-cluster.sh" start "$RUN/redis-cluster" "${REDIS_CLUSTER_PORTS[@]}" &
+	pids+=($!)
+	"$QYAI_LOCAL_DIR/nats-cluster.sh" start "$RUN/nats-cluster" "${NATS_CLUSTER_PORTS[@]}" &
+	pids+=($!)
+	"$QYAI_LOCAL_DIR/clickhouse-cluster.sh" start "$RUN/clickhouse-cluster" "${CLICKHOUSE_CLUSTER_PORTS[@]}" &
+	pids+=($!)
+	for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+	((failed == 0)) || die "a clustered engine did not start (see above)"
+	local name node
+	for name in nats redis clickhouse; do
+		for node in "$RUN/$name-cluster"/node*/; do
+			node=${node%/}
+			[[ -e $node/server.log ]] && ln -sfn "../$name-cluster/${node##*/}/server.log" "$LOGS/$name-${node##*/node}.log"
+		done
+	done
+	[[ -e $RUN/clickhouse-cluster/zk/server.log ]] && ln -sfn ../clickhouse-cluster/zk/server.log "$LOGS/zookeeper.log"
+
+	REDIS_ADDR=$(paste -sd, "$RUN/redis-cluster/addrs")
+	NATS_URL=$(sed 's|^|nats://|' "$RUN/nats-cluster/addrs" | paste -sd,)
+	CLICKHOUSE_ADDR=$(paste -sd, "$RUN/clickhouse-cluster/addrs")
+	CLICKHOUSE_CLUSTER=$(<"$RUN/clickhouse-cluster/cluster")
+	CLICKHOUSE_DATABASE=${CLICKHOUSE_DATABASE:-qyai}
+	STREAM_REPLICAS=3
+	export REDIS_ADDR NATS_URL CLICKHOUSE_ADDR CLICKHOUSE_CLUSTER CLICKHOUSE_DATABASE STREAM_REPLICAS
+	log "cluster: REDIS_ADDR=$REDIS_ADDR"
+	log "cluster: NATS_URL=$NATS_URL STREAM_REPLICAS=3"
+	log "cluster: CLICKHOUSE_ADDR=$CLICKHOUSE_ADDR CLICKHOUSE_CLUSTER=$CLICKHOUSE_CLUSTER"
 }
 
 start_services() {
@@ -141,12 +219,16 @@ start_services() {
 		log "KEY_PEPPER not set: QYAI_DEV=1, the services use the public development pepper"
 	fi
 
-	local meter_addr
-	meter_addr=127.0.0.1:$(pick_port 8082)
-	start_service meter "http://$meter_addr/healthz" env METER_ADDR="$meter_addr" "$BIN/meter"
+	local meter_addr i name
+	for ((i = 0; i < METER_REPLICAS; i++)); do
+		meter_addr=127.0.0.1:$(pick_port $((8082 + 100 * i)))
+		name=meter
+		((i == 0)) || name=meter-$((i + 1))
+		start_service "$name" "http://$meter_addr/healthz" env METER_ADDR="$meter_addr" "$BIN/meter"
+	done
 	start_service admin "http://$ADMIN_ADDR/healthz" env ADMIN_ADDR="$ADMIN_ADDR" "$BIN/admin"
 
-	local i port name
+	local port
 	for i in "${!gateway_ports[@]}"; do
 		port=${gateway_ports[i]}
 		name=gateway
@@ -154,6 +236,7 @@ start_services() {
 		# Metrics are on an internal listener of their own, one per replica.
 		start_service "$name" "http://127.0.0.1:$port/healthz" \
 			env GATEWAY_ADDR="127.0.0.1:$port" GATEWAY_METRICS_ADDR="127.0.0.1:${metrics_ports[i]}" \
+			LIMIT_FALLBACK_REPLICAS="${LIMIT_FALLBACK_REPLICAS:-$GATEWAY_REPLICAS}" \
 			ADMIN_URL="http://$ADMIN_ADDR" SPOOL_DIR="$RUN/spool/$name" "$BIN/gateway"
 	done
 }
@@ -216,15 +299,29 @@ EOF
 	echo "Press Ctrl-C to stop."
 }
 
-# supervise waits for Ctrl-C; it stops everything when a process dies on its own.
+# supervise waits for Ctrl-C; it stops everything when a process dies on its own. A
+# node of a clustered engine that dies is reported once (and again once it is back):
+# surviving that is what the cluster is for, and trying it is worth a make run.
 supervise() {
-	local name
+	local name node down=" "
 	while true; do
 		for name in "${services[@]}"; do
 			alive "$PIDS/$name.pid" || die "$name exited unexpectedly; see .run/logs/$name.log"
 		done
 		for name in "${servers[@]}"; do
-			alive "$RUN/$name/pid" || die "$name exited unexpectedly; see .run/logs/$name.log"
+			if [[ $name != *-cluster ]]; then
+				alive "$RUN/$name/pid" || die "$name exited unexpectedly; see .run/logs/$name.log"
+				continue
+			fi
+			for node in "$RUN/$name"/node*; do
+				if ! alive "$node/pid"; then
+					[[ $down == *" $node "* ]] || log "warning: ${name%-cluster} node ${node##*/node} is down; the cluster carries on without it"
+					down+="$node "
+				elif [[ $down == *" $node "* ]]; then
+					log "${name%-cluster} node ${node##*/node} is back"
+					down=${down/" $node "/" "}
+				fi
+			done
 		done
 		# In the background, so that a signal interrupts the wait at once.
 		sleep 1 &
