@@ -15,6 +15,8 @@
 #   BENCH_METER_RATES      phases: events per second, or max (default 20000,max)
 #   BENCH_METER_DURATION   publishing time of each phase (default 30s)
 #   METER_*                passed to the meter as they are (e.g. METER_BATCH_SIZE=10000)
+#   BENCH_TOPOLOGY         single (default) or cluster: NATS x3 with R3 streams and
+#                          ClickHouse 2 shards x 2 replicas, as `make run TOPOLOGY=cluster`
 #
 # A benchmark, not a test: it fails only when the stack cannot start or nothing is
 # measured; the table says PASS or MISS against the target (>= 20,000 events/s with a
@@ -27,6 +29,7 @@ ROOT=$QYAI_REPO_ROOT
 BIN=$ROOT/.bin
 RATES=${BENCH_METER_RATES:-20000,max}
 DURATION=${BENCH_METER_DURATION:-30s}
+TOPOLOGY=${BENCH_TOPOLOGY:-single}
 SERVICE_STOP_TIMEOUT=30
 
 tmp=""
@@ -35,6 +38,7 @@ meter_started=0
 
 main() {
 	[[ $DURATION =~ ^[0-9]+(\.[0-9]+)?(ms|s|m)$ ]] || die "BENCH_METER_DURATION=$DURATION: want a Go duration such as 30s"
+	[[ $TOPOLOGY == single || $TOPOLOGY == cluster ]] || die "BENCH_TOPOLOGY=$TOPOLOGY: want single or cluster"
 	[[ $RATES =~ ^(max|[1-9][0-9]*)(,(max|[1-9][0-9]*))*$ ]] || die "BENCH_METER_RATES=$RATES: want e.g. 20000,max"
 
 	"$QYAI_LOCAL_DIR/install.sh"
@@ -52,11 +56,35 @@ main() {
 	run_bench
 }
 
+# start_servers starts NATS and ClickHouse on free ports, single or clustered
+# (BENCH_TOPOLOGY=cluster), and says which processes to report the CPU of.
 start_servers() {
+	CLUSTER_ENV=()
+	if [[ $TOPOLOGY == cluster ]]; then
+		servers=(nats-cluster clickhouse-cluster)
+		start_servers_in "$tmp" "${servers[@]}"
+		NATS_URL=$(sed 's|^|nats://|' "$tmp/nats-cluster/addrs" | paste -sd,)
+		CLICKHOUSE_ADDR=$(paste -sd, "$tmp/clickhouse-cluster/addrs")
+		CLICKHOUSE_CLUSTER=$(<"$tmp/clickhouse-cluster/cluster")
+		CLUSTER_ENV=(STREAM_REPLICAS=3 CLICKHOUSE_CLUSTER="$CLICKHOUSE_CLUSTER")
+		SERVER_PIDS=""
+		local f n
+		for f in "$tmp"/nats-cluster/node*/pid; do
+			n=${f%/pid}
+			SERVER_PIDS+=",nats-${n##*/node}=$(<"$f")"
+		done
+		for f in "$tmp"/clickhouse-cluster/node*/pid; do
+			n=${f%/pid}
+			SERVER_PIDS+=",clickhouse-${n##*/node}=$(<"$f")"
+		done
+		[[ -e $tmp/clickhouse-cluster/zk/pid ]] && SERVER_PIDS+=",zookeeper=$(<"$tmp/clickhouse-cluster/zk/pid")"
+		return
+	fi
 	servers=(nats clickhouse)
 	start_servers_in "$tmp" "${servers[@]}"
 	NATS_URL=nats://127.0.0.1:$(<"$tmp/nats/port")
 	CLICKHOUSE_ADDR=127.0.0.1:$(<"$tmp/clickhouse/port")
+	SERVER_PIDS=",nats=$(<"$tmp/nats/pid"),clickhouse=$(<"$tmp/clickhouse/pid")"
 }
 
 start_meter() {
@@ -64,7 +92,7 @@ start_meter() {
 	addr=127.0.0.1:$(free_port)
 	meter_started=1
 	spawn "$tmp/logs/meter.log" "$tmp/meter.pid" env NATS_URL="$NATS_URL" CLICKHOUSE_ADDR="$CLICKHOUSE_ADDR" \
-		CLICKHOUSE_DATABASE=qyai METER_ADDR="$addr" LOG_LEVEL="${LOG_LEVEL:-warn}" "$BIN/meter"
+		"${CLUSTER_ENV[@]}" CLICKHOUSE_DATABASE=qyai METER_ADDR="$addr" LOG_LEVEL="${LOG_LEVEL:-warn}" "$BIN/meter"
 	wait_ready "$tmp/meter.pid" 60 http_ok "http://$addr/readyz" || rc=$?
 	if ((rc != 0)); then
 		log "meter did not become ready"
@@ -83,11 +111,12 @@ run_bench() {
 	# The command line that reproduces this run, with the settings that differ.
 	[[ $RATES != 20000,max ]] && vars+="BENCH_METER_RATES=$RATES "
 	[[ $DURATION != 30s ]] && vars+="BENCH_METER_DURATION=$DURATION "
+	[[ $TOPOLOGY != single ]] && vars+="BENCH_TOPOLOGY=$TOPOLOGY "
 	while IFS='=' read -r k v; do vars+="$k=$v "; done < <(env | grep '^METER_' | sort || true)
 	command="${vars}make bench-meter"
 	"$BIN/benchmeter" -nats "$NATS_URL" -clickhouse "$CLICKHOUSE_ADDR" -database qyai \
 		-rates "$RATES" -duration "$DURATION" \
-		-pids "meter=$(<"$tmp/meter.pid"),nats=$(<"$tmp/nats/pid"),clickhouse=$(<"$tmp/clickhouse/pid")" \
+		-pids "meter=$(<"$tmp/meter.pid")$SERVER_PIDS" \
 		-command "$command" -revision "$revision"
 }
 

@@ -28,6 +28,10 @@
 #                               reference, then gateway, each in one piece)
 #   BENCH_REFERENCE             1 (default): also measure the bare reverse proxy as a
 #                               reference; 0: do not build, start or measure it
+#   BENCH_TOPOLOGY              single (default) or cluster: the engines clustered as in
+#                               `make run TOPOLOGY=cluster` (NATS x3 with R3 streams,
+#                               Redis Cluster 3+3, ClickHouse 2 shards x 2 replicas), on
+#                               free ports; still one gateway, meter and admin
 #
 # A benchmark, not a test: it fails only when the stack cannot start or nothing
 # answers; the targets in the table say PASS or MISS.
@@ -43,6 +47,7 @@ RATE=${BENCH_RATE:-500}
 STREAM_CONCURRENCY=${BENCH_STREAM_CONCURRENCY:-16}
 ROUNDS=${BENCH_ROUNDS:-5}
 REFERENCE=${BENCH_REFERENCE:-1}
+TOPOLOGY=${BENCH_TOPOLOGY:-single}
 ADMIN_TOKEN=qyai-bench-admin-token
 SIM_KEY=sk-sim-bench
 SERVICE_STOP_TIMEOUT=30
@@ -58,6 +63,7 @@ main() {
 		[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v=${!v}: want a positive integer"
 	done
 	[[ $REFERENCE == 0 || $REFERENCE == 1 ]] || die "BENCH_REFERENCE=$REFERENCE: want 0 or 1"
+	[[ $TOPOLOGY == single || $TOPOLOGY == cluster ]] || die "BENCH_TOPOLOGY=$TOPOLOGY: want single or cluster"
 
 	"$QYAI_LOCAL_DIR/install.sh"
 	local pkgs=(./gateway/cmd/gateway ./meter/cmd/meter ./admin/cmd/admin ./deploy/cmd/upstream-sim ./deploy/cmd/loadgen)
@@ -84,8 +90,19 @@ main() {
 	run_loadgen "$key"
 }
 
-# start_servers starts Redis, NATS and ClickHouse on free ports, in parallel.
+# start_servers starts Redis, NATS and ClickHouse on free ports, in parallel, single
+# or clustered.
 start_servers() {
+	CLUSTER_ENV=()
+	if [[ $TOPOLOGY == cluster ]]; then
+		servers=(redis-cluster nats-cluster clickhouse-cluster)
+		start_servers_in "$tmp" "${servers[@]}"
+		REDIS_ADDR=$(paste -sd, "$tmp/redis-cluster/addrs")
+		NATS_URL=$(sed 's|^|nats://|' "$tmp/nats-cluster/addrs" | paste -sd,)
+		CLICKHOUSE_ADDR=$(paste -sd, "$tmp/clickhouse-cluster/addrs")
+		CLUSTER_ENV=(STREAM_REPLICAS=3 CLICKHOUSE_CLUSTER="$(<"$tmp/clickhouse-cluster/cluster")")
+		return
+	fi
 	servers=(redis nats clickhouse)
 	start_servers_in "$tmp" "${servers[@]}"
 	REDIS_ADDR=127.0.0.1:$(<"$tmp/redis/port")
@@ -108,7 +125,7 @@ start_services() {
 	# Shared by every service; each reads only its own variables.
 	local common=(
 		REDIS_ADDR="$REDIS_ADDR" NATS_URL="$NATS_URL" CLICKHOUSE_ADDR="$CLICKHOUSE_ADDR"
-		CLICKHOUSE_DATABASE=qyai KEY_PEPPER=qyai-bench-pepper LOG_LEVEL=warn
+		CLICKHOUSE_DATABASE=qyai KEY_PEPPER=qyai-bench-pepper LOG_LEVEL=warn "${CLUSTER_ENV[@]}"
 	)
 	spawn_service upstream-sim env SIM_ADDR="$sim_addr" SIM_API_KEY="$SIM_KEY" LOG_LEVEL=warn "$BIN/upstream-sim"
 	if ((REFERENCE)); then
@@ -184,6 +201,7 @@ run_loadgen() {
 	command="BENCH_DURATION=$DURATION BENCH_ROUNDS=$ROUNDS BENCH_CONCURRENCY=$CONCURRENCY BENCH_RATE=$RATE make bench"
 	if [[ $STREAM_CONCURRENCY != 16 ]]; then command="BENCH_STREAM_CONCURRENCY=$STREAM_CONCURRENCY $command"; fi
 	if ((!REFERENCE)); then command="BENCH_REFERENCE=0 $command"; fi
+	if [[ $TOPOLOGY != single ]]; then command="BENCH_TOPOLOGY=$TOPOLOGY $command"; fi
 	log "running the load generator: 3 phases x ($targets), $DURATION each"
 	# In the background and waited for, so that a signal to this script runs the
 	# cleanup at once instead of after the run; cleanup stops the load generator.
