@@ -124,12 +124,15 @@ cmd_start() {
 	dir=$(cd "$dir" && pwd)
 	local i p rc attempts=5 t0=$EPOCHREALTIME
 	(($# == 0)) || attempts=1
+	local up=0
 	for ((i = 1; i <= NODES; i++)); do
-		if alive "$dir/node$i/pid"; then
-			log "nats cluster already running in $dir"
-			return 0
-		fi
+		if alive "$dir/node$i/pid"; then up=$((up + 1)); fi
 	done
+	if ((up == NODES)); then
+		log "nats cluster already running in $dir"
+		return 0
+	fi
+	((up == 0)) || die "nats cluster in $dir is partly running ($up of $NODES nodes): start-node the others, or stop it first"
 	local attempt
 	for ((attempt = 1; attempt <= attempts; attempt++)); do
 		PORTS=("$@")
