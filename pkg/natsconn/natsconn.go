@@ -16,7 +16,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 
@@ -168,4 +171,44 @@ func (c Config) Options(log *slog.Logger) ([]nats.Option, error) {
 		opts = append(opts, nats.ClientCert(c.TLS.CertFile, c.TLS.KeyFile))
 	}
 	return opts, nil
+}
+
+// ValidateURLs checks a NATS_URL value: one server URL or a comma-separated list
+// of them (the servers of one cluster, as nats.Connect takes it: the client picks
+// one and fails over to the others, and learns the rest of the cluster from the
+// server it reaches). Each entry needs a scheme nats://, tls://, ws:// or wss://
+// and a host:port; credentials in an entry (nats://user:pass@host:4222) are fine.
+// Every bad entry is reported, with its position.
+func ValidateURLs(list string) error {
+	if strings.TrimSpace(list) == "" {
+		return errors.New("NATS_URL is empty")
+	}
+	var errs []error
+	entries := strings.Split(list, ",")
+	for i, raw := range entries {
+		raw = strings.TrimSpace(raw)
+		where := fmt.Sprintf("NATS_URL %q", raw)
+		if len(entries) > 1 {
+			where = fmt.Sprintf("NATS_URL entry %d %q", i+1, raw)
+		}
+		if raw == "" {
+			errs = append(errs, fmt.Errorf("%s is empty (a stray comma?)", where))
+			continue
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: want a URL such as nats://127.0.0.1:4222: %w", where, err))
+			continue
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			errs = append(errs, fmt.Errorf("%s: want a URL such as nats://127.0.0.1:4222 (scheme nats, tls, ws or wss)", where))
+			continue
+		}
+		if _, port, err := net.SplitHostPort(u.Host); err != nil || u.Hostname() == "" || port == "" {
+			errs = append(errs, fmt.Errorf("%s: want host:port after %s://", where, u.Scheme))
+		}
+	}
+	return errors.Join(errs...)
 }

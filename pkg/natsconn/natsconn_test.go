@@ -115,3 +115,45 @@ func TestReadValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateURLs(t *testing.T) {
+	tests := []struct {
+		name string
+		list string
+		want []string // substrings of the error; none: valid
+	}{
+		{name: "one", list: "nats://127.0.0.1:4222"},
+		{name: "cluster", list: "nats://127.0.0.1:4222,nats://127.0.0.1:4223, nats://127.0.0.1:4224"},
+		{name: "credentials and tls", list: "tls://u:p@nats-0.nats:4222,tls://u:p@nats-1.nats:4222"},
+		{name: "websocket", list: "wss://nats.example.com:443"},
+		{name: "empty", list: " ", want: []string{"NATS_URL is empty"}},
+		{name: "no scheme", list: "127.0.0.1:4222", want: []string{`NATS_URL "127.0.0.1:4222": want a URL`}},
+		{name: "no port", list: "nats://127.0.0.1", want: []string{"want host:port"}},
+		{name: "http", list: "http://127.0.0.1:4222", want: []string{"scheme nats, tls, ws or wss"}},
+		{name: "stray comma", list: "nats://a:4222,", want: []string{`entry 2 "" is empty`}},
+		{
+			name: "every bad entry",
+			list: "nats://a:4222,nats://b,redis://c:6379",
+			want: []string{`entry 2 "nats://b": want host:port`, `entry 3 "redis://c:6379"`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := natsconn.ValidateURLs(tt.list)
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("ValidateURLs(%q) = %v, want nil", tt.list, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("ValidateURLs(%q) = nil, want %q", tt.list, tt.want)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("ValidateURLs(%q) = %q, want it to contain %q", tt.list, err, w)
+				}
+			}
+		})
+	}
+}

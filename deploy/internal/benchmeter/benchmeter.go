@@ -37,13 +37,20 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qyai/qyai/pkg/chschema"
+	"github.com/qyai/qyai/pkg/natsconn"
 	"github.com/qyai/qyai/pkg/usage"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
 
 // Config is what one run measures.
 type Config struct {
-	NATSURL        string
+	// NATSURL is one NATS URL or a comma-separated list of a cluster's
+	// servers, as the services' NATS_URL.
+	NATSURL string
+	// Replicas is the replica count of the usage streams when the bench
+	// creates them; 0 keeps an existing stream's count (1 when creating),
+	// so that a run against a clustered stack never shrinks its R3 streams.
+	Replicas       int
 	ClickHouseAddr string
 	Database       string
 	// Rates lists the phases: events per second, 0 for as fast as possible.
@@ -72,6 +79,11 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.NATSURL == "" || c.ClickHouseAddr == "" || c.Database == "" {
 		errs = append(errs, errors.New("-nats, -clickhouse and -database are required"))
+	} else if err := natsconn.ValidateURLs(c.NATSURL); err != nil {
+		errs = append(errs, fmt.Errorf("-nats: %w", err))
+	}
+	if c.Replicas < 0 || c.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("-replicas %d: want 0 (keep the stream's) to 5", c.Replicas))
 	}
 	if len(c.Rates) == 0 {
 		errs = append(errs, errors.New("-rates: want at least one phase"))
@@ -110,7 +122,8 @@ func parse(args []string, stderr io.Writer) (Config, error) {
 	fs.SetOutput(stderr)
 	var c Config
 	var rates, pids string
-	fs.StringVar(&c.NATSURL, "nats", "nats://127.0.0.1:4222", "NATS URL")
+	fs.StringVar(&c.NATSURL, "nats", "nats://127.0.0.1:4222", "NATS URL, or a comma-separated list of a cluster's servers")
+	fs.IntVar(&c.Replicas, "replicas", 0, "replicas of the usage streams; 0 keeps an existing stream's (1 when creating it)")
 	fs.StringVar(&c.ClickHouseAddr, "clickhouse", "127.0.0.1:9000", "ClickHouse native address")
 	fs.StringVar(&c.Database, "database", "qyai", "ClickHouse database")
 	fs.StringVar(&rates, "rates", "20000,max", "phases: events per second, or max")
@@ -167,7 +180,17 @@ func Run(ctx context.Context, cfg Config, log func(string, ...any)) (*Report, er
 	if err != nil {
 		return nil, fmt.Errorf("create jetstream context: %w", err)
 	}
-	if _, err := usagejs.EnsureStream(ctx, js, usagejs.StreamConfig{}); err != nil {
+	replicas := cfg.Replicas
+	if replicas == 0 {
+		// EnsureStream applies the count it is given: keep what the stack's
+		// gateways and meters chose (STREAM_REPLICAS).
+		if s, err := js.Stream(ctx, usage.StreamName); err == nil {
+			replicas = s.CachedInfo().Config.Replicas
+		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("look up stream %s: %w", usage.StreamName, err)
+		}
+	}
+	if _, err := usagejs.EnsureStream(ctx, js, usagejs.StreamConfig{Replicas: replicas}); err != nil {
 		return nil, fmt.Errorf("ensure stream: %w", err)
 	}
 	// The publisher shares the machine: report its CPU too.

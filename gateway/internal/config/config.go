@@ -31,7 +31,10 @@ type Config struct {
 	RedisAddr   string // REDIS_ADDR
 	// RedisTimeout bounds every Redis call on the request path.
 	RedisTimeout time.Duration // REDIS_TIMEOUT
-	NATSURL      string        // NATS_URL
+	// NATSURL is one NATS server URL or a comma-separated list of the
+	// servers of one cluster (nats://n1:4222,nats://n2:4222,...): the
+	// client connects to one and fails over to the others.
+	NATSURL string // NATS_URL
 	// NATSAuth is how the gateway authenticates to NATS and secures the
 	// connection: NATS_USER, NATS_PASSWORD (or _FILE), NATS_TOKEN (or
 	// _FILE), NATS_NKEY_FILE, NATS_CREDS_FILE, NATS_TLS_*.
@@ -72,7 +75,10 @@ type Config struct {
 	SpoolDir string // SPOOL_DIR
 	// SpoolMaxBytes bounds the spool; beyond it events are dropped (and
 	// counted).
-	SpoolMaxBytes  int64         // SPOOL_MAX_BYTES
+	SpoolMaxBytes int64 // SPOOL_MAX_BYTES
+	// StreamReplicas is the replica count of the USAGE streams: 1 on one
+	// server, 3 in a JetStream cluster. An existing stream with another
+	// count is updated in place (JetStream moves the copies).
 	StreamReplicas int           // STREAM_REPLICAS
 	DrainTimeout   time.Duration // SHUTDOWN_TIMEOUT
 	LogLevel       string        // LOG_LEVEL: debug, info, warn, error
@@ -196,8 +202,8 @@ func (c Config) Validate() error {
 	if c.LimitReplicas < 1 {
 		add("limits", "LIMIT_FALLBACK_REPLICAS must be at least 1")
 	}
-	if c.NATSURL == "" {
-		add("nats", "NATS_URL is empty")
+	if err := natsconn.ValidateURLs(c.NATSURL); err != nil {
+		errs = append(errs, fmt.Errorf("nats: %w", err))
 	}
 	if err := c.NATSAuth.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("nats: %w", err))

@@ -107,6 +107,12 @@ func TestLoad(t *testing.T) {
 				t.Errorf("nats auth %+v", a)
 			}
 		}},
+		{name: "nats cluster", env: map[string]string{"NATS_URL": "nats://127.0.0.1:4222, nats://127.0.0.1:4223,nats://127.0.0.1:4224", "STREAM_REPLICAS": "3"}, check: func(t *testing.T, c Config) {
+			if c.StreamReplicas != 3 {
+				t.Errorf("StreamReplicas = %d, want 3", c.StreamReplicas)
+			}
+		}},
+		{name: "nats url list with a bad entry", env: map[string]string{"NATS_URL": "nats://127.0.0.1:4222,nats://127.0.0.1"}, wantErr: []string{`nats: NATS_URL entry 2 "nats://127.0.0.1": want host:port`}},
 		{name: "nats without credentials", check: func(t *testing.T, c Config) {
 			if c.NATSAuth.Method() != "none" || c.NATSAuth.TLS.CAFile != "" {
 				t.Errorf("nats auth %+v", c.NATSAuth)

@@ -32,9 +32,11 @@ import (
 // publisher in the gateway's place and a ClickHouse reader in finance's.
 type env struct {
 	nats, ch *testenv.Server
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	db       driver.Conn
+	// cluster, when set, is the NATS of the test instead of nats.
+	cluster *testenv.Cluster
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	db      driver.Conn
 }
 
 func newEnv(t *testing.T) *env {
@@ -71,7 +73,12 @@ func (e *env) reader(t *testing.T) driver.Conn {
 
 func (e *env) config() config.Config {
 	c := config.Default()
-	c.NATS.URL = e.nats.URL
+	if e.cluster != nil {
+		c.NATS.URL = e.cluster.URLs("nats")
+		c.NATS.StreamReplicas = len(e.cluster.Nodes)
+	} else {
+		c.NATS.URL = e.nats.URL
+	}
 	c.NATS.AckWait = 2 * time.Second
 	c.ClickHouse.Addr = e.ch.Addr
 	c.Batch.Size = 100

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"time"
 
 	"github.com/qyai/qyai/pkg/envconfig"
@@ -30,6 +29,9 @@ type Config struct {
 
 // NATS says where usage events come from.
 type NATS struct {
+	// URL is one NATS server URL or a comma-separated list of the servers
+	// of one cluster (nats://n1:4222,nats://n2:4222,...): the client
+	// connects to one and fails over to the others.
 	URL string // NATS_URL
 	// Auth is how the meter authenticates to NATS and secures the
 	// connection: NATS_USER, NATS_PASSWORD (or _FILE), NATS_TOKEN (or
@@ -167,8 +169,8 @@ func (c Config) Validate() error {
 		add("meter", "METER_ADDR %q: want host:port", c.Addr)
 	}
 
-	if u, err := url.Parse(c.NATS.URL); err != nil || u.Host == "" {
-		add("nats", "NATS_URL %q: want a URL such as nats://127.0.0.1:4222", c.NATS.URL)
+	if err := natsconn.ValidateURLs(c.NATS.URL); err != nil {
+		errs = append(errs, fmt.Errorf("nats: %w", err))
 	}
 	if err := c.NATS.Auth.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("nats: %w", err))

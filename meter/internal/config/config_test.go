@@ -118,6 +118,11 @@ func TestValidate(t *testing.T) {
 		{name: "defaults", change: func(*Config) {}},
 		{name: "bad addr", change: func(c *Config) { c.Addr = "8082" }, want: []string{"meter: METER_ADDR"}},
 		{name: "bad nats url", change: func(c *Config) { c.NATS.URL = "::" }, want: []string{"nats: NATS_URL"}},
+		{name: "nats cluster", change: func(c *Config) {
+			c.NATS.URL = "nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224"
+			c.NATS.StreamReplicas = 3
+		}},
+		{name: "bad nats url in list", change: func(c *Config) { c.NATS.URL = "nats://127.0.0.1:4222,127.0.0.1:4223" }, want: []string{`nats: NATS_URL entry 2 "127.0.0.1:4223"`}},
 		{name: "consumer with dot", change: func(c *Config) { c.NATS.Consumer = "a.b" }, want: []string{"nats: METER_CONSUMER"}},
 		{name: "zero replicas", change: func(c *Config) { c.NATS.StreamReplicas = 0 }, want: []string{"nats: STREAM_REPLICAS"}},
 		{name: "short ack wait", change: func(c *Config) { c.NATS.AckWait = 100 * time.Millisecond }, want: []string{"nats: METER_ACK_WAIT"}},

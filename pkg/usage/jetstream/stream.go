@@ -153,8 +153,13 @@ func DeadLetterStreamConfig(c StreamConfig) jetstream.StreamConfig {
 }
 
 // EnsureStream creates or updates USAGE and USAGE_DLQ to match cfg and
-// returns USAGE. It fails when an existing stream cannot be changed in
-// place (storage or retention differ): that needs an operator.
+// returns USAGE. A changed Replicas is applied in place: a stream that ran
+// with 1 copy on a server that has since joined a cluster is raised to 3
+// (its backlog and the consumers that inherit the stream's count follow),
+// and JetStream copies the data to the new peers. It fails when an existing
+// stream cannot be changed in place (storage or retention differ): that
+// needs an operator; and when Replicas exceeds the servers (the error says
+// so).
 func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("usage stream config: %w", err)
@@ -172,7 +177,30 @@ func ensure(ctx context.Context, js jetstream.JetStream, sc jetstream.StreamConf
 		s, err = js.UpdateStream(ctx, sc)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		return nil, fmt.Errorf("ensure stream %s with %d replicas: %w%s", sc.Name, sc.Replicas, err, replicasHint(err, sc.Replicas))
 	}
 	return s, nil
+}
+
+// JetStream error codes that mean "not enough servers for the replicas asked for".
+const (
+	errCodeReplicasNotSupported = 10074 // replicas > 1 not supported in non-clustered mode
+	errCodeInsufficientResource = 10023 // insufficient resources (fewer servers than replicas)
+)
+
+// replicasHint explains the errors JetStream gives when STREAM_REPLICAS asks for more
+// copies than there are servers; raising or lowering the count of an existing stream
+// is otherwise done in place by the update.
+func replicasHint(err error, replicas int) string {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || replicas <= 1 {
+		return ""
+	}
+	switch apiErr.ErrorCode {
+	case errCodeReplicasNotSupported:
+		return fmt.Sprintf(" (STREAM_REPLICAS=%d needs a JetStream cluster; this server runs alone: set STREAM_REPLICAS=1)", replicas)
+	case errCodeInsufficientResource:
+		return fmt.Sprintf(" (STREAM_REPLICAS=%d needs at least %d JetStream servers in the cluster, with room in their storage)", replicas, replicas)
+	}
+	return ""
 }
