@@ -212,3 +212,25 @@ func ValidateURLs(list string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// RedactURLs returns a NATS_URL value fit for a log: the password of every entry
+// with credentials (nats://user:pass@host) replaced by "xxxxx", and a token
+// (nats://token@host) hidden the same way. Entries that do not parse are replaced
+// whole, since they may be anything.
+func RedactURLs(list string) string {
+	entries := strings.Split(list, ",")
+	for i, raw := range entries {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil {
+			entries[i] = "<unparsable>"
+			continue
+		}
+		if u.User != nil {
+			if _, hasPassword := u.User.Password(); !hasPassword {
+				u.User = url.User("xxxxx") // a lone user name is how a token is given
+			}
+		}
+		entries[i] = u.Redacted()
+	}
+	return strings.Join(entries, ",")
+}

@@ -157,3 +157,14 @@ func TestValidateURLs(t *testing.T) {
 		})
 	}
 }
+
+func TestRedactURLs(t *testing.T) {
+	got := natsconn.RedactURLs("nats://gw:s3cret@10.0.0.1:4222, nats://t0ken@10.0.0.2:4222,nats://10.0.0.3:4222")
+	want := "nats://gw:xxxxx@10.0.0.1:4222,nats://xxxxx@10.0.0.2:4222,nats://10.0.0.3:4222"
+	if got != want {
+		t.Fatalf("RedactURLs = %q, want %q", got, want)
+	}
+	if strings.Contains(got, "s3cret") || strings.Contains(got, "t0ken") {
+		t.Fatalf("RedactURLs leaked a secret: %q", got)
+	}
+}

@@ -142,7 +142,7 @@ func nodeStreamMsgs(ctx context.Context, httpAddr, name string) (uint64, error) 
 	if err != nil {
 		return 0, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // a read-only GET: nothing to do on error
 	var jsz struct {
 		AccountDetails []struct {
 			Streams []struct {

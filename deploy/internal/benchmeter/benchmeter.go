@@ -168,6 +168,24 @@ func parse(args []string, stderr io.Writer) (Config, error) {
 	return c, errors.Join(append(errs, c.Validate())...)
 }
 
+// ensureStream ensures the usage streams with replicas copies; 0 keeps the count
+// of an existing USAGE stream (1 when there is none). EnsureStream applies the
+// count it is given, so without this a bench against a clustered stack would
+// shrink the R3 streams its gateways and meters made (STREAM_REPLICAS) to R1.
+func ensureStream(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	if replicas == 0 {
+		if s, err := js.Stream(ctx, usage.StreamName); err == nil {
+			replicas = s.CachedInfo().Config.Replicas
+		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("look up stream %s: %w", usage.StreamName, err)
+		}
+	}
+	if _, err := usagejs.EnsureStream(ctx, js, usagejs.StreamConfig{Replicas: replicas}); err != nil {
+		return fmt.Errorf("ensure stream: %w", err)
+	}
+	return nil
+}
+
 // Run measures every phase and checks that ClickHouse stored each published
 // event once.
 func Run(ctx context.Context, cfg Config, log func(string, ...any)) (*Report, error) {
@@ -180,18 +198,8 @@ func Run(ctx context.Context, cfg Config, log func(string, ...any)) (*Report, er
 	if err != nil {
 		return nil, fmt.Errorf("create jetstream context: %w", err)
 	}
-	replicas := cfg.Replicas
-	if replicas == 0 {
-		// EnsureStream applies the count it is given: keep what the stack's
-		// gateways and meters chose (STREAM_REPLICAS).
-		if s, err := js.Stream(ctx, usage.StreamName); err == nil {
-			replicas = s.CachedInfo().Config.Replicas
-		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return nil, fmt.Errorf("look up stream %s: %w", usage.StreamName, err)
-		}
-	}
-	if _, err := usagejs.EnsureStream(ctx, js, usagejs.StreamConfig{Replicas: replicas}); err != nil {
-		return nil, fmt.Errorf("ensure stream: %w", err)
+	if err := ensureStream(ctx, js, cfg.Replicas); err != nil {
+		return nil, err
 	}
 	// The publisher shares the machine: report its CPU too.
 	pids := map[string]int{"publisher": os.Getpid()}

@@ -35,6 +35,7 @@ import (
 	"github.com/qyai/qyai/pkg/chschema"
 	"github.com/qyai/qyai/pkg/ledger"
 	"github.com/qyai/qyai/pkg/logging"
+	"github.com/qyai/qyai/pkg/natsconn"
 	"github.com/qyai/qyai/pkg/pricing"
 	"github.com/qyai/qyai/pkg/usage"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
@@ -146,7 +147,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	log.Info("meter starting", "addr", ln.Addr().String(), "nats", cfg.NATS.URL, "nats_auth", cfg.NATS.Auth.Method(),
+	log.Info("meter starting", "addr", ln.Addr().String(), "nats", natsconn.RedactURLs(cfg.NATS.URL), "nats_auth", cfg.NATS.Auth.Method(),
 		"clickhouse", cfg.ClickHouse.Addr, "database", cfg.ClickHouse.Database)
 
 	natsOpts, err := cfg.NATS.Auth.Options(log)
