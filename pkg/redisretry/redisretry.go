@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -177,4 +178,102 @@ func execAbortCause(err error, cmds []goredis.Cmder) error {
 		}
 	}
 	return err
+}
+
+// ClusterHook is Hook for a Redis Cluster client (install it with AddHook on the
+// *goredis.ClusterClient, with Reload set to its ReloadState). Besides the
+// refusals Hook retries, it retries, within the command's context deadline and
+// with the same backoff, every error IsTransient accepts: connection refused or
+// reset by a master that died, i/o timeouts while its slots move, CLUSTERDOWN
+// and TRYAGAIN during the failover. Before each retry it refreshes the client's
+// slot map (Reload, at most every reloadEvery): go-redis follows MOVED and ASK
+// by itself, but after a kill -9 no node answers MOVED for the dead master's
+// slots, and the client would keep dialling it until its map ages out (10 s).
+//
+// Unlike Hook, it may send a command again that reached the server before its
+// connection broke. Every write the services send through it is idempotent
+// (admission and release scripts are keyed by the request's reservation token,
+// counters are raised with "set to max", records are written if newer), except
+// counters whose double count errs towards refusing (the TPM bucket, admin's
+// own rate limit); so the retry trades a possible extra count there for
+// availability during a failover. A plain pipeline is sent again only when
+// every command in it failed transiently; MULTI/EXEC is never sent again, as
+// with Hook. On a single Redis use Hook: its behaviour is unchanged by this type.
+type ClusterHook struct {
+	// Reload refreshes the slot map (goredis.ClusterClient.ReloadState).
+	Reload func(context.Context)
+	last   *atomic.Int64 // Unix nanoseconds of the last Reload
+}
+
+// NewClusterHook returns a ClusterHook that calls reload before retries.
+func NewClusterHook(reload func(context.Context)) ClusterHook {
+	return ClusterHook{Reload: reload, last: new(atomic.Int64)}
+}
+
+// reloadEvery bounds slot-map refreshes: many callers failing at once share one.
+const reloadEvery = 100 * time.Millisecond
+
+var _ goredis.Hook = ClusterHook{}
+
+// DialHook implements goredis.Hook.
+func (ClusterHook) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+// ProcessHook implements goredis.Hook.
+func (h ClusterHook) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		first := true
+		return Do(ctx, h.retryable, func(ctx context.Context) error {
+			if !first {
+				h.reload(ctx)
+			}
+			first = false
+			return next(ctx, cmd)
+		})
+	}
+}
+
+// ProcessPipelineHook implements goredis.Hook.
+func (h ClusterHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		if len(cmds) > 0 && cmds[0].Name() == "multi" {
+			return execAbortCause(next(ctx, cmds), cmds)
+		}
+		first := true
+		return Do(ctx, func(error) bool { return allTransient(cmds) }, func(ctx context.Context) error {
+			if !first {
+				h.reload(ctx)
+			}
+			first = false
+			return next(ctx, cmds)
+		})
+	}
+}
+
+// retryable is IsTransient without goredis.Nil and the caller's own cancellation
+// (Do stops on ctx.Err() already).
+func (ClusterHook) retryable(err error) bool {
+	return !errors.Is(err, goredis.Nil) && !errors.Is(err, context.Canceled) && IsTransient(err)
+}
+
+func (h ClusterHook) reload(ctx context.Context) {
+	if h.Reload == nil {
+		return
+	}
+	if h.last != nil {
+		now := time.Now().UnixNano()
+		prev := h.last.Load()
+		if now-prev < int64(reloadEvery) || !h.last.CompareAndSwap(prev, now) {
+			return
+		}
+	}
+	h.Reload(ctx)
+}
+
+func allTransient(cmds []goredis.Cmder) bool {
+	for _, c := range cmds {
+		if err := c.Err(); err == nil || errors.Is(err, goredis.Nil) || !IsTransient(err) {
+			return false
+		}
+	}
+	return len(cmds) > 0
 }

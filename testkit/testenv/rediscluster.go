@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -58,24 +59,29 @@ func masterOfVia(ctx context.Context, c *Cluster, via *Node, key string) (*Node,
 	if err != nil {
 		return nil, fmt.Errorf("cluster keyslot: %w", err)
 	}
-	ranges, err := rdb.ClusterSlots(ctx).Result()
+	shards, err := rdb.ClusterShards(ctx).Result()
 	if err != nil {
-		return nil, fmt.Errorf("cluster slots: %w", err)
+		return nil, fmt.Errorf("cluster shards: %w", err)
 	}
-	for _, r := range ranges {
-		if int64(r.Start) > slot || slot > int64(r.End) || len(r.Nodes) == 0 {
+	for _, sh := range shards {
+		if !slices.ContainsFunc(sh.Slots, func(r goredis.SlotRange) bool { return r.Start <= slot && slot <= r.End }) {
 			continue
 		}
-		addr := r.Nodes[0].Addr
-		for _, n := range c.Nodes {
-			if sameAddr(n.Addr, addr) {
-				if !n.Running() {
-					return nil, fmt.Errorf("slot %d: node %d (%s): %w", slot, n.Index, addr, ErrNoMaster)
-				}
-				return n, nil
+		for _, sn := range sh.Nodes {
+			if sn.Role != "master" {
+				continue
 			}
+			addr := net.JoinHostPort(sn.IP, strconv.FormatInt(sn.Port, 10))
+			for _, n := range c.Nodes {
+				if sameAddr(n.Addr, addr) {
+					if !n.Running() {
+						return nil, fmt.Errorf("slot %d: node %d (%s): %w", slot, n.Index, addr, ErrNoMaster)
+					}
+					return n, nil
+				}
+			}
+			return nil, fmt.Errorf("slot %d: master %s is not a node of this cluster", slot, addr)
 		}
-		return nil, fmt.Errorf("slot %d: master %s is not a node of this cluster", slot, addr)
 	}
 	return nil, fmt.Errorf("slot %d: %w", slot, ErrNoMaster)
 }
@@ -91,7 +97,10 @@ func AwaitMaster(ctx context.Context, c *Cluster, key string, old *Node) (*Node,
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("await new master of %q (last: %v): %w", key, err, ctx.Err())
+			if err == nil {
+				err = errors.New("master unchanged or cluster not ok")
+			}
+			return nil, fmt.Errorf("await new master of %q: %w (last: %w)", key, ctx.Err(), err)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

@@ -122,8 +122,14 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	})
 	defer func() { _ = rdb.Close() }() // shutting down: nothing left to do on error
 	// A Redis still loading its data after a restart, or blocked in a script,
-	// refuses commands for a moment: retry them within each call's bound.
-	rdb.AddHook(redisretry.Hook{})
+	// refuses commands for a moment: retry them within each call's bound. On a
+	// cluster (several REDIS_ADDR), also retry a failover's errors, refreshing
+	// the slot map (see redisretry.ClusterHook).
+	if cc, ok := rdb.(*goredis.ClusterClient); ok {
+		cc.AddHook(redisretry.NewClusterHook(cc.ReloadState))
+	} else {
+		rdb.AddHook(redisretry.Hook{})
+	}
 
 	ch := chstore.NewConnector(chschema.Options{
 		Addr:     cfg.ClickHouse.Addr,

@@ -83,17 +83,27 @@ type Counter interface {
 	MonthlyRequests(ctx context.Context, keyID, month string) (n int64, ok bool, err error)
 }
 
+// Raiser raises the monthly counter to n unless it is higher (a single-slot
+// "set to max"), expiring it at expireAt. A Counter that is also a Raiser lets
+// Summary reconcile a counter that a Redis failover left behind the metered count.
+type Raiser interface {
+	RestoreMonthCounter(ctx context.Context, keyID, month string, n int64, expireAt time.Time) (bool, error)
+}
+
 // Service computes billing answers.
 type Service struct {
 	store   Store
 	counter Counter
+	raiser  Raiser // counter, when it can raise itself
 	now     func() time.Time
 }
 
 // NewService returns a Service reading store and, when counter is not nil,
 // the enforcement counter; now is the clock.
 func NewService(store Store, counter Counter, now func() time.Time) *Service {
-	return &Service{store: store, counter: counter, now: now}
+	s := &Service{store: store, counter: counter, now: now}
+	s.raiser, _ = counter.(Raiser)
+	return s
 }
 
 // MonthBounds returns the UTC calendar month containing t: [start, next).
@@ -106,11 +116,25 @@ func MonthBounds(t time.Time) (start, next time.Time) {
 // Summary returns the key's usage in the current UTC calendar month.
 //
 // monthly_requests, remaining and usage_percent agree with what the gateway
-// enforces: they come from its monthly counter in Redis, which counts a
-// request the moment it is admitted (the ClickHouse row follows within
-// seconds, once the request finished and was metered). Token totals come
-// from ClickHouse. When the counter is missing or Redis is unreachable, the
-// metered row count stands in.
+// enforces: they are the larger of its monthly counter in Redis, which counts
+// a request the moment it is admitted (the ClickHouse row follows within
+// seconds, once the request finished and was metered), and the metered row
+// count in ClickHouse. Token totals come from ClickHouse. When the counter is
+// missing or Redis is unreachable, the metered row count stands in.
+//
+// Redis Cluster and exactness: Redis replicates asynchronously, so a master
+// killed with kill -9 can take its last counter increments with it (about a
+// replication lag of traffic), and the promoted replica's counter is then
+// lower than what was served and metered. The ClickHouse count is exact
+// (invariant 1), so monthly_requests never shows less than was served; and
+// when the counter is found lower, Summary raises it to the metered count
+// with a single-slot "set to max" script (RestoreMonthCounter, when the
+// counter store offers it), so the limiter reconciles too. What a customer may
+// get extra during a failover window: up to the admissions whose increments
+// were lost (until the counter is raised, by a Summary or the next rebuild),
+// and, while no master serves the key's slot (~2-4 s with
+// cluster-node-timeout 2000), whatever the gateways' per-replica fallback
+// limiter admits within its share of the RPM.
 func (s *Service) Summary(ctx context.Context, rec apikey.Record) (Summary, error) {
 	now := s.now()
 	from, to := MonthBounds(now)
@@ -120,7 +144,15 @@ func (s *Service) Summary(ctx context.Context, rec apikey.Record) (Summary, erro
 	}
 	if s.counter != nil {
 		if n, ok, err := s.counter.MonthlyRequests(ctx, rec.ID, apikey.Month(now)); err == nil && ok && n >= 0 {
-			t.Requests = uint64(n)
+			metered := t.Requests
+			// The larger of the two: the counter is ahead while requests are
+			// in flight; ClickHouse is ahead after a failover lost increments.
+			t.Requests = max(t.Requests, uint64(n))
+			if uint64(n) < metered && s.raiser != nil {
+				// Raise the counter so the limiter enforces what was served.
+				// Best effort: the answer is exact either way.
+				_, _ = s.raiser.RestoreMonthCounter(ctx, rec.ID, apikey.Month(now), int64(min(metered, math.MaxInt64)), to.Add(counterSlack))
+			}
 		}
 	}
 	used := int64(min(t.Requests, math.MaxInt64))
@@ -181,3 +213,7 @@ func (s *Service) Daily(ctx context.Context, keyID string) ([]Day, error) {
 	}
 	return out, nil
 }
+
+// counterSlack keeps a raised monthly counter a while past the month's end, as
+// admin rebuild-redis does, so that late requests of the old month still find it.
+const counterSlack = 35 * 24 * time.Hour

@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -85,20 +86,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	adminURL, _ := url.Parse(cfg.AdminURL) // validated by config
 
-	rdb := goredis.NewClient(&goredis.Options{
-		Addr:         cfg.RedisAddr,
-		DialTimeout:  250 * time.Millisecond,
-		ReadTimeout:  cfg.RedisTimeout,
-		WriteTimeout: cfg.RedisTimeout,
-		PoolSize:     256, // bursts wait for a connection inside REDIS_TIMEOUT
-
-		MaxRetries: -1, // a retry would double the latency budget; callers degrade instead
-	})
+	rdb := newRedis(cfg)
 	defer func() { _ = rdb.Close() }() // shutting down: nothing left to do on error
-	// A Redis still loading its data after a restart, or blocked in a script,
-	// refuses commands (LOADING, BUSY): retry them within each call's bound
-	// (REDIS_TIMEOUT), after which the callers degrade as for an outage.
-	rdb.AddHook(redisretry.Hook{})
 
 	natsOpts, err := cfg.NATSAuth.Options(log)
 	if err != nil {
@@ -366,4 +355,48 @@ func startPprof(ctx context.Context, addr string, log *slog.Logger) {
 	}()
 	context.AfterFunc(ctx, func() { _ = srv.Close() })
 	log.Info("pprof listening", "addr", addr)
+}
+
+// newRedis returns the gateway's Redis client: a plain client for one address in
+// REDIS_ADDR, a Redis Cluster client for several (comma-separated seeds).
+//
+// On one Redis, a server still loading its data after a restart, or blocked in
+// a script, refuses commands (LOADING, BUSY): redisretry.Hook retries them
+// within each call's bound (REDIS_TIMEOUT), after which the callers degrade as
+// for an outage. On a cluster, redisretry.ClusterHook also retries the errors of
+// a failover (CLUSTERDOWN, TRYAGAIN, a dead master's refused or reset
+// connections) within the same bound, refreshing the slot map between tries, so
+// that admissions resume once the replica is promoted (~2-4 s with
+// cluster-node-timeout 2000); until then the callers degrade.
+func newRedis(cfg config.Config) goredis.UniversalClient {
+	var addrs []string
+	for _, a := range strings.Split(cfg.RedisAddr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) <= 1 {
+		rdb := goredis.NewClient(&goredis.Options{
+			Addr:         cfg.RedisAddr,
+			DialTimeout:  250 * time.Millisecond,
+			ReadTimeout:  cfg.RedisTimeout,
+			WriteTimeout: cfg.RedisTimeout,
+			PoolSize:     256, // bursts wait for a connection inside REDIS_TIMEOUT
+
+			MaxRetries: -1, // a retry would double the latency budget; callers degrade instead
+		})
+		rdb.AddHook(redisretry.Hook{})
+		return rdb
+	}
+	rdb := goredis.NewClusterClient(&goredis.ClusterOptions{
+		Addrs:        addrs,
+		DialTimeout:  250 * time.Millisecond,
+		ReadTimeout:  cfg.RedisTimeout,
+		WriteTimeout: cfg.RedisTimeout,
+		PoolSize:     256, // per node
+		MaxRetries:   -1,  // per node; ClusterHook retries across the failover instead
+		MaxRedirects: 3,   // MOVED/ASK while slots move
+	})
+	rdb.AddHook(redisretry.NewClusterHook(rdb.ReloadState))
+	return rdb
 }
