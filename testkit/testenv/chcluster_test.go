@@ -1,0 +1,73 @@
+package testenv_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestClickHouseCluster starts the 2 x 2 cluster, creates a replicated table and a
+// Distributed one over it ON CLUSTER, and checks that rows spread over both shards,
+// reach both replicas of each, and reach a replica stopped during the insert once it
+// is started again.
+func TestClickHouseCluster(t *testing.T) {
+	t.Parallel()
+	c := scripts.ClickHouseCluster(t)
+	ctx := t.Context()
+	name, err := c.ClusterName()
+	if err != nil || name != "qyai" {
+		t.Fatalf("ClusterName() = %q, %v; want qyai", name, err)
+	}
+	for _, n := range c.Nodes {
+		httpGet(t, "http://"+n.HTTPAddr+"/ping")
+	}
+	conn := openClickHouse(t, c.Node(1).Addr)
+	var shards, replicas uint64
+	if err := conn.QueryRow(ctx, "SELECT uniqExact(shard_num), count() FROM system.clusters WHERE cluster = 'qyai'").Scan(&shards, &replicas); err != nil {
+		t.Fatalf("system.clusters: %v", err)
+	}
+	if shards != 2 || replicas != 4 {
+		t.Fatalf("cluster qyai has %d shards, %d replicas; want 2, 4", shards, replicas)
+	}
+	for _, q := range []string{
+		`CREATE TABLE default.t ON CLUSTER qyai (id String) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/default/t', '{replica}') ORDER BY id`,
+		`CREATE TABLE default.td ON CLUSTER qyai AS default.t ENGINE = Distributed(qyai, default, t, sipHash64(id))`,
+	} {
+		if err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	insert := func(from int) {
+		t.Helper()
+		q := fmt.Sprintf("INSERT INTO default.td SELECT toString(number + %d) FROM numbers(100) SETTINGS insert_distributed_sync = 1", from)
+		if err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("insert through Distributed: %v", err)
+		}
+	}
+	insert(0)
+	c.Node(2).Stop(t)
+	insert(100) // shard 1's rows go to node 1 alone
+	c.Node(2).Start(t)
+
+	counts := make([]uint64, 4)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		for i, n := range c.Nodes {
+			nc := openClickHouse(t, n.Addr)
+			if err := nc.QueryRow(ctx, "SELECT count() FROM default.t").Scan(&counts[i]); err != nil {
+				t.Fatalf("count on node %d: %v", n.Index, err)
+			}
+			_ = nc.Close()
+		}
+		if counts[0] == counts[1] && counts[2] == counts[3] && counts[0]+counts[2] == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rows per node = %v; want replicas equal and 200 in all", counts)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if counts[0] == 0 || counts[2] == 0 {
+		t.Fatalf("rows per node = %v: want both shards used", counts)
+	}
+}
