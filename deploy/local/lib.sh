@@ -17,6 +17,7 @@ QYAI_REPO_ROOT=$(cd "$QYAI_LOCAL_DIR/../.." && pwd)
 # Debian installs clickhouse-server into /usr/sbin, which a non-root PATH lacks.
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 # Debian's zookeeper package: the jar (the package puts no command on PATH).
+# shellcheck disable=SC2034 # used by the scripts that source this file
 ZOOKEEPER_JAR=/usr/share/java/zookeeper.jar
 
 log() { printf '%s\n' "$*" >&2; }
