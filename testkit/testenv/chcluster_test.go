@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
 )
 
 // TestClickHouseCluster starts the 2 x 2 cluster, creates a replicated table and a
@@ -29,12 +31,17 @@ func TestClickHouseCluster(t *testing.T) {
 	if shards != 2 || replicas != 4 {
 		t.Fatalf("cluster qyai has %d shards, %d replicas; want 2, 4", shards, replicas)
 	}
-	for _, q := range []string{
-		`CREATE TABLE default.t ON CLUSTER qyai (id String) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/default/t', '{replica}') ORDER BY id`,
-		`CREATE TABLE default.td ON CLUSTER qyai AS default.t ENGINE = Distributed(qyai, default, t, sipHash64(id))`,
-	} {
-		if err := conn.Exec(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
+	// The DDL runs on every node rather than ON CLUSTER: clickhouse-go v2.26.0 hangs
+	// reading 18.16's answer to an ON CLUSTER query (clickhouse-client reads it fine).
+	for _, n := range c.Nodes {
+		nc := openClickHouse(t, n.Addr)
+		for _, q := range []string{
+			`CREATE TABLE default.t (id String) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/default/t', '{replica}') ORDER BY id`,
+			`CREATE TABLE default.td AS default.t ENGINE = Distributed(qyai, default, t, sipHash64(id))`,
+		} {
+			if err := nc.Exec(ctx, q); err != nil {
+				t.Fatalf("node %d: %s: %v", n.Index, q, err)
+			}
 		}
 	}
 	insert := func(from int) {
@@ -49,15 +56,17 @@ func TestClickHouseCluster(t *testing.T) {
 	insert(100) // shard 1's rows go to node 1 alone
 	c.Node(2).Start(t)
 
+	conns := make([]clickhouse.Conn, len(c.Nodes))
+	for i, n := range c.Nodes {
+		conns[i] = openClickHouse(t, n.Addr)
+	}
 	counts := make([]uint64, 4)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		for i, n := range c.Nodes {
-			nc := openClickHouse(t, n.Addr)
+		for i, nc := range conns {
 			if err := nc.QueryRow(ctx, "SELECT count() FROM default.t").Scan(&counts[i]); err != nil {
-				t.Fatalf("count on node %d: %v", n.Index, err)
+				t.Fatalf("count on node %d: %v", i+1, err)
 			}
-			_ = nc.Close()
 		}
 		if counts[0] == counts[1] && counts[2] == counts[3] && counts[0]+counts[2] == 200 {
 			break
