@@ -277,6 +277,11 @@ func TestClusterLimitsAndFaults(t *testing.T) {
 		steady(8 * time.Second)
 		master.Start(t) // rejoins as a replica of the promoted one
 		cs.waitRedisClusterOK(t)
+		// Admin's key operations work on the promoted master.
+		k := s.createKey(t, `{"name":"after-failover","tier":"pro"}`)
+		if code, _, body := chat(t, s.gatewayURLs[1], k.Key, "hello"); code != http.StatusOK {
+			t.Errorf("a key created after the failover: %d %s", code, body)
+		}
 		steady(2 * time.Second)
 	})
 	run("(c) one ClickHouse replica stopped for 20 s", func(l *load) {

@@ -15,15 +15,26 @@
 // migration that alters a table lists the error codes that mean "already
 // done" in a comment line "-- tolerate: 44" (44 is "column already exists").
 //
-// Cluster form. With ApplyOptions.Cluster set, every DDL runs ON CLUSTER,
-// MergeTree engines become Replicated*MergeTree with the conventional
-// ZooKeeper path /clickhouse/tables/{shard}/<db>/<table> and replica
-// '{replica}' (both macros must be defined on every server), the storage
-// table is named <table>_local, and a Distributed table with the public name
-// shards by key_id (so all copies of one event meet on one shard and FINAL
-// collapses them). Writers that need "acked means stored" on a cluster set
-// insert_distributed_sync=1. Templates in the .sql files see .DB, .Cluster,
-// .OnCluster and the functions engine and local.
+// Cluster form. With ApplyOptions.Cluster set, MergeTree engines become
+// Replicated*MergeTree with the conventional ZooKeeper path
+// /clickhouse/tables/{shard}/<db>/<table> and replica '{replica}' (both
+// macros must be defined on every server), the storage table is named
+// <table>_local, and a Distributed table with the public name spreads the
+// rows over the shards: usage_events by sipHash64(event_id), so that every
+// copy of one event (a redelivery) lands on the shard of its first copy and
+// FINAL collapses them there; the per-key tables by sipHash64(key_id).
+// Writers that need "acked means stored" set insert_distributed_sync=1.
+//
+// The DDL does not use ON CLUSTER: clickhouse-go v2.26.0 (the newest client
+// that can insert into 18.16) brings down the 18.16 server that receives an
+// ON CLUSTER statement over the native protocol (docs/clickhouse.md).
+// ApplyAll applies the schema to every node instead, one connection each;
+// every statement is idempotent, CREATE is never replicated, and an ALTER of
+// a Replicated table that a sibling replica already applied is tolerated
+// like any "already done" error. schema_migrations is a plain table on each
+// node, recording what that node has. Templates in the .sql files see .DB,
+// .Cluster, .OnCluster (always empty now, kept for the templates) and the
+// functions engine and local.
 package chschema
 
 import (
@@ -34,6 +45,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"regexp"
 	"sort"
 	"strconv"
@@ -67,12 +79,16 @@ var (
 
 // Options says how to reach a ClickHouse server over the native protocol.
 type Options struct {
-	Addr     string // host:port of the native protocol, e.g. 127.0.0.1:9000
+	// Addr is host:port of the native protocol, e.g. 127.0.0.1:9000, or a
+	// comma-separated list of them (the nodes of a cluster): the client
+	// dials them in order and fails over to the next.
+	Addr     string
 	Database string // default database of the connection; created if missing
 	User     string
 	Password string
-	// Cluster, when set, makes the database creation done by Open use
-	// ON CLUSTER. It must match ApplyOptions.Cluster.
+	// Cluster names the cluster (CLICKHOUSE_CLUSTER) when the servers run
+	// one: ApplyAll then applies the schema on each of its nodes. It must
+	// match ApplyOptions.Cluster.
 	Cluster string
 	// DialTimeout defaults to 2 s, ReadTimeout to 30 s.
 	DialTimeout time.Duration
@@ -112,7 +128,7 @@ func open(ctx context.Context, o Options) (driver.Conn, error) {
 	}
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Protocol: clickhouse.Native,
-		Addr:     []string{o.Addr},
+		Addr:     Addrs(o.Addr),
 		Auth: clickhouse.Auth{
 			Database: o.Database,
 			Username: o.User,
@@ -133,6 +149,166 @@ func open(ctx context.Context, o Options) (driver.Conn, error) {
 		return nil, fmt.Errorf("ping clickhouse %s: %w", o.Addr, err)
 	}
 	return conn, nil
+}
+
+// Addrs splits an address list (Options.Addr): host:port entries separated
+// by commas, blanks around them ignored.
+func Addrs(list string) []string {
+	var out []string
+	for _, a := range strings.Split(list, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// CheckAddrs checks an address list (Options.Addr, CLICKHOUSE_ADDR): one
+// or more host:port entries separated by commas.
+func CheckAddrs(list string) error {
+	addrs := Addrs(list)
+	if len(addrs) == 0 {
+		return errors.New("want host:port of the native protocol, or a comma-separated list of them")
+	}
+	for i, a := range addrs {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return fmt.Errorf("entry %d %q: want host:port of the native protocol", i+1, a)
+		}
+	}
+	if strings.Count(list, ",") != len(addrs)-1 {
+		return errors.New("empty entry in the list")
+	}
+	return nil
+}
+
+// ApplyAll applies the schema where o points. On one server (opts.Cluster
+// empty) that is Apply over one connection. On a cluster it is Apply on
+// every node, one connection each (see the package comment for why not ON
+// CLUSTER): the nodes named in o.Addr and those the first reachable one
+// lists in system.clusters. A node that cannot be reached is skipped with a
+// warning, so that a service starts while a replica is down (its tables
+// exist from an earlier start, or the next start of any service creates
+// them); a node that answers and fails is an error.
+func ApplyAll(ctx context.Context, o Options, opts ApplyOptions) error {
+	if opts.Logger == nil {
+		return errors.New("chschema: ApplyOptions.Logger is required")
+	}
+	if opts.Cluster == "" {
+		conn, err := Open(ctx, o)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = conn.Close() }() // the schema is applied or its error reported
+		return Apply(ctx, conn, o.Database, opts)
+	}
+	migs, err := Migrations(o.Database, opts)
+	if err != nil {
+		return err
+	}
+	type node struct {
+		addr    string
+		conn    driver.Conn
+		applied map[int]bool
+	}
+	var ready []node
+	defer func() {
+		for _, n := range ready {
+			_ = n.conn.Close() // done with this node
+		}
+	}()
+	addrs := Addrs(o.Addr)
+	seen := map[string]bool{}
+	for _, a := range addrs {
+		seen[a] = true
+	}
+	for i := 0; i < len(addrs); i++ {
+		no := o
+		no.Addr = addrs[i]
+		conn, err := Open(ctx, no)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			opts.Logger.WarnContext(ctx, "clickhouse node unreachable: schema not applied there now", "node", addrs[i], "err", err)
+			continue
+		}
+		if len(ready) == 0 {
+			more, err := clusterNodes(ctx, conn, opts.Cluster)
+			if err != nil {
+				_ = conn.Close() // the discovery error is the one to report
+				return err
+			}
+			for _, m := range more {
+				if !seen[m] {
+					seen[m] = true
+					addrs = append(addrs, m)
+				}
+			}
+		}
+		applied, err := prepareNode(ctx, conn, o.Database)
+		if err != nil {
+			_ = conn.Close() // the preparation error is the one to report
+			return fmt.Errorf("node %s: %w", addrs[i], err)
+		}
+		ready = append(ready, node{addrs[i], conn, applied})
+	}
+	if len(ready) == 0 {
+		return fmt.Errorf("apply schema on cluster %s: none of the nodes %s reachable", opts.Cluster, o.Addr)
+	}
+	// Statement by statement over every node, as ON CLUSTER would: a
+	// statement that reads a Distributed table needs the local tables of
+	// every shard, created by the statements before it.
+	for _, m := range migs {
+		var need []node
+		for _, n := range ready {
+			if !n.applied[m.Version] {
+				need = append(need, n)
+			}
+		}
+		for i, stmt := range m.Statements {
+			for _, n := range need {
+				if err := exec(ctx, n.conn, stmt, m.Tolerate); err != nil {
+					return fmt.Errorf("node %s: apply migration %04d_%s statement %d: %w", n.addr, m.Version, m.Name, i+1, err)
+				}
+			}
+		}
+		for _, n := range need {
+			if err := record(ctx, n.conn, o.Database, m); err != nil {
+				return fmt.Errorf("node %s: %w", n.addr, err)
+			}
+		}
+		if len(need) > 0 {
+			opts.Logger.InfoContext(ctx, "applied clickhouse migration", "database", o.Database, "version", m.Version,
+				"name", m.Name, "cluster", opts.Cluster, "nodes", len(need))
+		}
+	}
+	return nil
+}
+
+// clusterNodes lists host:port of every node of cluster, as the server
+// knows it (system.clusters).
+func clusterNodes(ctx context.Context, conn driver.Conn, cluster string) ([]string, error) {
+	rows, err := conn.Query(ctx, "SELECT host_name, port FROM system.clusters WHERE cluster = ? ORDER BY shard_num, replica_num", cluster)
+	if err != nil {
+		return nil, fmt.Errorf("list the nodes of cluster %s: %w", cluster, err)
+	}
+	defer func() { _ = rows.Close() }() // its error is rows.Err's
+	var out []string
+	for rows.Next() {
+		var host string
+		var port uint16
+		if err := rows.Scan(&host, &port); err != nil {
+			return nil, fmt.Errorf("list the nodes of cluster %s: %w", cluster, err)
+		}
+		out = append(out, net.JoinHostPort(host, strconv.Itoa(int(port))))
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list the nodes of cluster %s: %w", cluster, err)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("cluster %s: no such cluster in system.clusters (check CLICKHOUSE_CLUSTER and remote_servers)", cluster)
+	}
+	return out, nil
 }
 
 // ApplyOptions tunes Apply.
@@ -162,10 +338,8 @@ func Migrations(db string, opts ApplyOptions) ([]Migration, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read embedded migrations: %w", err)
 	}
+	// No ON CLUSTER: ApplyAll runs the DDL on every node (package comment).
 	data := templateData{DB: db, Cluster: opts.Cluster}
-	if opts.Cluster != "" {
-		data.OnCluster = " ON CLUSTER " + opts.Cluster
-	}
 	var out []Migration
 	seen := map[int]bool{}
 	for _, e := range entries {
@@ -288,20 +462,7 @@ func Apply(ctx context.Context, conn driver.Conn, db string, opts ApplyOptions) 
 	if err != nil {
 		return err
 	}
-	if err := createDatabase(ctx, conn, db, opts.Cluster); err != nil {
-		return err
-	}
-	onCluster, engine := "", "ReplacingMergeTree"
-	if opts.Cluster != "" {
-		onCluster = " ON CLUSTER " + opts.Cluster
-		engine = fmt.Sprintf("ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/%s/schema_migrations', '{replica}')", db)
-	}
-	ddl := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s.schema_migrations%s\n"+
-		"(version UInt32, name String, applied_at DateTime)\nENGINE = %s\nORDER BY version", db, onCluster, engine)
-	if err := exec(ctx, conn, ddl, nil); err != nil {
-		return fmt.Errorf("create %s.schema_migrations: %w", db, err)
-	}
-	applied, err := appliedVersions(ctx, conn, db)
+	applied, err := prepareNode(ctx, conn, db)
 	if err != nil {
 		return err
 	}
@@ -314,13 +475,36 @@ func Apply(ctx context.Context, conn driver.Conn, db string, opts ApplyOptions) 
 				return fmt.Errorf("apply migration %04d_%s statement %d: %w", m.Version, m.Name, i+1, err)
 			}
 		}
-		// Version and name come from a validated file name: no quoting issue.
-		rec := fmt.Sprintf("INSERT INTO %s.schema_migrations (version, name, applied_at) SELECT %d, '%s', now()",
-			db, m.Version, m.Name)
-		if err := conn.Exec(ctx, rec); err != nil {
-			return fmt.Errorf("record migration %04d_%s: %w", m.Version, m.Name, err)
+		if err := record(ctx, conn, db, m); err != nil {
+			return err
 		}
 		log.InfoContext(ctx, "applied clickhouse migration", "database", db, "version", m.Version, "name", m.Name)
+	}
+	return nil
+}
+
+// prepareNode creates db and its schema_migrations table on one server if
+// needed and returns the versions recorded there.
+func prepareNode(ctx context.Context, conn driver.Conn, db string) (map[int]bool, error) {
+	if err := createDatabase(ctx, conn, db, ""); err != nil {
+		return nil, err
+	}
+	// One per node, also on a cluster: it records what this node has.
+	ddl := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s.schema_migrations\n"+
+		"(version UInt32, name String, applied_at DateTime)\nENGINE = ReplacingMergeTree\nORDER BY version", db)
+	if err := exec(ctx, conn, ddl, nil); err != nil {
+		return nil, fmt.Errorf("create %s.schema_migrations: %w", db, err)
+	}
+	return appliedVersions(ctx, conn, db)
+}
+
+// record notes m as applied on one server.
+func record(ctx context.Context, conn driver.Conn, db string, m Migration) error {
+	// Version and name come from a validated file name: no quoting issue.
+	rec := fmt.Sprintf("INSERT INTO %s.schema_migrations (version, name, applied_at) SELECT %d, '%s', now()",
+		db, m.Version, m.Name)
+	if err := conn.Exec(ctx, rec); err != nil {
+		return fmt.Errorf("record migration %04d_%s: %w", m.Version, m.Name, err)
 	}
 	return nil
 }
@@ -366,10 +550,8 @@ func createDatabase(ctx context.Context, conn driver.Conn, db, cluster string) e
 	if err := CheckNames(db, cluster); err != nil {
 		return err
 	}
+	// Never ON CLUSTER (package comment): each node creates its own.
 	q := "CREATE DATABASE IF NOT EXISTS " + db
-	if cluster != "" {
-		q += " ON CLUSTER " + cluster
-	}
 	if err := exec(ctx, conn, q, nil); err != nil {
 		return fmt.Errorf("create database %s: %w", db, err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/qyai/qyai/pkg/apikey"
+	"github.com/qyai/qyai/pkg/chschema"
 	"github.com/qyai/qyai/pkg/envconfig"
 )
 
@@ -299,8 +300,8 @@ func validateClickHouse(c ClickHouse) error {
 	add := func(format string, a ...any) {
 		errs = append(errs, fmt.Errorf("clickhouse: "+format, a...))
 	}
-	if c.Addr == "" {
-		add("CLICKHOUSE_ADDR is empty")
+	if err := chschema.CheckAddrs(c.Addr); err != nil {
+		add("CLICKHOUSE_ADDR %q: %v", c.Addr, err)
 	}
 	if !identifier.MatchString(c.Database) {
 		add("CLICKHOUSE_DATABASE %q is not a plain identifier", c.Database)

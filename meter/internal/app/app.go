@@ -183,14 +183,24 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 	}
 	var conn driver.Conn
 	err = retry(ctx, log, "prepare clickhouse", func(ctx context.Context) error {
-		c, err := open(ctx, chschema.Options{
+		o := chschema.Options{
 			Addr: cfg.ClickHouse.Addr, Database: cfg.ClickHouse.Database,
 			User: cfg.ClickHouse.User, Password: cfg.ClickHouse.Password, Cluster: cfg.ClickHouse.Cluster,
-		})
+		}
+		applyOpts := chschema.ApplyOptions{Cluster: cfg.ClickHouse.Cluster, Logger: log}
+		if cfg.ClickHouse.Cluster != "" {
+			// Every node of the cluster, one connection each.
+			if err := chschema.ApplyAll(ctx, o, applyOpts); err != nil {
+				return err
+			}
+		}
+		c, err := open(ctx, o)
 		if err != nil {
 			return err
 		}
-		err = chschema.Apply(ctx, c, cfg.ClickHouse.Database, chschema.ApplyOptions{Cluster: cfg.ClickHouse.Cluster, Logger: log})
+		if cfg.ClickHouse.Cluster == "" {
+			err = chschema.Apply(ctx, c, cfg.ClickHouse.Database, applyOpts)
+		}
 		if err == nil {
 			// The price table as data, for finance's SQL (docs/clickhouse.md).
 			err = chschema.SyncPrices(ctx, c, cfg.ClickHouse.Database, cfg.ClickHouse.Cluster, prices, time.Now())
@@ -237,7 +247,15 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		return err
 	}
 	var rollups sync.WaitGroup
-	if cfg.Rollup.Interval > 0 {
+	if cfg.Rollup.Interval > 0 && cfg.ClickHouse.Cluster != "" {
+		// A replica fetches the parts of usage_events and of its counter table
+		// independently, so a rollup reading a lagging replica could see a
+		// counter ahead of its rows and record a wrong clean bucket, for good.
+		// On a cluster every bucket stays dirty and is read from usage_events
+		// FINAL instead: exact, at the cost of reading raw rows
+		// (docs/clickhouse.md, "Cluster form").
+		log.Info("clickhouse cluster: rollups off, readers aggregate usage_events FINAL", "cluster", cfg.ClickHouse.Cluster)
+	} else if cfg.Rollup.Interval > 0 {
 		db := cfg.ClickHouse.Database
 		loop, err := rollup.New(func(ctx context.Context, o ledger.RollupOptions) (ledger.RollupStats, error) {
 			return ledger.Rollup(ctx, conn, db, o)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/qyai/qyai/pkg/chschema"
 	"github.com/qyai/qyai/pkg/envconfig"
 	"github.com/qyai/qyai/pkg/logging"
 	"github.com/qyai/qyai/pkg/natsconn"
@@ -187,8 +188,8 @@ func (c Config) Validate() error {
 		add("nats", "METER_ACK_WAIT %s: want at least twice METER_BATCH_MAX_AGE (%s)", c.NATS.AckWait, c.Batch.MaxAge)
 	}
 
-	if _, _, err := net.SplitHostPort(c.ClickHouse.Addr); err != nil {
-		add("clickhouse", "CLICKHOUSE_ADDR %q: want host:port of the native protocol", c.ClickHouse.Addr)
+	if err := chschema.CheckAddrs(c.ClickHouse.Addr); err != nil {
+		add("clickhouse", "CLICKHOUSE_ADDR %q: %v", c.ClickHouse.Addr, err)
 	}
 	if !validIdent(c.ClickHouse.Database) {
 		add("clickhouse", "CLICKHOUSE_DATABASE %q: want letters, digits or _", c.ClickHouse.Database)

@@ -39,9 +39,10 @@ PARTITION BY toYYYYMM(started_at)
 ORDER BY (key_id, started_at, event_id);
 {{if .Cluster}}
 -- Cluster form: the Distributed table carries the public name and shards by
--- key_id, so every copy of one event lands on the same shard and FINAL still
--- collapses it.
+-- a hash of the event id: one key's rows spread over every shard (no hot
+-- shard for a big key), and every copy of one event (a redelivery) lands on
+-- the shard of its first copy, where FINAL collapses it.
 CREATE TABLE IF NOT EXISTS {{.DB}}.usage_events{{.OnCluster}}
 AS {{.DB}}.usage_events_local
-ENGINE = Distributed({{.Cluster}}, {{.DB}}, usage_events_local, sipHash64(key_id));
+ENGINE = Distributed({{.Cluster}}, {{.DB}}, usage_events_local, sipHash64(event_id));
 {{end}}

@@ -17,9 +17,12 @@
 --    bucket from usage_events FINAL, deciding each bucket once (the view
 --    usage_hourly does exactly that).
 --
--- Every table here is keyed by key_id first and, on a cluster, sharded by
--- sipHash64(key_id) like usage_events, so one key's raw rows, counters,
--- ledger and aggregates live on the same shard.
+-- Every table here is keyed by key_id first and, on a cluster, its
+-- Distributed table shards by sipHash64(key_id). The counter rows are written
+-- by the view on the shard that received the events (usage_events shards by
+-- event id), so a bucket's counter is the sum over the shards. On a cluster
+-- the meter does not roll up (docs/clickhouse.md, "Cluster form"): every
+-- bucket is dirty and read from usage_events FINAL, exactly.
 
 -- usage_inserts: rows inserted into usage_events per key and hour (of
 -- started_at), and per hour of insertion (server clock), so that a rollup

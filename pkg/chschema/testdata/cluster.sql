@@ -1,5 +1,5 @@
 -- 0001_usage_events statement 1
-CREATE TABLE IF NOT EXISTS qyai.usage_events_local ON CLUSTER qyai_cluster
+CREATE TABLE IF NOT EXISTS qyai.usage_events_local
 (
     event_id          String,
     request_id        String,
@@ -35,12 +35,12 @@ PARTITION BY toYYYYMM(started_at)
 ORDER BY (key_id, started_at, event_id);
 
 -- 0001_usage_events statement 2
-CREATE TABLE IF NOT EXISTS qyai.usage_events ON CLUSTER qyai_cluster
+CREATE TABLE IF NOT EXISTS qyai.usage_events
 AS qyai.usage_events_local
-ENGINE = Distributed(qyai_cluster, qyai, usage_events_local, sipHash64(key_id));
+ENGINE = Distributed(qyai_cluster, qyai, usage_events_local, sipHash64(event_id));
 
 -- 0002_usage_rollup statement 1
-CREATE TABLE IF NOT EXISTS qyai.usage_inserts_local ON CLUSTER qyai_cluster
+CREATE TABLE IF NOT EXISTS qyai.usage_inserts_local
 (
     key_id        String,
     hour          DateTime('UTC'),
@@ -53,12 +53,12 @@ PARTITION BY toYYYYMM(hour)
 ORDER BY (key_id, hour, insert_hour);
 
 -- 0002_usage_rollup statement 2
-CREATE TABLE IF NOT EXISTS qyai.usage_inserts ON CLUSTER qyai_cluster
+CREATE TABLE IF NOT EXISTS qyai.usage_inserts
 AS qyai.usage_inserts_local
 ENGINE = Distributed(qyai_cluster, qyai, usage_inserts_local, sipHash64(key_id));
 
 -- 0002_usage_rollup statement 3
-CREATE MATERIALIZED VIEW IF NOT EXISTS qyai.usage_inserts_mv ON CLUSTER qyai_cluster
+CREATE MATERIALIZED VIEW IF NOT EXISTS qyai.usage_inserts_mv
 TO qyai.usage_inserts_local
 AS SELECT
     key_id,
@@ -76,7 +76,7 @@ FROM qyai.usage_events
 GROUP BY key_id, hour;
 
 -- 0002_usage_rollup statement 5
-CREATE TABLE IF NOT EXISTS qyai.usage_rollup_hourly_local ON CLUSTER qyai_cluster
+CREATE TABLE IF NOT EXISTS qyai.usage_rollup_hourly_local
 (
     key_id            String,
     hour              DateTime('UTC'),
@@ -97,12 +97,12 @@ PARTITION BY toYYYYMM(hour)
 ORDER BY (key_id, hour, version, model, upstream_model, price_version);
 
 -- 0002_usage_rollup statement 6
-CREATE TABLE IF NOT EXISTS qyai.usage_rollup_hourly ON CLUSTER qyai_cluster
+CREATE TABLE IF NOT EXISTS qyai.usage_rollup_hourly
 AS qyai.usage_rollup_hourly_local
 ENGINE = Distributed(qyai_cluster, qyai, usage_rollup_hourly_local, sipHash64(key_id));
 
 -- 0002_usage_rollup statement 7
-CREATE TABLE IF NOT EXISTS qyai.usage_rollup_ledger_local ON CLUSTER qyai_cluster
+CREATE TABLE IF NOT EXISTS qyai.usage_rollup_ledger_local
 (
     key_id        String,
     hour          DateTime('UTC'),
@@ -116,12 +116,12 @@ PARTITION BY toYYYYMM(hour)
 ORDER BY (key_id, hour);
 
 -- 0002_usage_rollup statement 8
-CREATE TABLE IF NOT EXISTS qyai.usage_rollup_ledger ON CLUSTER qyai_cluster
+CREATE TABLE IF NOT EXISTS qyai.usage_rollup_ledger
 AS qyai.usage_rollup_ledger_local
 ENGINE = Distributed(qyai_cluster, qyai, usage_rollup_ledger_local, sipHash64(key_id));
 
 -- 0002_usage_rollup statement 9
-CREATE VIEW IF NOT EXISTS qyai.usage_rollup_state ON CLUSTER qyai_cluster
+CREATE VIEW IF NOT EXISTS qyai.usage_rollup_state
 AS SELECT
     key_id,
     hour,
@@ -140,7 +140,7 @@ FROM
 GROUP BY key_id, hour;
 
 -- 0002_usage_rollup statement 10
-CREATE VIEW IF NOT EXISTS qyai.usage_hourly ON CLUSTER qyai_cluster
+CREATE VIEW IF NOT EXISTS qyai.usage_hourly
 AS SELECT
     key_id,
     hour,
@@ -202,7 +202,7 @@ FROM
 ARRAY JOIN chosen AS r;
 
 -- 0003_prices statement 1
-CREATE TABLE IF NOT EXISTS qyai.prices_local ON CLUSTER qyai_cluster
+CREATE TABLE IF NOT EXISTS qyai.prices_local
 (
     price_version    String,
     effective_from   DateTime('UTC'),
@@ -216,12 +216,12 @@ ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/qyai/prices', 
 ORDER BY (price_version, model);
 
 -- 0003_prices statement 2
-CREATE TABLE IF NOT EXISTS qyai.prices ON CLUSTER qyai_cluster
+CREATE TABLE IF NOT EXISTS qyai.prices
 AS qyai.prices_local
 ENGINE = Distributed(qyai_cluster, qyai, prices_local, sipHash64(price_version, model));
 
 -- 0010_audit_log statement 1
-CREATE TABLE IF NOT EXISTS qyai.audit_log_local ON CLUSTER qyai_cluster
+CREATE TABLE IF NOT EXISTS qyai.audit_log_local
 (
     audit_id    String,
     at          DateTime,
@@ -241,7 +241,7 @@ PARTITION BY toYYYYMM(at)
 ORDER BY (key_id, revision, audit_id);
 
 -- 0010_audit_log statement 2
-CREATE TABLE IF NOT EXISTS qyai.audit_log ON CLUSTER qyai_cluster
+CREATE TABLE IF NOT EXISTS qyai.audit_log
 AS qyai.audit_log_local
 ENGINE = Distributed(qyai_cluster, qyai, audit_log_local, sipHash64(key_id));
 

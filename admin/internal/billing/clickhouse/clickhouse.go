@@ -85,7 +85,9 @@ func (c *Connector) try(ctx context.Context) error {
 		c.conn = conn
 		c.mu.Unlock()
 	}
-	if err := chschema.Apply(ctx, conn, c.db, c.apply); err != nil {
+	o := c.opts
+	o.Database = c.db
+	if err := chschema.ApplyAll(ctx, o, c.apply); err != nil {
 		return fmt.Errorf("apply clickhouse schema: %w", err)
 	}
 	c.mu.Lock()
