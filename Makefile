@@ -3,9 +3,6 @@
 SHELL := /bin/bash
 GO ?= go
 MODULES := ./pkg/... ./gateway/... ./meter/... ./admin/... ./deploy/... ./testkit/...
-# make run TOPOLOGY=cluster GATEWAY_REPLICAS=N: passed to deploy/local/run.sh, which
-# has the defaults (single, and 1 or 3 gateways).
-export TOPOLOGY GATEWAY_REPLICAS METER_REPLICAS
 
 .DEFAULT_GOAL := help
 

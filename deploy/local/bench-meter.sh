@@ -112,7 +112,7 @@ run_bench() {
 	[[ $RATES != 20000,max ]] && vars+="BENCH_METER_RATES=$RATES "
 	[[ $DURATION != 30s ]] && vars+="BENCH_METER_DURATION=$DURATION "
 	[[ $TOPOLOGY != single ]] && vars+="BENCH_TOPOLOGY=$TOPOLOGY "
-	while IFS='=' read -r k v; do vars+="$k=$v "; done < <(env | grep '^METER_' | sort || true)
+	while IFS='=' read -r k v; do vars+="$k=$v "; done < <(env | grep '^METER_[A-Z_]*=.' | sort || true)
 	command="${vars}make bench-meter"
 	"$BIN/benchmeter" -nats "$NATS_URL" -clickhouse "$CLICKHOUSE_ADDR" -database qyai \
 		-rates "$RATES" -duration "$DURATION" \
