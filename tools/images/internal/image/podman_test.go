@@ -54,9 +54,10 @@ driver = "vfs"
 runroot = %q
 graphroot = %q
 `, filepath.Join(dir, "run"), filepath.Join(dir, "root")))
-	p := &podman{t: t, env: append(os.Environ(), "CONTAINERS_CONF="+conf, "CONTAINERS_STORAGE_CONF="+storage)}
-	t.Cleanup(func() { _, _ = p.try("system", "reset", "--force") })
-	return p
+	// No `podman system reset` at the end: it would also delete the host's
+	// network definitions. Containers run with --rm and the vfs driver
+	// mounts nothing, so removing the temp dir removes everything.
+	return &podman{t: t, env: append(os.Environ(), "CONTAINERS_CONF="+conf, "CONTAINERS_STORAGE_CONF="+storage)}
 }
 
 func write(t *testing.T, path, s string) {
