@@ -3,13 +3,17 @@ package image_test
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
@@ -67,8 +71,12 @@ func write(t *testing.T, path, s string) {
 	}
 }
 
+// try runs podman, bounded by a deadline of its own rather than t.Context(),
+// which is cancelled before the cleanups that stop containers run.
 func (p *podman) try(args ...string) (string, error) {
-	cmd := exec.CommandContext(p.t.Context(), "podman", args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "podman", args...)
 	cmd.Env = p.env
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -243,4 +251,53 @@ func extract(t *testing.T, img v1.Image, dir string) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestPodmanGatewayServes starts the gateway container as the chart will
+// (read-only root, non-root, the spool on a writable mount) with no Redis
+// or NATS behind it (degraded, not down) and waits for /healthz on its
+// metrics listener. Ports are free loopback ones: host networking shares
+// the machine with other tests.
+func TestPodmanGatewayServes(t *testing.T) {
+	p := newPodman(t)
+	r := result(t, "gateway")
+	p.run("load", "-i", r.Path)
+	addr, metrics, redis, nats := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	name := fmt.Sprintf("qyai-smoke-%d", os.Getpid())
+	p.run("run", "-d", "--name", name, "--network", "host", "--read-only", "--user", "65532:65532",
+		"--tmpfs", "/var/lib/qyai:rw,mode=1777", "-e", "SPOOL_DIR=/var/lib/qyai/spool",
+		"-e", "QYAI_DEV=1", "-e", "UPSTREAM_BASE_URL=http://127.0.0.1:9", "-e", "UPSTREAM_API_KEY=sk-dummy",
+		"-e", "GATEWAY_ADDR="+addr, "-e", "GATEWAY_METRICS_ADDR="+metrics,
+		"-e", "REDIS_ADDR="+redis, "-e", "NATS_URL=nats://"+nats, r.Tag)
+	// Stop, then remove: a detached --rm container removed with rm -f can
+	// leave its /dev/shm mount behind while conmon's cleanup still runs.
+	t.Cleanup(func() {
+		_, _ = p.try("stop", "-t", "5", name)
+		_, _ = p.try("rm", "-f", name)
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + metrics + "/healthz")
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			logs, _ := p.try("logs", name)
+			t.Fatalf("gateway container: no 200 from /healthz within 20 s (last: %v)\n%s", err, logs)
+		}
+		time.Sleep(100 * time.Millisecond) // polling with a deadline
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().String()
 }
