@@ -18,6 +18,13 @@ run: ## Start the whole local stack (servers, simulator, gateway, meter, admin; 
 build: ## Build every binary into .bin/
 	$(GO) build -o .bin/ ./gateway/cmd/gateway ./meter/cmd/meter ./admin/cmd/admin ./deploy/cmd/upstream-sim
 
+images: ## Build OCI images offline into .bin/images/<service>.tar, tagged qyai/<service>:<git describe> (VERSION=... overrides)
+	cd tools/images && GOWORK=off $(GO) run . -repo $(CURDIR) $(if $(VERSION),-version $(VERSION))
+
+test-images: ## Test the image builder (reproducible digests, config, layer) and run the images under podman (rootful, runc)
+	@deploy/local/install.sh images
+	cd tools/images && GOWORK=off $(GO) test -count=1 -timeout 15m ./...
+
 # The fuzz runs in `test` are bounded by a count, not a duration: Go 1.26's fuzz
 # coordinator can report "context deadline exceeded" when a -fuzztime duration
 # ends while a starved worker is mid-call (go.dev/issue/75804, fixed in 1.27).
@@ -55,4 +62,4 @@ check: ## Format check, vet, lint, tidy check and tests (what CI should run)
 clean: ## Remove build output and local stack data
 	rm -rf .bin .run
 
-.PHONY: help install run build test bench bench-meter fuzz vet fmt lint tidy-check check clean
+.PHONY: help install run build images test-images test bench bench-meter fuzz vet fmt lint tidy-check check clean

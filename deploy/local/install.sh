@@ -3,6 +3,8 @@
 #
 #   deploy/local/install.sh        the servers (what tests, make run and make bench need)
 #   deploy/local/install.sh lint   shellcheck only (what deploy/local/shellcheck.sh needs)
+#   deploy/local/install.sh images podman and runc (what the image smoke test in
+#                                  tools/images needs; make images itself needs only Go)
 #
 # The servers:
 # - Debian packages redis-server, clickhouse-server, clickhouse-client (only
@@ -11,6 +13,9 @@
 # - nats-server $NATS_VERSION built with `go install` into <repo>/.bin (the Go build
 #   cache makes rebuilds fast; Debian's nats-server 2.9 is too old).
 # lint: the Debian package shellcheck, the same way.
+# images: Debian's podman 4.3 with runc as its runtime (crun fails on these hosts'
+# hybrid cgroups), the same way. Rootful podman needs nothing more: no uidmap, no
+# fuse-overlayfs (the test's private storage uses the vfs driver).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -115,8 +120,9 @@ case ${1:-} in
 	install_nats
 	;;
 lint) install_packages shellcheck shellcheck:shellcheck ;;
+images) install_packages "podman, runc" podman:podman runc:runc ;;
 *)
-	log "usage: $(basename "$0") [lint]"
+	log "usage: $(basename "$0") [lint|images]"
 	exit 2
 	;;
 esac
