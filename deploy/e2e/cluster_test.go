@@ -246,6 +246,7 @@ func TestClusterLimitsAndFaults(t *testing.T) {
 	s.reconcile(t, ch, "(0) limits steps", totals{})
 
 	key := s.createKey(t, `{"name":"cluster-faults","tier":"enterprise","rpm":1000000,"monthly_limit":100000000}`)
+	var afterFailover createdKey // a key created and used in step (b)
 	baseline := s.simStats(t)
 	run := func(name string, during func(l *load)) {
 		t.Helper()
@@ -278,8 +279,8 @@ func TestClusterLimitsAndFaults(t *testing.T) {
 		master.Start(t) // rejoins as a replica of the promoted one
 		cs.waitRedisClusterOK(t)
 		// Admin's key operations work on the promoted master.
-		k := s.createKey(t, `{"name":"after-failover","tier":"pro"}`)
-		if code, _, body := chat(t, s.gatewayURLs[1], k.Key, "hello"); code != http.StatusOK {
+		afterFailover = s.createKey(t, `{"name":"after-failover","tier":"pro"}`)
+		if code, _, body := chat(t, s.gatewayURLs[1], afterFailover.Key, "hello"); code != http.StatusOK {
 			t.Errorf("a key created after the failover: %d %s", code, body)
 		}
 		steady(2 * time.Second)
@@ -301,14 +302,22 @@ func TestClusterLimitsAndFaults(t *testing.T) {
 	})
 
 	// The billing endpoint shows the key holder exactly what the upstream served
-	// for this key, after all of it.
+	// for this key, after all of it: everything the simulator served since the key
+	// was created but the one request of the key created in step (b), whose exact
+	// usage ClickHouse holds (the reconciliations above proved ClickHouse equal to
+	// the simulator).
 	end := s.simStats(t)
+	var otherN, otherPrompt, otherCompletion uint64
+	if err := ch.QueryRow(t.Context(), "SELECT count(), sum(prompt_tokens), sum(completion_tokens) FROM qyai.usage_events FINAL WHERE key_id = ?",
+		afterFailover.ID).Scan(&otherN, &otherPrompt, &otherCompletion); err != nil || otherN != 1 {
+		t.Fatalf("usage of the key created after the failover: %d rows (%v), want 1", otherN, err)
+	}
 	want := billingUsage{
 		Object: "billing.usage", KeyPrefix: key.KeyPrefix, Tier: "enterprise",
-		MonthlyRequests:       int64(end.Completed - baseline.Completed),
+		MonthlyRequests:       int64(end.Completed - baseline.Completed - otherN),
 		MonthlyLimit:          100000000,
-		TotalPromptTokens:     int64(end.PromptTokens - baseline.PromptTokens),
-		TotalCompletionTokens: int64(end.CompletionTokens - baseline.CompletionTokens),
+		TotalPromptTokens:     int64(end.PromptTokens - baseline.PromptTokens - otherPrompt),
+		TotalCompletionTokens: int64(end.CompletionTokens - baseline.CompletionTokens - otherCompletion),
 	}
 	want.Remaining = want.MonthlyLimit - want.MonthlyRequests
 	var got billingUsage
