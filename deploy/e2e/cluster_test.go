@@ -151,34 +151,11 @@ func (cs *clusterStack) redisMasterOf(t *testing.T, key string) *testenv.Node {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	var addrs []string
-	for _, n := range cs.redisC.Nodes {
-		if n.Running() {
-			addrs = append(addrs, n.Addr)
-		}
-	}
-	rdb := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs})
-	defer func() { _ = rdb.Close() }()
-	slot, err := rdb.ClusterKeySlot(ctx, key).Result()
+	n, err := testenv.MasterOf(ctx, cs.redisC, key)
 	if err != nil {
-		t.Fatalf("CLUSTER KEYSLOT %s: %v", key, err)
+		t.Fatalf("master of %s: %v", key, err)
 	}
-	slots, err := rdb.ClusterSlots(ctx).Result()
-	if err != nil {
-		t.Fatalf("CLUSTER SLOTS: %v", err)
-	}
-	for _, r := range slots {
-		if int64(r.Start) <= slot && slot <= int64(r.End) && len(r.Nodes) > 0 {
-			for _, n := range cs.redisC.Nodes {
-				if n.Addr == r.Nodes[0].Addr {
-					return n
-				}
-			}
-			t.Fatalf("slot %d: master %s is none of the nodes", slot, r.Nodes[0].Addr)
-		}
-	}
-	t.Fatalf("slot %d of %s is not served", slot, key)
-	return nil
+	return n
 }
 
 // waitRedisClusterOK waits until every running node reports cluster_state:ok.
