@@ -133,7 +133,7 @@ topologySpreadConstraints:
 {{- if or (eq .service "gateway") (eq .service "admin") -}}
 {{- $items = append $items "key-pepper" -}}
 {{- end -}}
-{{- if eq .service "gateway" -}}
+{{- if and (eq .service "gateway") (include "qyai.upstreamKey" .ctx) -}}
 {{- $items = append $items "upstream-api-key" -}}
 {{- end -}}
 {{- if eq .service "admin" -}}
@@ -269,4 +269,10 @@ readinessProbe:
 {{- $out = print $out (include (print $.ctx.Template.BasePath "/" .) $.ctx) -}}
 {{- end -}}
 {{- $out | sha256sum -}}
+{{- end -}}
+
+{{/* qyai.upstreamKey: non-empty when the gateway gets an upstream key (an
+existingSecret always has one; a blank key file is a configuration error). */}}
+{{- define "qyai.upstreamKey" -}}
+{{- if or .Values.secrets.existingSecret .Values.secrets.upstreamApiKey }}true{{ end -}}
 {{- end -}}
