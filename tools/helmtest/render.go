@@ -24,8 +24,9 @@ import (
 // one DEPLOY-FACTS.md builds the real control plane at.
 const KubeVersion = "v1.37.2"
 
-// Release names the release and namespace of every test render.
-var Release = chartutil.ReleaseOptions{Name: "qyai", Namespace: "qyai", Revision: 1, IsInstall: true}
+// Release is the release (and namespace) name of every render: a first
+// install of the release "qyai" into the namespace "qyai".
+const Release = "qyai"
 
 // Manifest is one rendered document.
 type Manifest struct {
@@ -78,7 +79,8 @@ func Merge(base, over map[string]any) map[string]any {
 func Render(c *chart.Chart, vals map[string]any) ([]Manifest, error) {
 	caps := chartutil.DefaultCapabilities.Copy()
 	caps.KubeVersion = chartutil.KubeVersion{Version: KubeVersion, Major: "1", Minor: "37"}
-	rv, err := chartutil.ToRenderValues(c, vals, Release, caps)
+	opts := chartutil.ReleaseOptions{Name: Release, Namespace: Release, Revision: 1, IsInstall: true}
+	rv, err := chartutil.ToRenderValues(c, vals, opts, caps)
 	if err != nil {
 		return nil, err
 	}
