@@ -816,3 +816,91 @@ func validate(t *testing.T, r render, w workload, c corev1.Container, bin string
 		t.Errorf("%s: %s --validate with the rendered env: %v\n%s\nenv: %q", w.name, service(c), err, out, envv)
 	}
 }
+
+func TestMigrationsHook(t *testing.T) {
+	tests := []struct {
+		name       string
+		file       string
+		extra      map[string]any
+		hookSecret bool
+	}{
+		{"defaults: no password", "", nil, false},
+		{"chart Secret with a password: a hook Secret", "examples/small.yaml", nil, true},
+		{"existingSecret: that one", "examples/production.yaml", nil, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := renderCase(t, tc.file, tc.extra)
+			o, ok := r.find("Job", "qyai-migrate")
+			if !ok {
+				t.Fatal("no migrations Job")
+			}
+			job := o.Obj.(*batchv1.Job)
+			if hooks := job.Annotations["helm.sh/hook"]; hooks != "pre-install,pre-upgrade" {
+				t.Errorf("Job hook %q: want pre-install,pre-upgrade", hooks)
+			}
+			c := job.Spec.Template.Spec.Containers[0]
+			if service(c) != "admin" || !slices.Equal(c.Args, []string{"migrate"}) {
+				t.Errorf("Job runs %s %q: want admin migrate", c.Image, c.Args)
+			}
+			hs, ok := r.find("Secret", "qyai-migrate")
+			if ok != tc.hookSecret {
+				t.Fatalf("hook Secret rendered: %v, want %v", ok, tc.hookSecret)
+			}
+			if ok {
+				s := hs.Obj.(*corev1.Secret)
+				if s.Annotations["helm.sh/hook"] != "pre-install,pre-upgrade" || s.Annotations["helm.sh/hook-weight"] >= job.Annotations["helm.sh/hook-weight"] {
+					t.Errorf("hook Secret annotations %v: want the Job's hooks at a lower weight (created first)", s.Annotations)
+				}
+			}
+			for _, v := range job.Spec.Template.Spec.Volumes {
+				if v.Secret != nil && v.Secret.SecretName == "qyai-secrets" {
+					t.Error("the Job mounts the chart's Secret, which does not exist yet at pre-install")
+				}
+			}
+		})
+	}
+}
+
+// TestProductionObjects: the production example renders the scale-out and
+// safety objects, with the engines' cluster forms in the environment.
+func TestProductionObjects(t *testing.T) {
+	r := renderCase(t, "examples/production.yaml", nil)
+	for _, want := range []struct{ kind, name string }{
+		{"HorizontalPodAutoscaler", "qyai-gateway"}, {"HorizontalPodAutoscaler", "qyai-meter"},
+		{"PodDisruptionBudget", "qyai-gateway"}, {"PodDisruptionBudget", "qyai-meter"}, {"PodDisruptionBudget", "qyai-admin"},
+		{"NetworkPolicy", "qyai-gateway"}, {"NetworkPolicy", "qyai-meter"}, {"NetworkPolicy", "qyai-admin"},
+		{"Service", "qyai-gateway"}, {"Service", "qyai-gateway-metrics"}, {"Service", "qyai-admin"}, {"Service", "qyai-meter-metrics"},
+		{"ServiceAccount", "qyai"}, {"ConfigMap", "qyai-tiers"},
+	} {
+		if _, ok := r.find(want.kind, want.name); !ok {
+			t.Errorf("no %s %s", want.kind, want.name)
+		}
+	}
+	if _, ok := r.find("Secret", "qyai-secrets"); ok {
+		t.Error("a chart Secret next to existingSecret")
+	}
+	for _, w := range r.workloads() {
+		c := w.pod.Containers[0]
+		switch service(c) {
+		case "gateway":
+			if got := env(c, "REDIS_ADDR"); strings.Count(got, ",") != 2 {
+				t.Errorf("gateway REDIS_ADDR %q: want the three cluster seeds", got)
+			}
+			if got := env(c, "NATS_URL"); strings.Count(got, ",") != 2 || env(c, "STREAM_REPLICAS") != "3" {
+				t.Errorf("gateway NATS_URL %q, STREAM_REPLICAS %q: want three URLs and 3", got, env(c, "STREAM_REPLICAS"))
+			}
+		case "meter":
+			if env(c, "CLICKHOUSE_CLUSTER") != "qyai" {
+				t.Errorf("meter CLICKHOUSE_CLUSTER %q: want qyai", env(c, "CLICKHOUSE_CLUSTER"))
+			}
+		}
+		if len(w.pod.TopologySpreadConstraints) == 0 && w.longRunning {
+			t.Errorf("%s: no topologySpreadConstraints", w.name)
+		}
+	}
+	o, _ := r.find("Service", "qyai-gateway-metrics")
+	if svc := o.Obj.(*corev1.Service); svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		t.Error("gateway-metrics is not headless (the StatefulSet's governing Service)")
+	}
+}
