@@ -153,7 +153,7 @@ topologySpreadConstraints:
 {{/* qyai.secretVolume: the secret volume of a workload, only the keys it reads. */}}
 {{- define "qyai.secretVolume" -}}
 {{- $items := include "qyai.secretItems" . | fromJsonArray -}}
-{{- if $items }}
+{{- if $items -}}
 - name: secrets
   secret:
     secretName: {{ .secretName | default (include "qyai.secretName" .ctx) }}
@@ -197,7 +197,7 @@ topologySpreadConstraints:
 {{- end -}}
 
 {{- define "qyai.natsTLSVolume" -}}
-{{- if .Values.nats.tls.enabled }}
+{{- if .Values.nats.tls.enabled -}}
 - name: nats-tls
   secret:
     secretName: {{ required "nats.tls.secretName is required with nats.tls.enabled" .Values.nats.tls.secretName }}
@@ -206,7 +206,7 @@ topologySpreadConstraints:
 {{- end -}}
 
 {{- define "qyai.natsTLSMount" -}}
-{{- if .Values.nats.tls.enabled }}
+{{- if .Values.nats.tls.enabled -}}
 - name: nats-tls
   mountPath: /run/secrets/nats-tls
   readOnly: true
