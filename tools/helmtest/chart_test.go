@@ -637,7 +637,9 @@ func TestEnvIsWhatTheServicesRead(t *testing.T) {
 					if !w.longRunning {
 						continue // admin migrate: its variables are checked above
 					}
-					validate(t, r, w, c, bins[svc])
+					if err := validate(t, r, w, c, bins[svc]); err != nil {
+						t.Error(err)
+					}
 				}
 			}
 		})
@@ -741,7 +743,9 @@ var placeholder = map[string]string{
 	"tls.key":               "placeholder",
 }
 
-func validate(t *testing.T, r render, w workload, c corev1.Container, bin string) {
+// validate runs bin --validate with c's rendered environment, its mounted
+// files laid out under a temporary directory and the paths rewritten there.
+func validate(t *testing.T, r render, w workload, c corev1.Container, bin string) error {
 	t.Helper()
 	root := t.TempDir()
 	mounts := map[string]string{} // mount path -> local directory
@@ -813,8 +817,27 @@ func validate(t *testing.T, r render, w workload, c corev1.Container, bin string
 	cmd := exec.Command(bin, append(slices.Clone(c.Args), "--validate")...)
 	cmd.Env = envv
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("%s: %s --validate with the rendered env: %v\n%s\nenv: %q", w.name, service(c), err, out, envv)
+		return fmt.Errorf("%s: %s --validate with the rendered env: %v\n%s\nenv: %q", w.name, service(c), err, out, envv)
 	}
+	return nil
+}
+
+// TestValidateHasTeeth: a value the schema lets through but a service
+// refuses fails the --validate check, so a pass above means something.
+func TestValidateHasTeeth(t *testing.T) {
+	bins := buildServices(t)
+	r := renderCase(t, "", map[string]any{"gateway": map[string]any{"keyCacheTTL": "0s"}})
+	for _, w := range r.workloads() {
+		if w.name != "qyai-gateway" {
+			continue
+		}
+		err := validate(t, r, w, w.pod.Containers[0], bins["gateway"])
+		if err == nil || !strings.Contains(err.Error(), "KEY_CACHE_TTL must be positive") {
+			t.Errorf("gateway --validate with KEY_CACHE_TTL=0s: %v; want it refused", err)
+		}
+		return
+	}
+	t.Fatal("no gateway workload")
 }
 
 func TestMigrationsHook(t *testing.T) {
