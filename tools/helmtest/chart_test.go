@@ -894,7 +894,7 @@ func TestProductionObjects(t *testing.T) {
 		{"PodDisruptionBudget", "qyai-gateway"}, {"PodDisruptionBudget", "qyai-meter"}, {"PodDisruptionBudget", "qyai-admin"},
 		{"NetworkPolicy", "qyai-gateway"}, {"NetworkPolicy", "qyai-meter"}, {"NetworkPolicy", "qyai-admin"},
 		{"Service", "qyai-gateway"}, {"Service", "qyai-gateway-metrics"}, {"Service", "qyai-admin"}, {"Service", "qyai-meter-metrics"},
-		{"ServiceAccount", "qyai"}, {"ConfigMap", "qyai-tiers"},
+		{"ServiceAccount", "qyai"}, {"ConfigMap", "qyai-tiers"}, {"ConfigMap", "qyai-models"},
 	} {
 		if _, ok := r.find(want.kind, want.name); !ok {
 			t.Errorf("no %s %s", want.kind, want.name)
@@ -909,6 +909,11 @@ func TestProductionObjects(t *testing.T) {
 		case "gateway":
 			if got := env(c, "REDIS_ADDR"); strings.Count(got, ",") != 2 {
 				t.Errorf("gateway REDIS_ADDR %q: want the three cluster seeds", got)
+			}
+			if mf := env(c, "MODELS_FILE"); !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+				return m.Name == "models" && strings.HasPrefix(mf, m.MountPath+"/")
+			}) {
+				t.Errorf("gateway MODELS_FILE %q is not in the mounted catalog ConfigMap", mf)
 			}
 			if got := env(c, "NATS_URL"); strings.Count(got, ",") != 2 || env(c, "STREAM_REPLICAS") != "3" {
 				t.Errorf("gateway NATS_URL %q, STREAM_REPLICAS %q: want three URLs and 3", got, env(c, "STREAM_REPLICAS"))
