@@ -25,6 +25,9 @@ test-images: ## Test the image builder (reproducible digests, config, layer) and
 	@deploy/local/install.sh images
 	cd tools/images && GOWORK=off $(GO) test -count=1 -timeout 15m ./...
 
+test-chart: ## Lint the Helm chart (helm lint --strict: defaults and each example) and run its Go tests (renders, goldens, policy, --validate)
+	@deploy/local/test-chart.sh
+
 # The fuzz runs in `test` are bounded by a count, not a duration: Go 1.26's fuzz
 # coordinator can report "context deadline exceeded" when a -fuzztime duration
 # ends while a starved worker is mid-call (go.dev/issue/75804, fixed in 1.27).
@@ -63,4 +66,4 @@ check: ## Format check, vet, lint, tidy check and tests (what CI should run)
 clean: ## Remove build output and local stack data
 	rm -rf .bin .run
 
-.PHONY: help install run build images test-images test bench bench-meter fuzz vet fmt lint tidy-check check clean
+.PHONY: help install run build images test-images test-chart test bench bench-meter fuzz vet fmt lint tidy-check check clean

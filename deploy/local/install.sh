@@ -16,11 +16,16 @@
 # images: Debian's podman 4.3 with runc as its runtime (crun fails on these hosts'
 # hybrid cgroups), the same way. Rootful podman needs nothing more: no uidmap, no
 # fuse-overlayfs (the test's private storage uses the vfs driver).
+# helm: the helm CLI $HELM_VERSION built with `go install` into <repo>/.bin (what
+# `make test-chart` runs `helm lint --strict` with); nothing when that version is there.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 NATS_VERSION=v2.15.2
+# v3.21.4, not v3.22.0: the package policy of these machines lists v3.22.0 as served
+# but not approved. Keep it equal to helm.sh/helm/v3 in tools/helmtest/go.mod.
+HELM_VERSION=v3.21.4
 BIN_DIR=$QYAI_REPO_ROOT/.bin
 
 # as_root runs a command as root: directly, or through sudo when available.
@@ -94,6 +99,24 @@ install_nats() {
 	(cd / && GOWORK=off GOBIN=$BIN_DIR go install "github.com/nats-io/nats-server/v2@$NATS_VERSION")
 }
 
+install_helm() {
+	local bin=$BIN_DIR/helm have=""
+	if [[ -x $bin ]]; then
+		have=$("$bin" version --template '{{.Version}}' 2>/dev/null || true)
+	fi
+	if [[ $have == "$HELM_VERSION" ]]; then
+		log "helm: $HELM_VERSION present in $BIN_DIR"
+		return
+	fi
+	need go "install Go first: https://go.dev/dl/"
+	log "helm: building $HELM_VERSION into $BIN_DIR${have:+ (found $have)}"
+	mkdir -p "$BIN_DIR"
+	# The version ldflag makes `helm version` report it (go install sets no tag).
+	(cd / && GOWORK=off GOBIN=$BIN_DIR go install \
+		-ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+		"helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
+}
+
 # install_zookeeper installs Debian's zookeeper (and a Java runtime when there is none):
 # the ClickHouse cluster of TOPOLOGY=cluster and its tests coordinate through it. The
 # package puts no command on PATH, so its jar is what tells it is there.
@@ -121,8 +144,9 @@ case ${1:-} in
 	;;
 lint) install_packages shellcheck shellcheck:shellcheck ;;
 images) install_packages "podman, runc" podman:podman runc:runc ;;
+helm) install_helm ;;
 *)
-	log "usage: $(basename "$0") [lint|images]"
+	log "usage: $(basename "$0") [lint|images|helm]"
 	exit 2
 	;;
 esac

@@ -32,11 +32,12 @@ const Usage = `usage:
   admin keys rotate ID
   admin keys revoke ID
   admin keys rebuild-redis             restore key records in Redis from the audit log (ClickHouse)
+  admin migrate                       apply the ClickHouse migrations and exit (CLICKHOUSE_*)
   admin usage [--key ID] [--from YYYY-MM-DD] [--to YYYY-MM-DD] [--group-by day|model|key] [--csv]
 
 Every command but serve takes --json for machine-readable output. Commands talk to
 the admin API at ADMIN_URL (default http://127.0.0.1:8081) with ADMIN_TOKEN;
-rebuild-redis uses REDIS_ADDR and CLICKHOUSE_* instead.
+rebuild-redis uses REDIS_ADDR and CLICKHOUSE_* instead, migrate CLICKHOUSE_* only.
 `
 
 // ErrUsage means the command line was wrong; the usage was printed.
@@ -74,6 +75,8 @@ func (r *runner) run(ctx context.Context, args []string) error {
 	switch args[0] {
 	case "usage":
 		return r.usage(ctx, args[1:])
+	case "migrate":
+		return r.migrate(ctx, args[1:])
 	case "keys":
 		if len(args) < 2 {
 			return fmt.Errorf("%w: keys needs a subcommand", ErrUsage)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# test-chart.sh: what `make test-chart` runs.
+# 1. helm lint --strict of helm/qyai with its defaults and with each example values
+#    file, with the helm that `install.sh helm` builds into .bin (built when missing);
+# 2. the chart's Go tests in tools/helmtest (a module of its own, GOWORK=off): renders
+#    against golden files, strict decoding into the Kubernetes types, policy checks,
+#    the services' --validate with the rendered env, and the generated README.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+cd "$QYAI_REPO_ROOT"
+deploy/local/install.sh helm
+helm=$QYAI_REPO_ROOT/.bin/helm
+chart=helm/qyai
+"$helm" lint --strict "$chart"
+for f in "$chart"/examples/*.yaml; do
+	"$helm" lint --strict "$chart" -f "$f"
+done
+cd tools/helmtest
+GOWORK=off go vet ./...
+GOWORK=off go test -count=1 -timeout 10m ./...
