@@ -28,16 +28,16 @@ func (r *runner) migrate(ctx context.Context, args []string) error {
 		return err
 	}
 	ch := r.cfg.ClickHouse
-	conn, err := chschema.Open(ctx, chschema.Options{
-		Addr: ch.Addr, Database: ch.Database, User: ch.User, Password: ch.Password, Cluster: ch.Cluster,
-	})
+	o := chschema.Options{Addr: ch.Addr, Database: ch.Database, User: ch.User, Password: ch.Password, Cluster: ch.Cluster}
+	// On a cluster, every node (chschema.ApplyAll).
+	if err := chschema.ApplyAll(ctx, o, chschema.ApplyOptions{Cluster: ch.Cluster, Logger: logging.New(r.errw, "admin", slog.LevelInfo)}); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	conn, err := chschema.Open(ctx, o)
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
-	defer func() { _ = conn.Close() }() // the migrations are applied or have failed by then
-	if err := chschema.Apply(ctx, conn, ch.Database, chschema.ApplyOptions{Cluster: ch.Cluster, Logger: logging.New(r.errw, "admin", slog.LevelInfo)}); err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
+	defer func() { _ = conn.Close() }() // read-only use from here
 	versions, err := chschema.AppliedVersions(ctx, conn, ch.Database)
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
