@@ -31,11 +31,12 @@ test-chart: ## Lint the Helm chart (helm lint --strict: defaults and each exampl
 # The fuzz runs in `test` are bounded by a count, not a duration: Go 1.26's fuzz
 # coordinator can report "context deadline exceeded" when a -fuzztime duration
 # ends while a starved worker is mid-call (go.dev/issue/75804, fixed in 1.27).
-test: install ## Run every test (unit, integration against real servers incl. the clustered engines, end to end, images under podman) and a short fuzz run
+test: install ## Run every test (unit, integration against real servers incl. the clustered engines, end to end, images under podman, the Helm chart) and a short fuzz run
 	$(GO) test -count=1 -timeout 12m $(MODULES)
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzPrepare -fuzztime 50000x ./gateway/internal/proxy
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzObject -fuzztime 30000x ./gateway/internal/proxy
 	@$(MAKE) --no-print-directory test-images
+	@$(MAKE) --no-print-directory test-chart
 
 bench: ## Benchmark the gateway and a bare reference proxy against the simulator directly, in one run (not a test; ~95 s)
 	@deploy/local/bench.sh
