@@ -167,10 +167,15 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		WriteTimeout: cfg.ClientWriteTimeout,
 		Now:          time.Now,
 	}
+	limiter := quota.NewLimiter(quotaredis.NewStore(rdb, cfg.RedisTimeout), cfg.LimitReplicas, time.Now)
+	if err := registerFallbackMetrics(tel.Meter, limiter); err != nil {
+		abandonPub()
+		return err
+	}
 	handler := httpapi.New(httpapi.Deps{
 		Catalog: cat, Verifier: verifier, Proxy: ph,
 		AuthFailures: auth.NewFailLimiter(cfg.AuthFailLimit, cfg.AuthFailWindow, auth.DefaultMaxAddrs, time.Now),
-		Limiter:      quota.NewLimiter(quotaredis.NewStore(rdb, cfg.RedisTimeout), cfg.LimitReplicas, time.Now), AdminURL: adminURL, Log: log,
+		Limiter:      limiter, AdminURL: adminURL, Log: log,
 		Ready: ready, Telemetry: tel, Now: time.Now,
 		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.ClientWriteTimeout,
 	})

@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/qyai/qyai/gateway/internal/publish"
+	"github.com/qyai/qyai/gateway/internal/quota"
 )
 
 // registerPublisherMetrics exposes the usage publisher's and spool's
@@ -50,5 +51,28 @@ func registerPublisherMetrics(m metric.Meter, pub *publish.Publisher) error {
 		}
 		return nil
 	}, insts...)
+	return err
+}
+
+// registerFallbackMetrics exposes whether the limits run on the local
+// fallback (Redis unreachable) and how many admissions it decided.
+func registerFallbackMetrics(m metric.Meter, lim *quota.Limiter) error {
+	active, err1 := m.Int64ObservableGauge("qyai_gateway_redis_fallback",
+		metric.WithDescription("1 while the rate and quota limits run on this replica's local fallback because Redis is unreachable, else 0."))
+	admissions, err2 := m.Int64ObservableCounter("qyai_gateway_limit_fallback_admissions",
+		metric.WithDescription("Admissions decided by the local fallback limiter (each replica allows its share of a key's limits) while Redis was unreachable."))
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("fallback metrics: %w", err)
+	}
+	_, err := m.RegisterCallback(func(_ context.Context, ob metric.Observer) error {
+		on, n := lim.Fallback()
+		v := int64(0)
+		if on {
+			v = 1
+		}
+		ob.ObserveInt64(active, v)
+		ob.ObserveInt64(admissions, n)
+		return nil
+	}, active, admissions)
 	return err
 }

@@ -2,6 +2,10 @@ package app
 
 import (
 	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -74,6 +78,12 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 		t.Errorf("unknown key waited %v during the outage", el)
 	}
 
+	// The fallback shows on /metrics, for the "Redis fallback active" alert.
+	m := h.metrics(t)
+	if !strings.Contains(m, "qyai_gateway_redis_fallback 1") || !regexp.MustCompile(`qyai_gateway_limit_fallback_admissions_total [1-9]`).MatchString(m) {
+		t.Errorf("/metrics during the outage lacks the fallback signals:\n%s", grepLines(m, "fallback"))
+	}
+
 	rs.Start(t)
 	// Recovery is automatic: a key created after the restart works.
 	fresh := h.addKeyWith(t, "key_fresh", func(r *apikey.Record) {})
@@ -82,6 +92,7 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	})
 	after := count()
 	waitFor("load after the outage", func() bool { return count() > after+20 })
+	waitFor("the fallback to end on /metrics", func() bool { return strings.Contains(h.metrics(t), "qyai_gateway_redis_fallback 0") })
 	stop.Store(true)
 	wg.Wait()
 
@@ -96,4 +107,30 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	if slowest > 5*time.Second {
 		t.Errorf("a request took %v: something waited on Redis without a bound", slowest)
 	}
+}
+
+// metrics returns the gateway's /metrics text.
+func (h *harness) metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get(h.metricsURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -94,6 +94,15 @@ type Limiter struct {
 
 	downUntil atomic.Int64 // unix nanos; the store is skipped until then
 	probing   atomic.Bool
+	degraded  atomic.Int64 // admissions decided by the local fallback
+}
+
+// Fallback reports whether the limiter currently decides without the store
+// (its last call failed and it has not answered since), and how many
+// admissions the local fallback decided so far: the signals of the "Redis
+// fallback active" alert.
+func (l *Limiter) Fallback() (active bool, admissions int64) {
+	return l.downUntil.Load() != 0, l.degraded.Load()
 }
 
 // downFor is how long the store is skipped after it failed.
@@ -136,6 +145,7 @@ func (l *Limiter) Admit(ctx context.Context, rec *apikey.Record, token string) D
 	if err != nil {
 		d = l.fallback.admit(rec, month)
 		d.Degraded = true
+		l.degraded.Add(1)
 	} else {
 		l.fallback.remember(rec.ID, month, d.MonthlyUsed)
 	}
