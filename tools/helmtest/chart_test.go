@@ -167,6 +167,27 @@ func normalise(o Object) []byte {
 	return checksumSecret.ReplaceAll(y, []byte(`$1: REDACTED`))
 }
 
+// TestClickHouseAddressList: a list of nodes reaches the services as
+// CLICKHOUSE_ADDR unchanged.
+func TestClickHouseAddressList(t *testing.T) {
+	c, err := Load(chartDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const list = "ch-0:9000,ch-1:9000,ch-2:9000,ch-3:9000"
+	ms, err := Render(c, map[string]any{"clickhouse": map[string]any{"address": list}})
+	if err != nil {
+		t.Fatalf("render with a ClickHouse address list: %v", err)
+	}
+	var out strings.Builder
+	for _, m := range ms {
+		out.Write(m.YAML)
+	}
+	if !strings.Contains(out.String(), `value: "`+list+`"`) {
+		t.Errorf("CLICKHOUSE_ADDR %q not rendered", list)
+	}
+}
+
 func TestSchemaRefusesWrongValues(t *testing.T) {
 	c, err := Load(chartDir)
 	if err != nil {
@@ -189,6 +210,7 @@ func TestSchemaRefusesWrongValues(t *testing.T) {
 		{"stream replicas", `{nats: {streamReplicas: 7}}`, "/nats/streamReplicas"},
 		{"resources without limits", `{meter: {resources: {requests: {cpu: 1, memory: 1Gi}, limits: null}}}`, "/meter/resources"},
 		{"auth method", `{nats: {auth: {method: password}}}`, "/nats/auth/method"},
+		{"clickhouse address list with an empty entry", `{clickhouse: {address: "a:9000,,b:9000"}}`, "/clickhouse/address"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
