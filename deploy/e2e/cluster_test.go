@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -99,6 +100,35 @@ func startClusterStack(t *testing.T) *clusterStack {
 		waitHTTP(t, g, s.gatewayURLs[i]+"/readyz")
 	}
 	return cs
+}
+
+// createKeyRetry creates a key through admin, retrying its 503 answers for up
+// to 15 s as a client would.
+func (cs *clusterStack) createKeyRetry(t *testing.T, body string) createdKey {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, cs.adminURL+"/admin/v1/keys", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+cs.adminToken)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("create key: %v", err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode == http.StatusCreated {
+			var k createdKey
+			if err := json.Unmarshal(raw, &k); err != nil {
+				t.Fatalf("create key: %v: %s", err, raw)
+			}
+			return k
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			t.Fatalf("create key: status %d: %s", resp.StatusCode, raw)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 func (cs *clusterStack) restartMeter(t *testing.T, i int) {
@@ -255,8 +285,9 @@ func TestClusterLimitsAndFaults(t *testing.T) {
 		steady(8 * time.Second)
 		master.Start(t) // rejoins as a replica of the promoted one
 		cs.waitRedisClusterOK(t)
-		// Admin's key operations work on the promoted master.
-		afterFailover = s.createKey(t, `{"name":"after-failover","tier":"pro"}`)
+		// Admin's key operations work on the promoted master (a 503, "try again
+		// later", while admin's client still learns the new slot map).
+		afterFailover = cs.createKeyRetry(t, `{"name":"after-failover","tier":"pro"}`)
 		if code, _, body := chat(t, s.gatewayURLs[1], afterFailover.Key, "hello"); code != http.StatusOK {
 			t.Errorf("a key created after the failover: %d %s", code, body)
 		}

@@ -40,14 +40,17 @@ zk_check() {
 	need java "a Java runtime for ZooKeeper"
 }
 
-# zk_ruok <port>: ZooKeeper answers the ruok four-letter word with imok.
+# zk_ruok <port>: ZooKeeper serves sessions. ruok answers imok as soon as the process
+# runs, before it serves ("imok does not mean it has joined the quorum"), and a
+# ClickHouse connecting then fails its handshake; srvr reports "Mode: standalone"
+# only once it serves.
 zk_ruok() {
 	local answer=
 	exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
-	printf 'ruok' >&3
-	IFS= read -r -t 2 -n 4 answer <&3 || true
+	printf 'srvr' >&3
+	answer=$(timeout 2 cat <&3) || true
 	exec 3>&-
-	[[ $answer == imok ]]
+	[[ $answer == *"Mode: standalone"* ]]
 }
 
 # zk_start <dir> <port>: ZooKeeper standalone in <dir>/zk. The jar's manifest names
