@@ -225,20 +225,7 @@ func TestClusterLimitsAndFaults(t *testing.T) {
 	s := cs.stack
 
 	t.Run("limits", func(t *testing.T) {
-		rpmKey := s.createKey(t, `{"name":"rpm30","tier":"pro"}`)
-		got := burst(t, s, rpmKey.Key, 200)
-		if got["200"] != 30 || got["429 rate_limit_exceeded"] != 170 {
-			t.Errorf("RPM 30 across 3 gateways on Redis Cluster: %v, want exactly 30 x 200 and 170 x 429 rate_limit_exceeded", got)
-		}
-		t.Logf("RPM 30, 200 concurrent requests over 3 gateways: %v", got)
-		before := s.simStats(t).Requests
-		quotaKey := s.createKey(t, `{"name":"month50","tier":"enterprise","rpm":1000,"monthly_limit":50}`)
-		got = burst(t, s, quotaKey.Key, 120)
-		reached := s.simStats(t).Requests - before
-		if got["200"] != 50 || got["429 insufficient_quota"] != 70 || reached != 50 {
-			t.Errorf("monthly limit 50 across 3 gateways on Redis Cluster: %v, upstream reached %d times; want exactly 50", got, reached)
-		}
-		t.Logf("monthly limit 50, 120 concurrent requests over 3 gateways: %v, upstream reached %d times", got, reached)
+		checkLimitsExact(t, s, "3 gateways on Redis Cluster")
 	})
 	if t.Failed() {
 		return

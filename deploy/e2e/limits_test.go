@@ -66,24 +66,35 @@ func burst(t *testing.T, s *stack, key string, n int) map[string]int {
 	return out
 }
 
-// TestLimitsExactAcrossThreeGateways: three gateway processes share one
-// Redis; the limits hold for all of them together, exactly.
-func TestLimitsExactAcrossThreeGateways(t *testing.T) {
-	s := startStack(t, 3)
-
+// checkLimitsExact: a key with RPM 30 gets exactly 30 of 200 concurrent
+// requests spread over s's gateways, and one with a monthly limit of 50 exactly
+// 50 of 120 (the upstream sees 50). It returns the monthly key; where names the
+// setup in the messages.
+func checkLimitsExact(t *testing.T, s *stack, where string) createdKey {
+	t.Helper()
 	rpmKey := s.createKey(t, `{"name":"rpm30","tier":"pro"}`)
 	got := burst(t, s, rpmKey.Key, 200)
 	if got["200"] != 30 || got["429 rate_limit_exceeded"] != 170 {
-		t.Errorf("RPM 30 across 3 gateways: %v, want exactly 30 x 200 and 170 x 429 rate_limit_exceeded", got)
+		t.Errorf("RPM 30 across %s: %v, want exactly 30 x 200 and 170 x 429 rate_limit_exceeded", where, got)
 	}
+	t.Logf("RPM 30, 200 concurrent requests over %s: %v", where, got)
 
 	before := s.simStats(t).Requests
 	quotaKey := s.createKey(t, `{"name":"month50","tier":"enterprise","rpm":1000,"monthly_limit":50}`)
 	got = burst(t, s, quotaKey.Key, 120)
 	reached := s.simStats(t).Requests - before
 	if got["200"] != 50 || got["429 insufficient_quota"] != 70 || reached != 50 {
-		t.Errorf("monthly limit 50 across 3 gateways: %v, upstream reached %d times; want exactly 50", got, reached)
+		t.Errorf("monthly limit 50 across %s: %v, upstream reached %d times; want exactly 50", where, got, reached)
 	}
+	t.Logf("monthly limit 50, 120 concurrent requests over %s: %v, upstream reached %d times", where, got, reached)
+	return quotaKey
+}
+
+// TestLimitsExactAcrossThreeGateways: three gateway processes share one
+// Redis; the limits hold for all of them together, exactly.
+func TestLimitsExactAcrossThreeGateways(t *testing.T) {
+	s := startStack(t, 3)
+	quotaKey := checkLimitsExact(t, s, "3 gateways")
 
 	// Tokens per minute: once the last minute's tokens reach the key's TPM,
 	// requests are refused with rate_limit_exceeded until the window moves.

@@ -55,6 +55,8 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/qyai/qyai/pkg/envconfig"
 )
 
 //go:embed migrations/*.sql
@@ -128,7 +130,7 @@ func open(ctx context.Context, o Options) (driver.Conn, error) {
 	}
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Protocol: clickhouse.Native,
-		Addr:     Addrs(o.Addr),
+		Addr:     envconfig.Split(o.Addr),
 		Auth: clickhouse.Auth{
 			Database: o.Database,
 			Username: o.User,
@@ -151,22 +153,10 @@ func open(ctx context.Context, o Options) (driver.Conn, error) {
 	return conn, nil
 }
 
-// Addrs splits an address list (Options.Addr): host:port entries separated
-// by commas, blanks around them ignored.
-func Addrs(list string) []string {
-	var out []string
-	for _, a := range strings.Split(list, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			out = append(out, a)
-		}
-	}
-	return out
-}
-
 // CheckAddrs checks an address list (Options.Addr, CLICKHOUSE_ADDR): one
 // or more host:port entries separated by commas.
 func CheckAddrs(list string) error {
-	addrs := Addrs(list)
+	addrs := envconfig.Split(list)
 	if len(addrs) == 0 {
 		return errors.New("want host:port of the native protocol, or a comma-separated list of them")
 	}
@@ -216,7 +206,7 @@ func ApplyAll(ctx context.Context, o Options, opts ApplyOptions) error {
 			_ = n.conn.Close() // done with this node
 		}
 	}()
-	addrs := Addrs(o.Addr)
+	addrs := envconfig.Split(o.Addr)
 	seen := map[string]bool{}
 	for _, a := range addrs {
 		seen[a] = true

@@ -221,14 +221,7 @@ func (ClusterHook) DialHook(next goredis.DialHook) goredis.DialHook { return nex
 // ProcessHook implements goredis.Hook.
 func (h ClusterHook) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
 	return func(ctx context.Context, cmd goredis.Cmder) error {
-		first := true
-		return Do(ctx, h.retryable, func(ctx context.Context) error {
-			if !first {
-				h.reload(ctx)
-			}
-			first = false
-			return next(ctx, cmd)
-		})
+		return Do(ctx, h.retryable, h.reloadingRetries(func(ctx context.Context) error { return next(ctx, cmd) }))
 	}
 }
 
@@ -238,14 +231,21 @@ func (h ClusterHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) gored
 		if len(cmds) > 0 && cmds[0].Name() == "multi" {
 			return execAbortCause(next(ctx, cmds), cmds)
 		}
-		first := true
-		return Do(ctx, func(error) bool { return allTransient(cmds) }, func(ctx context.Context) error {
-			if !first {
-				h.reload(ctx)
-			}
-			first = false
-			return next(ctx, cmds)
-		})
+		return Do(ctx, func(error) bool { return allTransient(cmds) },
+			h.reloadingRetries(func(ctx context.Context) error { return next(ctx, cmds) }))
+	}
+}
+
+// reloadingRetries returns attempt, refreshing the slot map before every call
+// but the first (a retry).
+func (h ClusterHook) reloadingRetries(attempt func(context.Context) error) func(context.Context) error {
+	first := true
+	return func(ctx context.Context) error {
+		if !first {
+			h.reload(ctx)
+		}
+		first = false
+		return attempt(ctx)
 	}
 }
 
@@ -276,4 +276,14 @@ func allTransient(cmds []goredis.Cmder) bool {
 		}
 	}
 	return len(cmds) > 0
+}
+
+// AddTo installs the retry hook that fits rdb: ClusterHook (refreshing rdb's slot
+// map) on a Redis Cluster client, Hook on any other.
+func AddTo(rdb goredis.UniversalClient) {
+	if cc, ok := rdb.(*goredis.ClusterClient); ok {
+		cc.AddHook(NewClusterHook(cc.ReloadState))
+		return
+	}
+	rdb.AddHook(Hook{})
 }

@@ -125,11 +125,7 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	// refuses commands for a moment: retry them within each call's bound. On a
 	// cluster (several REDIS_ADDR), also retry a failover's errors, refreshing
 	// the slot map (see redisretry.ClusterHook).
-	if cc, ok := rdb.(*goredis.ClusterClient); ok {
-		cc.AddHook(redisretry.NewClusterHook(cc.ReloadState))
-	} else {
-		rdb.AddHook(redisretry.Hook{})
-	}
+	redisretry.AddTo(rdb)
 
 	ch := chstore.NewConnector(chschema.Options{
 		Addr:     cfg.ClickHouse.Addr,

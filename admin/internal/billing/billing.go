@@ -94,16 +94,13 @@ type Raiser interface {
 type Service struct {
 	store   Store
 	counter Counter
-	raiser  Raiser // counter, when it can raise itself
 	now     func() time.Time
 }
 
 // NewService returns a Service reading store and, when counter is not nil,
 // the enforcement counter; now is the clock.
 func NewService(store Store, counter Counter, now func() time.Time) *Service {
-	s := &Service{store: store, counter: counter, now: now}
-	s.raiser, _ = counter.(Raiser)
-	return s
+	return &Service{store: store, counter: counter, now: now}
 }
 
 // MonthBounds returns the UTC calendar month containing t: [start, next).
@@ -148,10 +145,10 @@ func (s *Service) Summary(ctx context.Context, rec apikey.Record) (Summary, erro
 			// The larger of the two: the counter is ahead while requests are
 			// in flight; ClickHouse is ahead after a failover lost increments.
 			t.Requests = max(t.Requests, uint64(n))
-			if uint64(n) < metered && s.raiser != nil {
+			if r, ok := s.counter.(Raiser); ok && uint64(n) < metered {
 				// Raise the counter so the limiter enforces what was served.
 				// Best effort: the answer is exact either way.
-				_, _ = s.raiser.RestoreMonthCounter(ctx, rec.ID, apikey.Month(now), int64(min(metered, math.MaxInt64)), to.Add(counterSlack))
+				_, _ = r.RestoreMonthCounter(ctx, rec.ID, apikey.Month(now), int64(min(metered, math.MaxInt64)), to.Add(counterSlack))
 			}
 		}
 	}

@@ -60,8 +60,9 @@ func (r *runner) rebuildRedis(ctx context.Context, args []string) error {
 		DisableIdentity:       true,
 	})
 	defer func() { _ = rdb.Close() }() // every command has returned by then
-	// A Redis still loading its data answers LOADING for a moment: retry.
-	rdb.AddHook(redisretry.Hook{})
+	// A Redis still loading its data answers LOADING for a moment, a cluster
+	// in failover CLUSTERDOWN: retry.
+	redisretry.AddTo(rdb)
 	ch := r.cfg.ClickHouse
 	conn, err := chschema.Open(ctx, chschema.Options{
 		Addr: ch.Addr, Database: ch.Database, User: ch.User, Password: ch.Password, Cluster: ch.Cluster,

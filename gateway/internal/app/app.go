@@ -18,7 +18,6 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -39,6 +38,7 @@ import (
 	"github.com/qyai/qyai/gateway/internal/quota"
 	quotaredis "github.com/qyai/qyai/gateway/internal/quota/redis"
 	"github.com/qyai/qyai/gateway/internal/telemetry"
+	"github.com/qyai/qyai/pkg/envconfig"
 	"github.com/qyai/qyai/pkg/logging"
 	"github.com/qyai/qyai/pkg/redisretry"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
@@ -374,12 +374,7 @@ func startPprof(ctx context.Context, addr string, log *slog.Logger) {
 // that admissions resume once the replica is promoted (~2-4 s with
 // cluster-node-timeout 2000); until then the callers degrade.
 func newRedis(cfg config.Config) goredis.UniversalClient {
-	var addrs []string
-	for _, a := range strings.Split(cfg.RedisAddr, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			addrs = append(addrs, a)
-		}
-	}
+	addrs := envconfig.Split(cfg.RedisAddr)
 	if len(addrs) <= 1 {
 		rdb := goredis.NewClient(&goredis.Options{
 			Addr:         cfg.RedisAddr,
@@ -390,7 +385,7 @@ func newRedis(cfg config.Config) goredis.UniversalClient {
 
 			MaxRetries: -1, // a retry would double the latency budget; callers degrade instead
 		})
-		rdb.AddHook(redisretry.Hook{})
+		redisretry.AddTo(rdb)
 		return rdb
 	}
 	rdb := goredis.NewClusterClient(&goredis.ClusterOptions{
@@ -402,6 +397,6 @@ func newRedis(cfg config.Config) goredis.UniversalClient {
 		MaxRetries:   -1,  // per node; ClusterHook retries across the failover instead
 		MaxRedirects: 3,   // MOVED/ASK while slots move
 	})
-	rdb.AddHook(redisretry.NewClusterHook(rdb.ReloadState))
+	redisretry.AddTo(rdb)
 	return rdb
 }
