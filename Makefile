@@ -25,7 +25,7 @@ test-images: ## Test the image builder (reproducible digests, config, layer) and
 	@deploy/local/install.sh images
 	cd tools/images && GOWORK=off $(GO) test -count=1 -timeout 15m ./...
 
-test-chart: ## Lint the Helm chart (helm lint --strict: defaults and each example) and run its Go tests (renders, goldens, policy, --validate)
+test-chart: ## Lint the Helm chart (helm lint --strict) and run its Go tests: renders, goldens, policy, --validate, and a real kube-apiserver (install, upgrade, rollback)
 	@deploy/local/test-chart.sh
 
 # The fuzz runs in `test` are bounded by a count, not a duration: Go 1.26's fuzz

@@ -5,6 +5,9 @@
 #   deploy/local/install.sh lint   shellcheck only (what deploy/local/shellcheck.sh needs)
 #   deploy/local/install.sh images podman and runc (what the image smoke test in
 #                                  tools/images needs; make images itself needs only Go)
+#   deploy/local/install.sh helm   the helm CLI (what make test-chart lints the chart with)
+#   deploy/local/install.sh kube   etcd, openssl and a self-built Kubernetes control plane
+#                                  (what the chart's tests against a real apiserver need)
 #
 # The servers:
 # - Debian packages redis-server, clickhouse-server, clickhouse-client (only
@@ -16,6 +19,9 @@
 # images: Debian's podman 4.3 with runc as its runtime (crun fails on these hosts'
 # hybrid cgroups), the same way. Rootful podman needs nothing more: no uidmap, no
 # fuse-overlayfs (the test's private storage uses the vfs driver).
+# kube: Debian's etcd-server and openssl, then the Kubernetes control plane built by
+# kube.sh build (kube-apiserver, kube-controller-manager, kubectl into <repo>/.bin/kube;
+# what the chart's tests against a real apiserver need).
 # helm: the helm CLI $HELM_VERSION built with `go install` into <repo>/.bin (what
 # `make test-chart` runs `helm lint --strict` with); nothing when that version is there.
 set -euo pipefail
@@ -145,8 +151,12 @@ case ${1:-} in
 lint) install_packages shellcheck shellcheck:shellcheck ;;
 images) install_packages "podman, runc" podman:podman runc:runc ;;
 helm) install_helm ;;
+kube)
+	install_packages "etcd-server, openssl" etcd:etcd-server openssl:openssl
+	"$QYAI_LOCAL_DIR/kube.sh" build
+	;;
 *)
-	log "usage: $(basename "$0") [lint|images|helm]"
+	log "usage: $(basename "$0") [lint|images|helm|kube]"
 	exit 2
 	;;
 esac

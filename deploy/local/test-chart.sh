@@ -4,13 +4,17 @@
 #    file, with the helm that `install.sh helm` builds into .bin (built when missing);
 # 2. the chart's Go tests in tools/helmtest (a module of its own, GOWORK=off): renders
 #    against golden files, strict decoding into the Kubernetes types, policy checks,
-#    the services' --validate with the rendered env, and the generated README.
+#    the services' --validate with the rendered env, and the generated README;
+#    tools/helmtest/kubeapi against a real control plane (etcd, kube-apiserver and
+#    kube-controller-manager, which `install.sh kube` builds from tools/kube into
+#    .bin/kube: 5-15 minutes the first time, a check of a stamp after).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 cd "$QYAI_REPO_ROOT"
 deploy/local/install.sh helm
+deploy/local/install.sh kube
 helm=$QYAI_REPO_ROOT/.bin/helm
 chart=helm/qyai
 "$helm" lint --strict "$chart"
