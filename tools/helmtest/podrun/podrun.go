@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -46,6 +47,9 @@ type Pod struct {
 	// address) of a mapped port becomes "127.0.0.1:<host port>". This is
 	// the one deliberate change to the rendered spec.
 	Ports map[int32]int32
+	// Attached runs the container in the foreground, for a Job's container
+	// whose exit status is the result; otherwise it runs detached.
+	Attached bool
 }
 
 // File is a file of a configMap or secret volume, to be written on the host
@@ -76,13 +80,17 @@ type Run struct {
 // env (with valueFrom and envFrom resolved), user, read-only root,
 // capabilities, no-new-privileges, pull policy, and volumes (emptyDir as
 // tmpfs, configMap and secret volumes as read-only files, claims as bind
-// mounts), on the host network. The container runs detached with --rm.
+// mounts), on the host network. The container runs with --rm, detached
+// unless p.Attached.
 func Translate(p Pod) (Run, error) {
 	c, err := container(p)
 	if err != nil {
 		return Run{}, err
 	}
 	args := []string{"run", "-d", "--rm", "--name", p.Name, "--network", "host"}
+	if p.Attached {
+		args = slices.Delete(args, 1, 2)
+	}
 	if pp, ok := pullPolicy[c.ImagePullPolicy]; ok {
 		args = append(args, "--pull", pp)
 	}
