@@ -4,13 +4,18 @@
 #    file, with the helm that `install.sh helm` builds into .bin (built when missing);
 # 2. the chart's Go tests in tools/helmtest (a module of its own, GOWORK=off): renders
 #    against golden files, strict decoding into the Kubernetes types, policy checks,
-#    the services' --validate with the rendered env, and the generated README.
+#    the services' --validate with the rendered env, and the generated README;
+#    and tools/helmtest/podrun, which runs the images under rootful podman with the
+#    rendered pod specs against real Redis, NATS and ClickHouse (root needed; the
+#    servers, podman and runc come from install.sh and install.sh images).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 cd "$QYAI_REPO_ROOT"
 deploy/local/install.sh helm
+deploy/local/install.sh
+deploy/local/install.sh images
 helm=$QYAI_REPO_ROOT/.bin/helm
 chart=helm/qyai
 "$helm" lint --strict "$chart"
