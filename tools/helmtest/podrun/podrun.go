@@ -78,7 +78,8 @@ type Run struct {
 
 // Translate returns the podman run arguments for p: its command and args,
 // env (with valueFrom and envFrom resolved), user, read-only root,
-// capabilities, no-new-privileges, pull policy, and volumes (emptyDir as
+// capabilities, no-new-privileges, pull policy, memory and CPU limits, and
+// volumes (emptyDir as
 // tmpfs, configMap and secret volumes as read-only files, claims as bind
 // mounts), on the host network. The container runs with --rm, detached
 // unless p.Attached.
@@ -99,6 +100,7 @@ func Translate(p Pod) (Run, error) {
 		return Run{}, err
 	}
 	args = append(args, sec...)
+	args = append(args, limits(c.Resources)...)
 	var files []File
 	mounts, files, err := volumes(p, c)
 	if err != nil {
@@ -195,6 +197,19 @@ func security(pod *corev1.PodSecurityContext, c *corev1.SecurityContext) ([]stri
 		args = append(args, "--group-add", strconv.FormatInt(*fsGroup, 10))
 	}
 	return args, nil
+}
+
+// limits translates the container's memory and CPU limits (requests only
+// matter to a scheduler).
+func limits(r corev1.ResourceRequirements) []string {
+	var args []string
+	if m, ok := r.Limits[corev1.ResourceMemory]; ok {
+		args = append(args, "--memory", strconv.FormatInt(m.Value(), 10))
+	}
+	if c, ok := r.Limits[corev1.ResourceCPU]; ok {
+		args = append(args, "--cpus", strconv.FormatFloat(float64(c.MilliValue())/1000, 'f', -1, 64))
+	}
+	return args
 }
 
 // volumes translates the container's volume mounts.

@@ -112,6 +112,7 @@ func TestChartPodsUnderPodman(t *testing.T) {
 		want = want.add(chat(t, gatewayURL, key, i))
 	}
 	awaitBilled(t, adminURL, adminToken, keyID, want)
+	billedN := want
 
 	// NATS down: the gateway answers and spools the usage on its volume.
 	if out, err := nats.cmd("stop"); err != nil {
@@ -122,6 +123,10 @@ func TestChartPodsUnderPodman(t *testing.T) {
 	}
 	grace := time.Duration(*s.gateway.Spec.Template.Spec.TerminationGracePeriodSeconds) * time.Second
 	pm.stop(t, gatewayPod, grace)
+	// Only the spool holds the M events now: nothing more can be billed.
+	if got := billed(t, adminURL, adminToken, keyID); got != billedN {
+		t.Fatalf("with NATS down, billed %+v, want still %+v", got, billedN)
+	}
 	if spooled := dirBytes(t, s.claims["spool"]); spooled == 0 {
 		t.Fatal("the gateway stopped with NATS down and left nothing in its spool volume")
 	}
@@ -388,24 +393,30 @@ func chat(t *testing.T, gatewayURL, key string, i int) usage {
 	return *got
 }
 
+// billed is the usage admin's report shows for the key.
+func billed(t *testing.T, adminURL, token, keyID string) usage {
+	t.Helper()
+	var rep struct {
+		Data []struct {
+			KeyID *string `json:"key_id"`
+			usage
+		} `json:"data"`
+	}
+	call(t, http.MethodGet, adminURL+"/admin/v1/usage?group_by=key&key_id="+keyID, token, "", &rep)
+	var got usage
+	for _, r := range rep.Data {
+		got = got.add(r.usage)
+	}
+	return got
+}
+
 // awaitBilled polls admin's usage report of the key until it shows exactly
 // want; more than want (a duplicate) fails at once.
 func awaitBilled(t *testing.T, adminURL, token, keyID string, want usage) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	var got usage
 	for {
-		var rep struct {
-			Data []struct {
-				KeyID *string `json:"key_id"`
-				usage
-			} `json:"data"`
-		}
-		call(t, http.MethodGet, adminURL+"/admin/v1/usage?group_by=key&key_id="+keyID, token, "", &rep)
-		got = usage{}
-		for _, r := range rep.Data {
-			got = got.add(r.usage)
-		}
+		got := billed(t, adminURL, token, keyID)
 		if got == want {
 			t.Logf("billed exactly: %+v", got)
 			return

@@ -48,6 +48,10 @@ func examplePod() Pod {
 					{Name: "secrets", MountPath: "/run/secrets/x", ReadOnly: true},
 					{Name: "data", MountPath: "/var/lib/x"},
 				},
+				Resources: corev1.ResourceRequirements{
+					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m")},
+					Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
+				},
 				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: intstr.FromString("http")}}, PeriodSeconds: 5, FailureThreshold: 2, TimeoutSeconds: 2},
 			}},
 			Volumes: []corev1.Volume{
@@ -72,6 +76,7 @@ func TestTranslate(t *testing.T) {
 		"run", "-d", "--rm", "--name", "web-0", "--network", "host", "--pull", "never",
 		"--read-only", "--read-only-tmpfs=false", "--security-opt", "no-new-privileges", "--cap-drop", "ALL",
 		"--user", "65532:65532",
+		"--memory", "134217728", "--cpus", "0.5",
 		"--tmpfs", "/tmp:rw,mode=1777,size=16777216",
 		"--volume", "/host/files/web-0/secrets:/run/secrets/x:ro",
 		"--volume", "/host/data:/var/lib/x",
