@@ -83,6 +83,13 @@ type Run struct {
 // tmpfs, configMap and secret volumes as read-only files, claims as bind
 // mounts), on the host network. The container runs with --rm, detached
 // unless p.Attached.
+//
+// What has no podman counterpart is left out on purpose: resource requests
+// (a scheduler's business), seccompProfile RuntimeDefault (podman's default
+// profile is that already), and lifecycle hooks (the preStop sleep only
+// waits for endpoints to drop the pod; podman stop sends SIGTERM at once).
+// Anything else it cannot honour (privileged, subPath, exec probes, other
+// volume kinds) is an error wrapping ErrUnsupported.
 func Translate(p Pod) (Run, error) {
 	c, err := container(p)
 	if err != nil {
@@ -101,7 +108,6 @@ func Translate(p Pod) (Run, error) {
 	}
 	args = append(args, sec...)
 	args = append(args, limits(c.Resources)...)
-	var files []File
 	mounts, files, err := volumes(p, c)
 	if err != nil {
 		return Run{}, err
