@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Lint gate: one golangci-lint run over every module of go.work, with the
-# repo-root .golangci.yml, then shellcheck over every script
+# repo-root .golangci.yml, one over tools/helmtest, then shellcheck over every script
 # (deploy/local/shellcheck.sh).
 #
 # golangci-lint is built from source out of the tools module tools/lint (its
@@ -35,5 +35,9 @@ if ((${#pkgs[@]} == 0)); then
 fi
 
 "$bin" run --config .golangci.yml "$@" "${pkgs[@]}"
+# tools/helmtest (the chart's tests, podrun among them) is a module outside
+# go.work: linted on its own, GOWORK=off, with the same configuration (its
+# paths are relative to the config file, so the rules apply unchanged).
+(cd tools/helmtest && GOWORK=off "$root/$bin" run --config "$root/.golangci.yml" "$@" ./...)
 
 bash deploy/local/shellcheck.sh

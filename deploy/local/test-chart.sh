@@ -7,7 +7,10 @@
 #    the services' --validate with the rendered env, and the generated README;
 #    tools/helmtest/kubeapi against a real control plane (etcd, kube-apiserver and
 #    kube-controller-manager, which `install.sh kube` builds from tools/kube into
-#    .bin/kube: 5-15 minutes the first time, a check of a stamp after).
+#    .bin/kube: 5-15 minutes the first time, a check of a stamp after);
+#    and tools/helmtest/podrun, which runs the images under rootful podman with the
+#    rendered pod specs against real Redis, NATS and ClickHouse (root needed; the
+#    servers, podman and runc come from install.sh and install.sh images).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -15,6 +18,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$QYAI_REPO_ROOT"
 deploy/local/install.sh helm
 deploy/local/install.sh kube
+deploy/local/install.sh
+deploy/local/install.sh images
 helm=$QYAI_REPO_ROOT/.bin/helm
 chart=helm/qyai
 "$helm" lint --strict "$chart"

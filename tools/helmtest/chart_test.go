@@ -738,7 +738,7 @@ var buildServices = func() func(t *testing.T) map[string]string {
 			cmd.Env = append(os.Environ(), "GOWORK="+filepath.Join(root, "go.work"))
 			var out []byte
 			if out, err = cmd.CombinedOutput(); err != nil {
-				err = fmt.Errorf("go build the services: %v\n%s", err, out)
+				err = fmt.Errorf("go build the services: %w\n%s", err, out)
 			}
 		})
 		if err != nil {
@@ -839,7 +839,7 @@ func validate(t *testing.T, r render, w workload, c corev1.Container, bin string
 	cmd := exec.Command(bin, append(slices.Clone(c.Args), "--validate")...)
 	cmd.Env = envv
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s: %s --validate with the rendered env: %v\n%s\nenv: %q", w.name, service(c), err, out, envv)
+		return fmt.Errorf("%s: %s --validate with the rendered env: %w\n%s\nenv: %q", w.name, service(c), err, out, envv)
 	}
 	return nil
 }
