@@ -60,7 +60,7 @@ func startCluster(t *testing.T) *cluster {
 	}
 	dir := t.TempDir()
 	script := filepath.Join(repo, "deploy", "local", "kube.sh")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	start := exec.CommandContext(ctx, script, "start", dir)
 	// The watchdog of lib.sh stops the servers if this test binary dies.
@@ -302,7 +302,7 @@ spec: {minAvailable: 1, maxUnavailable: 1, selector: {matchLabels: {a: b}}}`},
 				return err
 			}
 			if _, err := c.cs.AppsV1().StatefulSets(namespace).Get(ctx, "qyai-gateway", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-				return fmt.Errorf("gateway StatefulSet: %v", err)
+				return fmt.Errorf("gateway StatefulSet: %w", err)
 			}
 			if n := len(deps.Items) + len(rss.Items); n != 0 {
 				return fmt.Errorf("%d Deployments and ReplicaSets left", n)
