@@ -220,3 +220,48 @@ func TestRegenerateConcurrent(t *testing.T) {
 		t.Errorf("the one regenerated key: %d %s", code, b)
 	}
 }
+
+// TestRegenerateRacesOperatorRotate: a key holder's regenerate and an
+// operator's rotate of the same key at once. Whatever the order, exactly one
+// key works afterwards, and it is the one the last committed change issued:
+// a regenerate that lost the race is refused (401), never a second live key.
+func TestRegenerateRacesOperatorRotate(t *testing.T) {
+	e := newEnv(t)
+	for round := range 5 {
+		k := e.createKey(t, `{"name":"race","tier":"basic"}`)
+		var (
+			wg        sync.WaitGroup
+			regenCode int
+			regenKey  string
+			rotCode   int
+			rotBody   []byte
+		)
+		wg.Go(func() {
+			code, _, _, got := e.regenerate(t, k.Key)
+			regenCode, regenKey = code, got.Key
+		})
+		wg.Go(func() { rotCode, rotBody = e.admin(t, "POST", "/admin/v1/keys/"+k.ID+"/rotate", "") })
+		wg.Wait()
+		if rotCode != http.StatusOK {
+			t.Fatalf("round %d: rotate %d %s", round, rotCode, rotBody)
+		}
+		if regenCode != http.StatusOK && regenCode != http.StatusUnauthorized {
+			t.Fatalf("round %d: regenerate %d, want 200 or 401", round, regenCode)
+		}
+		live := 0
+		for _, key := range []string{k.Key, regenKey, fieldString(t, rotBody, "key")} {
+			if key != "" && liveAuthEntry(t, e, apikey.Hash(pepper, key)) {
+				live++
+			}
+		}
+		if live != 1 {
+			t.Errorf("round %d (regenerate %d): %d live keys, want exactly 1", round, regenCode, live)
+		}
+		code, b := e.admin(t, "GET", "/admin/v1/keys/"+k.ID, "")
+		prefix := fieldString(t, b, "key_prefix")
+		rotPrefix := fieldString(t, rotBody, "key_prefix")
+		if code != http.StatusOK || (prefix != rotPrefix && (regenKey == "" || prefix != apikey.DisplayPrefix(regenKey))) {
+			t.Errorf("round %d: the key shows prefix %q, issued neither by rotate nor regenerate", round, prefix)
+		}
+	}
+}
