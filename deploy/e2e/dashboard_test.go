@@ -27,11 +27,13 @@ import (
 // take: sign in (a wrong token first), create a key in the form, send chat
 // requests through the gateway with the key read from the page, watch the
 // operator's usage (totals, exact cost, charts, CSV) reach what was sent,
-// see the same numbers in the key holder's view, then rotate and revoke
-// by clicks and check that the gateway refuses the old keys.
+// see the same numbers in the key holder's view, regenerate the key there
+// (both gateways refuse the old key within a second, the new one works),
+// then rotate and revoke by clicks and check that the gateway refuses the
+// old keys.
 func TestDashboardClickPath(t *testing.T) {
 	chromium := chromiumPath(t)
-	s := startStack(t, 1)
+	s := startStack(t, 2) // two gateways: a regenerated key must be refused by both
 	b := newBrowser(t, chromium)
 	gw := s.gatewayURLs[0]
 	today := time.Now().UTC().Format(time.DateOnly)
@@ -174,6 +176,58 @@ func TestDashboardClickPath(t *testing.T) {
 	}
 	b.shot("me")
 
+	// Regenerate by clicks in the key holder's view: the new key is shown
+	// once, every gateway refuses the old one within a second (each had it
+	// cached), the new one works on all, and the page goes on with it,
+	// showing the key's usage from before and after.
+	original := key
+	for _, g := range s.gatewayURLs {
+		if code, _, body := chat(t, g, key, "before regenerate"); code != 200 {
+			t.Fatalf("chat on %s before regenerating: %d %s", g, code, body)
+		}
+	}
+	prefixBefore := b.text("#session-key")
+	b.do(chromedp.Click(chromedp.ID("regenerate")), chromedp.WaitVisible(chromedp.ID("confirm-dialog")))
+	if got := b.text("#confirm-text"); !strings.Contains(got, prefixBefore) {
+		t.Errorf("the confirmation %q does not name the current key %s", got, prefixBefore)
+	}
+	b.shot("regenerate-confirm")
+	b.do(chromedp.Click(chromedp.ID("confirm-ok")), chromedp.WaitVisible(chromedp.ID("secret-dialog")))
+	shown := time.Now()
+	regenerated := b.value("#secret-key")
+	if title := b.text("#secret-title"); title != "Key regenerated" || !strings.HasPrefix(regenerated, "sk-") || regenerated == key {
+		t.Fatalf("after regenerate the dialog shows %q with key %q", title, redact(regenerated))
+	}
+	refusedEverywhereWithin(t, s.gatewayURLs, original, shown, time.Second)
+	b.shot("regenerated")
+	b.do(chromedp.Click(chromedp.ID("secret-done")), chromedp.WaitNotVisible(chromedp.ID("secret-dialog")))
+	if v := b.value("#secret-key"); v != "" {
+		t.Errorf("the regenerated key stays in the page after the dialog closed")
+	}
+	if got := b.text("#session-key"); got == prefixBefore || !strings.HasPrefix(regenerated, strings.TrimSuffix(got, "...")) {
+		t.Errorf("the page shows key prefix %q after regenerating (before: %q)", got, prefixBefore)
+	}
+	for _, g := range s.gatewayURLs {
+		if code, _, body := chat(t, g, regenerated, "regenerated"); code != 200 {
+			t.Errorf("the regenerated key on %s: %d %s", g, code, body)
+		}
+	}
+	b.do(chromedp.Click(chromedp.ID("refresh")), chromedp.WaitEnabled(chromedp.ID("refresh")))
+	if got := b.text("#alert"); got != "" {
+		t.Errorf("refresh with the regenerated key shows %q", got)
+	}
+	getJSON(t, gw+"/v1/dashboard/billing/usage", regenerated, &bill)
+	if min := int64(sent + 2*len(s.gatewayURLs)); bill.MonthlyRequests < min {
+		t.Errorf("usage of the regenerated key: %d requests, want at least %d (before and after together)", bill.MonthlyRequests, min)
+	}
+	if got := b.text("#requests-used"); got != groupDigits(bill.MonthlyRequests) {
+		t.Errorf("key-holder view shows %s requests after regenerating, the API %d", got, bill.MonthlyRequests)
+	}
+	if strings.Contains(b.eval(`JSON.stringify(sessionStorage) + JSON.stringify(localStorage) + location.href`), regenerated) {
+		t.Errorf("the regenerated key is in storage or in the URL")
+	}
+	key = regenerated
+
 	// Rotate by clicks: the page shows the new key once; the old one gets 401.
 	b.do(chromedp.Navigate(s.adminURL+"/dashboard/"), chromedp.WaitVisible(chromedp.CSS(row)),
 		chromedp.Click(chromedp.CSS(row+` button[data-action="rotate"]`)), chromedp.WaitVisible(chromedp.ID("confirm-dialog")))
@@ -216,7 +270,7 @@ func TestDashboardClickPath(t *testing.T) {
 	b.checkConsole()
 	for _, p := range append([]*proc{s.admin}, s.gateways...) {
 		logs, _ := os.ReadFile(p.log)
-		for _, k := range []string{key, rotated, s.adminToken} {
+		for _, k := range []string{original, key, rotated, s.adminToken} {
 			if strings.Contains(string(logs), k) {
 				t.Errorf("%s log contains a key or the admin token", p.name)
 			}

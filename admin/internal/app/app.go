@@ -145,12 +145,13 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 		tokens = append(tokens, adminauth.Token{Name: t.Name, Secret: t.Token})
 	}
 	handler := httpapi.New(httpapi.Deps{
-		Keys:           keys.NewService(keyStore, []byte(cfg.KeyPepper), tiers, now),
-		Billing:        billing.NewService(usage, keyStore, now),
-		AdminTokens:    tokens,
-		AuthFailures:   adminauth.NewLimiter(cfg.AuthMaxFailures, cfg.AuthFailureWindow, now),
-		TrustedProxies: cfg.TrustedProxies,
-		BillingLimit:   billingLimit(rdb, cfg),
+		Keys:            keys.NewService(keyStore, []byte(cfg.KeyPepper), tiers, now),
+		Billing:         billing.NewService(usage, keyStore, now),
+		AdminTokens:     tokens,
+		AuthFailures:    adminauth.NewLimiter(cfg.AuthMaxFailures, cfg.AuthFailureWindow, now),
+		TrustedProxies:  cfg.TrustedProxies,
+		BillingLimit:    billingLimit(rdb, cfg),
+		RegenerateLimit: billingredis.NewLimiter(rdb, billingredis.Regenerate, cfg.RegenerateRPM, cfg.Redis.Timeout, time.Now),
 		Ready: []httpapi.Check{
 			{Name: "redis", Timeout: cfg.Redis.Timeout, Ping: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 			{Name: "clickhouse", Timeout: time.Second, Ping: ch.Ping},
@@ -243,5 +244,5 @@ func billingLimit(rdb goredis.UniversalClient, cfg config.Config) httpapi.Billin
 	if cfg.BillingRPM == 0 {
 		return nil
 	}
-	return billingredis.NewLimiter(rdb, cfg.BillingRPM, cfg.Redis.Timeout, time.Now)
+	return billingredis.NewLimiter(rdb, billingredis.Billing, cfg.BillingRPM, cfg.Redis.Timeout, time.Now)
 }

@@ -44,6 +44,10 @@ const (
 	ActionEnable  = "enable"
 	ActionRotate  = "rotate"
 	ActionRevoke  = "revoke"
+	// ActionRegenerate is a rotation asked for by the key holder with the
+	// key itself (POST /v1/dashboard/key/regenerate); its actor is
+	// "key:<key id>", which no admin token name can be (they have no colon).
+	ActionRegenerate = "regenerate"
 )
 
 // State is a key as stored in Redis (qyai:key:{<id>} and its auth entry):

@@ -48,6 +48,10 @@ type Config struct {
 	// BillingRPM is how many public billing requests (each a ClickHouse
 	// query) one key may make per minute, across replicas; 0: no limit.
 	BillingRPM int // BILLING_RPM
+	// RegenerateRPM is how many times one key may regenerate itself
+	// (POST /v1/dashboard/key/regenerate) per minute, across replicas;
+	// at least 1: there is no switch to turn this limit off.
+	RegenerateRPM int // REGENERATE_RPM
 
 	// AuditFlushInterval is how often audit entries move from the Redis
 	// buffer to ClickHouse.
@@ -117,6 +121,7 @@ func Load(getenv func(string) string) (Config, error) {
 		AuthFailureWindow:  r.Duration("ADMIN_AUTH_FAILURE_WINDOW", time.Minute),
 		TrustedProxies:     r.List("ADMIN_TRUSTED_PROXIES", nil),
 		BillingRPM:         r.Int("BILLING_RPM", 60),
+		RegenerateRPM:      r.Int("REGENERATE_RPM", 3),
 		AuditFlushInterval: r.Duration("AUDIT_FLUSH_INTERVAL", time.Second),
 		Redis:              redis(r),
 		ClickHouse:         clickhouse(r),
@@ -235,6 +240,9 @@ func (c Config) Validate() error {
 	}
 	if c.BillingRPM < 0 {
 		add("server", "BILLING_RPM must not be negative (0: no limit)")
+	}
+	if c.RegenerateRPM < 1 {
+		add("server", "REGENERATE_RPM must be at least 1")
 	}
 	if len(c.AdminTokens) == 0 {
 		add("server", "an admin token is required: set ADMIN_TOKEN, ADMIN_TOKENS or ADMIN_TOKEN_FILE")

@@ -38,8 +38,8 @@ func TestLoadDefaults(t *testing.T) {
 	if c.AuthMaxFailures != 10 || c.AuthFailureWindow != time.Minute || len(c.TrustedProxies) != 0 || c.AuditFlushInterval != time.Second {
 		t.Errorf("auth and audit defaults: %+v", c)
 	}
-	if c.BillingRPM != 60 {
-		t.Errorf("BILLING_RPM default %d, want 60", c.BillingRPM)
+	if c.BillingRPM != 60 || c.RegenerateRPM != 3 {
+		t.Errorf("BILLING_RPM default %d, want 60; REGENERATE_RPM default %d, want 3", c.BillingRPM, c.RegenerateRPM)
 	}
 	if c.Addr != "127.0.0.1:8081" || c.Redis.Addrs[0] != "127.0.0.1:6379" || c.Redis.Timeout != 50*time.Millisecond ||
 		c.ClickHouse.Addr != "127.0.0.1:9000" || c.ClickHouse.Database != "qyai" || c.ClickHouse.User != "default" ||
@@ -130,6 +130,11 @@ func TestLoad(t *testing.T) {
 			name:    "billing rpm negative",
 			env:     map[string]string{"ADMIN_TOKEN": "t", "BILLING_RPM": "-1"},
 			wantErr: []string{"BILLING_RPM must not be negative"},
+		},
+		{
+			name:    "regenerate rpm zero",
+			env:     map[string]string{"ADMIN_TOKEN": "t", "REGENERATE_RPM": "0"},
+			wantErr: []string{"REGENERATE_RPM must be at least 1"},
 		},
 		{
 			name:    "token and token file",

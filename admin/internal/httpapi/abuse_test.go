@@ -43,7 +43,7 @@ func TestBillingRateLimit(t *testing.T) {
 	lim := &lateLimiter{}
 	e := newEnvWith(t, func(d *httpapi.Deps) { d.BillingLimit = lim })
 	at := now.Add(15 * time.Second) // 45 s before the next minute
-	lim.l = billingredis.NewLimiter(e.rdb, 3, timeout, func() time.Time { return at })
+	lim.l = billingredis.NewLimiter(e.rdb, billingredis.Billing, 3, timeout, func() time.Time { return at })
 	a := e.createKey(t, `{"name":"a","tier":"basic"}`)
 	b := e.createKey(t, `{"name":"b","tier":"basic"}`)
 

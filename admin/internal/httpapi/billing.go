@@ -27,20 +27,33 @@ func (a *api) callerKey(c *gin.Context) (apikey.Record, error) {
 		return apikey.Record{}, errAPIKey
 	}
 	rec, err := a.Keys.Authenticate(c.Request.Context(), tok)
-	if err != nil || a.BillingLimit == nil {
+	if err != nil {
 		return rec, err
 	}
-	wait, ok, err := a.BillingLimit.Allow(c.Request.Context(), rec.ID)
-	if err != nil {
+	if err := limitKey(c, a.BillingLimit, rec.ID, "billing requests"); err != nil {
 		return apikey.Record{}, err
+	}
+	return rec, nil
+}
+
+// limitKey takes one request of keyID's budget in lim (nil: no limit);
+// over it, it sets Retry-After and returns the 429 to answer. what names
+// the requests counted, for the message.
+func limitKey(c *gin.Context, lim BillingLimiter, keyID, what string) error {
+	if lim == nil {
+		return nil
+	}
+	wait, ok, err := lim.Allow(c.Request.Context(), keyID)
+	if err != nil {
+		return err
 	}
 	if !ok {
 		secs := max(1, int(math.Ceil(wait.Seconds())))
 		c.Header("Retry-After", strconv.Itoa(secs))
-		return apikey.Record{}, apierr.RateLimited("Rate limit reached for billing requests; retry after " +
+		return apierr.RateLimited("Rate limit reached for " + what + "; retry after " +
 			strconv.Itoa(secs) + " seconds.").WithCode("rate_limit_exceeded")
 	}
-	return rec, nil
+	return nil
 }
 
 // billingUsage answers GET /v1/dashboard/billing/usage for the caller's key.

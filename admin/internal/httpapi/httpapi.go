@@ -1,6 +1,7 @@
 // Package httpapi is admin's HTTP surface: the admin API under /admin/v1
-// (guarded by the admin token), the public billing endpoint that the gateway
-// passes through, and the health probes.
+// (guarded by the admin token), the public dashboard endpoints that the
+// gateway passes through (billing, and key regeneration by the key
+// holder), and the health probes.
 //
 // Handlers return an error; renderError is the one place that turns errors
 // into statuses and OpenAI-shaped bodies. routes is the whole route table.
@@ -52,13 +53,17 @@ type Deps struct {
 	// BillingLimit limits the public billing requests per key (they run
 	// ClickHouse queries); nil means no limit.
 	BillingLimit BillingLimiter
-	Ready        []Check
-	Log          *slog.Logger
-	Now          func() time.Time
+	// RegenerateLimit limits how often a key may regenerate itself; nil
+	// means no limit (admin's app always sets one).
+	RegenerateLimit BillingLimiter
+	Ready           []Check
+	Log             *slog.Logger
+	Now             func() time.Time
 }
 
-// BillingLimiter takes one billing request of a key's budget; when none is
-// left it says so and when to retry.
+// BillingLimiter takes one request of a key's budget for a public
+// dashboard endpoint (billing, regenerate); when none is left it says so
+// and when to retry.
 type BillingLimiter interface {
 	Allow(ctx context.Context, keyID string) (retryAfter time.Duration, ok bool, err error)
 }
@@ -99,6 +104,7 @@ func (a *api) routes(r *gin.Engine) {
 	// Public, authenticated by the caller's API key; the gateway proxies them.
 	r.GET("/v1/dashboard/billing/usage", a.h(a.billingUsage))
 	r.GET("/v1/dashboard/billing/daily", a.h(a.billingDaily))
+	r.POST("/v1/dashboard/key/regenerate", a.h(a.regenerateKey))
 
 	admin := r.Group("/admin/v1", a.h(a.requireAdmin))
 	admin.POST("/keys", a.h(a.createKey))

@@ -158,6 +158,42 @@ func (a *api) rotateKey(c *gin.Context) error {
 	return nil
 }
 
+// regeneratedKey is the answer to a key holder's regenerate: the new key,
+// shown this once, and its display prefix.
+type regeneratedKey struct {
+	Key       string `json:"key"`
+	KeyPrefix string `json:"key_prefix"`
+}
+
+// regenerateKey answers POST /v1/dashboard/key/regenerate: the holder of a
+// key, authenticated by that key, replaces it. The key id, and with it the
+// billing history and limits, stay; the presented key stops working. The
+// key is authenticated before the per-key limit (REGENERATE_RPM) is taken,
+// so that an unknown key costs no budget (the gateway limits failed
+// authentications per address). Any body is ignored.
+func (a *api) regenerateKey(c *gin.Context) error {
+	tok, ok := bearer(c.GetHeader("Authorization"))
+	if !ok {
+		return errAPIKey
+	}
+	rec, err := a.Keys.Authenticate(c.Request.Context(), tok)
+	if err != nil {
+		return err
+	}
+	if err := limitKey(c, a.RegenerateLimit, rec.ID, "key regenerations"); err != nil {
+		return err
+	}
+	is, err := a.Keys.Regenerate(c.Request.Context(), tok)
+	if err != nil {
+		return err
+	}
+	a.Log.InfoContext(c.Request.Context(), "key regenerated", "key_id", is.Record.ID, "actor", keys.HolderActor(is.Record.ID))
+	// The answer holds a secret: no cache may keep it.
+	c.Header("Cache-Control", "no-store")
+	c.JSON(http.StatusOK, regeneratedKey{Key: is.Key, KeyPrefix: is.Record.KeyPrefix})
+	return nil
+}
+
 func (a *api) revokeKey(c *gin.Context) error {
 	if err := a.Keys.Revoke(c.Request.Context(), actor(c), c.Param("id")); err != nil {
 		return err

@@ -1,7 +1,8 @@
 // Package keys manages QYAI API keys for the admin API: it validates
 // requests, issues keys (shown once, stored only as an HMAC hash), lists,
-// updates, disables, enables, rotates and revokes them, and authenticates a
-// presented key for the public billing endpoints. Every change is made on
+// updates, disables, enables, rotates and revokes them, authenticates a
+// presented key for the public billing endpoints, and lets a key holder
+// regenerate their own key with it. Every change is made on
 // behalf of an actor (the admin token's name) and the store records it in
 // the audit trail (package audit) together with the change. Storage is
 // behind Store; keys/redis implements it with the layout of pkg/apikey,
@@ -210,6 +211,46 @@ func (s *Service) Rotate(ctx context.Context, actor, id string) (Issued, error) 
 		// Update may call this again after a concurrent write: the key
 		// returned is the one of the attempt that committed.
 		key = k
+		r.Hash = apikey.Hash(s.pepper, k)
+		r.KeyPrefix = apikey.DisplayPrefix(k)
+		return nil
+	})
+	if err != nil {
+		return Issued{}, err
+	}
+	return Issued{Record: rec, Key: key}, nil
+}
+
+// HolderActor is the audit actor of a change the holder of key id made
+// with the key itself. Admin token names cannot contain a colon, so it
+// never collides with an operator's name.
+func HolderActor(id string) string { return "key:" + id }
+
+// Regenerate is Rotate asked for by the key holder, who proves it by
+// presenting the current key: the presented key stops working, the new one
+// is returned. Id, name, limits and billing history stay, as with Rotate.
+// The audit entry has action regenerate and actor HolderActor(id).
+//
+// The presented key is checked again inside the store's atomic update: if
+// an operator rotated, disabled or revoked the key between the lookup and
+// the write, the holder's old key no longer proves anything and the call
+// fails with ErrUnauthenticated instead of issuing a key.
+func (s *Service) Regenerate(ctx context.Context, presented string) (Issued, error) {
+	cur, err := s.Authenticate(ctx, presented)
+	if err != nil {
+		return Issued{}, err
+	}
+	hash := apikey.Hash(s.pepper, presented)
+	var key string
+	rec, err := s.change(ctx, HolderActor(cur.ID), cur.ID, audit.ActionRegenerate, func(r *apikey.Record) error {
+		if r.Hash != hash || !r.Active() {
+			return ErrUnauthenticated
+		}
+		k, err := apikey.Generate()
+		if err != nil {
+			return fmt.Errorf("generate key: %w", err)
+		}
+		key = k // the key of the attempt that committed, as in Rotate
 		r.Hash = apikey.Hash(s.pepper, k)
 		r.KeyPrefix = apikey.DisplayPrefix(k)
 		return nil

@@ -107,9 +107,11 @@ func New(d Deps) http.Handler {
 	v1.GET("/models", d.listModels)
 	v1.GET("/models/:id", d.getModel)
 	v1.POST("/chat/completions", d.authenticate, d.admit, d.chat)
-	billing := gin.WrapH(d.billingProxy())
-	v1.GET("/dashboard/billing/usage", billing)
-	v1.GET("/dashboard/billing/daily", billing)
+	// Answered by admin, which authenticates the caller's key itself.
+	dashboard := gin.WrapH(d.dashboardProxy())
+	v1.GET("/dashboard/billing/usage", dashboard)
+	v1.GET("/dashboard/billing/daily", dashboard)
+	v1.POST("/dashboard/key/regenerate", dashboard)
 
 	r.NoRoute(func(c *gin.Context) {
 		render(c, apierr.NotFound("Invalid URL ("+c.Request.Method+" "+c.Request.URL.Path+")").WithCode("unknown_url"))
@@ -414,16 +416,18 @@ func (d *Deps) chat(c *gin.Context) {
 	}
 }
 
-// billingProxy forwards the public billing endpoint to admin, which
-// authenticates the caller's key itself (and limits each key's billing
-// requests, BILLING_RPM). Failed authentications there count against the
-// client address like the gateway's own, and an address over the limit is
-// refused here before admin is asked.
-func (d *Deps) billingProxy() http.Handler {
+// dashboardProxy forwards the public dashboard endpoints (billing, and key
+// regeneration) to admin, which authenticates the caller's key itself (and
+// limits each key's requests: BILLING_RPM, REGENERATE_RPM). Failed
+// authentications there count against the client address like the
+// gateway's own, and an address over the limit is refused here before
+// admin is asked. A regenerated key takes effect here as any rotation
+// does: admin publishes the change and the key cache drops the old key.
+func (d *Deps) dashboardProxy() http.Handler {
 	rp := httputil.NewSingleHostReverseProxy(d.AdminURL)
 	rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
-		d.Log.Warn("billing proxy to admin failed", "err", err)
-		apierr.Unavailable("The billing service is temporarily unavailable; try again later.").Write(w)
+		d.Log.Warn("dashboard proxy to admin failed", "route", r.URL.Path, "err", err)
+		apierr.Unavailable("The dashboard service is temporarily unavailable; try again later.").Write(w)
 	}
 	rp.ModifyResponse = func(resp *http.Response) error {
 		if resp.StatusCode == http.StatusUnauthorized {

@@ -1,6 +1,8 @@
 // me.js: the key-holder view. The API key lives in a variable of this
 // module only (not in storage, not in the URL, not in the input after
-// submit) and is sent only to /v1/dashboard/billing/*.
+// submit) and is sent only to /v1/dashboard/billing/* and
+// /v1/dashboard/key/regenerate. A regenerated key replaces it there, and
+// is shown once in a dialog that wipes it when it closes.
 
 import { json } from './api.js';
 import { barChart } from './chart.js';
@@ -49,6 +51,83 @@ async function refresh() {
   } finally {
     $('refresh').disabled = false;
   }
+}
+
+// regenerate asks for a new key with the current one, after a
+// confirmation. From the answer on the page uses the new key (the old one
+// no longer works) and shows it once.
+async function regenerate() {
+  flash.clear();
+  const ok = await confirmDialog(`Your current key (${$('session-key').textContent}) stops working at once on every gateway. `
+    + 'Applications still using it will get 401 until you give them the new key.');
+  if (!ok) return;
+  $('regenerate').disabled = true;
+  let issued;
+  try {
+    issued = await json('/v1/dashboard/key/regenerate', { token: apiKey, method: 'POST' });
+  } catch (e) {
+    flash.error(`Could not regenerate the key: ${e.message}`);
+    return;
+  } finally {
+    $('regenerate').disabled = false;
+  }
+  apiKey = issued.key;
+  $('session-key').textContent = issued.key_prefix;
+  showSecret(issued);
+  try {
+    await load();
+  } catch (e) {
+    flash.error(`Could not load usage: ${e.message}`);
+  }
+}
+
+function showSecret(issued) {
+  $('secret-about').textContent = `New key ${issued.key_prefix}: same limits, quota and usage history as before.`;
+  $('secret-key').value = issued.key;
+  $('secret-copied').textContent = '';
+  $('secret-dialog').showModal();
+  $('secret-key').select();
+}
+
+async function copySecret() {
+  const input = $('secret-key');
+  try {
+    await navigator.clipboard.writeText(input.value);
+    $('secret-copied').textContent = 'Copied to the clipboard.';
+  } catch {
+    input.select();
+    const ok = document.execCommand && document.execCommand('copy');
+    $('secret-copied').textContent = ok ? 'Copied to the clipboard.' : 'Select the key and copy it with Ctrl+C.';
+  }
+}
+
+// closeSecret wipes the key from the dialog before closing it; the close
+// event (Escape) wipes it too.
+function closeSecret() {
+  $('secret-key').value = '';
+  $('secret-dialog').close();
+}
+
+// confirmDialog asks a yes/no question in a modal; resolves to a boolean.
+function confirmDialog(text) {
+  const d = $('confirm-dialog');
+  $('confirm-text').textContent = text;
+  return new Promise((resolve) => {
+    const done = (v) => {
+      $('confirm-ok').removeEventListener('click', yes);
+      $('confirm-cancel').removeEventListener('click', no);
+      d.removeEventListener('cancel', no);
+      if (d.open) d.close();
+      resolve(v);
+    };
+    const yes = () => done(true);
+    const no = () => done(false);
+    $('confirm-ok').addEventListener('click', yes);
+    $('confirm-cancel').addEventListener('click', no);
+    d.addEventListener('cancel', no);
+    d.showModal();
+    $('confirm-cancel').focus();
+  });
 }
 
 function forget() {
@@ -102,6 +181,10 @@ function main() {
   $('key-form').addEventListener('submit', submitKey);
   $('refresh').addEventListener('click', refresh);
   $('forget').addEventListener('click', forget);
+  $('regenerate').addEventListener('click', regenerate);
+  $('secret-copy').addEventListener('click', copySecret);
+  $('secret-done').addEventListener('click', closeSecret);
+  $('secret-dialog').addEventListener('close', () => { $('secret-key').value = ''; });
   document.body.dataset.ready = 'true';
 }
 
