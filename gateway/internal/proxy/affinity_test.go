@@ -255,31 +255,35 @@ func BenchmarkPick(b *testing.B) {
 	}
 	b.Run("round-robin", func(b *testing.B) {
 		p := newPool(equal, 3, time.Second, clk.now)
-		b.ReportAllocs()
-		for b.Loop() {
-			_ = p.pick(nil)
-		}
+		cpuPerOp(b, func() { _ = p.pick(nil) })
 	})
 	b.Run("affinity-weighted", func(b *testing.B) {
 		p := newPool(fourMembers(), 3, time.Second, clk.now)
-		b.ReportAllocs()
-		for b.Loop() {
-			_ = p.pickFor(sessionOf("key-id", h, req), nil)
-		}
+		cpuPerOp(b, func() { _ = p.pickFor(sessionOf("key-id", h, req), nil) })
 	})
 	b.Run("affinity", func(b *testing.B) {
 		p := newPool(equal, 3, time.Second, clk.now)
-		b.ReportAllocs()
-		for b.Loop() {
-			_ = p.pickFor(sessionOf("key-id", h, req), nil)
-		}
+		cpuPerOp(b, func() { _ = p.pickFor(sessionOf("key-id", h, req), nil) })
 	})
 	b.Run("affinity-header", func(b *testing.B) {
 		p := newPool(equal, 3, time.Second, clk.now)
 		hh := http.Header{SessionHeader: {"conversation-0123456789"}}
-		b.ReportAllocs()
-		for b.Loop() {
-			_ = p.pickFor(sessionOf("key-id", hh, req), nil)
-		}
+		cpuPerOp(b, func() { _ = p.pickFor(sessionOf("key-id", hh, req), nil) })
 	})
+}
+
+// cpuPerOp runs op b.N times and reports, besides ns/op (wall time), the
+// process's CPU time per op: what an op costs on a machine busy with
+// other work too.
+func cpuPerOp(b *testing.B, op func()) {
+	b.ReportAllocs()
+	start, ok := processCPU()
+	n := 0
+	for b.Loop() {
+		op()
+		n++
+	}
+	if end, ok2 := processCPU(); ok && ok2 && n > 0 {
+		b.ReportMetric(float64(end-start)/float64(n), "cpu-ns/op")
+	}
 }
