@@ -94,8 +94,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	Print(stdout, cfg, results)
-	return nil
+	return Print(stdout, cfg, results)
 }
 
 // Run measures every target in turn.
@@ -255,22 +254,27 @@ func post(ctx context.Context, c *http.Client, url, key string, body []byte, out
 
 // Print writes the results as a Markdown table, the first target the
 // baseline of the cost ratio.
-func Print(w io.Writer, cfg Config, rs []Result) {
-	fmt.Fprintf(w, "\n### Cache-aware routing: %d conversations x %d turns, %s, 4 upstream keys\n\n", cfg.Conversations, cfg.Turns, cfg.Model)
-	fmt.Fprintln(w, "| routing | requests | errors | prompt tokens | cache-hit tokens | hit ratio | input cost (USD) | total cost (USD) | total vs first row |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+func Print(w io.Writer, cfg Config, rs []Result) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n### Cache-aware routing: %d conversations x %d turns, %s, 4 upstream keys\n\n", cfg.Conversations, cfg.Turns, cfg.Model)
+	b.WriteString("| routing | requests | errors | prompt tokens | cache-hit tokens | hit ratio | input cost (USD) | total cost (USD) | total vs first row |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rs {
 		rel := "1.00x"
-		if len(rs) > 0 && rs[0].Cost > 0 {
+		if rs[0].Cost > 0 {
 			rel = fmt.Sprintf("%.2fx", float64(r.Cost)/float64(rs[0].Cost))
 		}
-		fmt.Fprintf(w, "| %s | %d | %d | %d | %d | %.1f%% | %s | %s | %s |\n",
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %.1f%% | %s | %s | %s |\n",
 			r.Target.Name, r.Requests, r.Errors, r.Prompt, r.Hit, 100*r.HitRatio(), r.InputCost, r.Cost, rel)
 	}
 	if len(rs) > 0 {
-		fmt.Fprintf(w, "\nWithout any cache hit the input would cost %s USD. Prices: the shipped table (pkg/pricing/prices.yaml).\n", rs[0].NoCacheCost)
+		fmt.Fprintf(&b, "\nWithout any cache hit the input would cost %s USD. Prices: the shipped table (pkg/pricing/prices.yaml).\n", rs[0].NoCacheCost)
 	}
 	if cfg.Command != "" {
-		fmt.Fprintf(w, "Reproduce: `%s`\n", cfg.Command)
+		fmt.Fprintf(&b, "Reproduce: `%s`\n", cfg.Command)
 	}
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return fmt.Errorf("write the table: %w", err)
+	}
+	return nil
 }

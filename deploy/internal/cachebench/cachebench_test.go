@@ -30,7 +30,9 @@ func TestRunAgainstOneAccount(t *testing.T) {
 		t.Errorf("costs: total %s input %s without cache %s", r.Cost, r.InputCost, r.NoCacheCost)
 	}
 	var b strings.Builder
-	Print(&b, cfg, rs)
+	if err := Print(&b, cfg, rs); err != nil {
+		t.Fatal(err)
+	}
 	if !strings.Contains(b.String(), "| direct | 18 | 0 |") {
 		t.Errorf("table:\n%s", b.String())
 	}
