@@ -160,11 +160,11 @@ func TestAffinityConversationStaysOnOneMember(t *testing.T) {
 }
 
 // TestAffinityRetryGoesToTheNextMember: a member that fails moves its
-// session to another member for the retry, and the session stays home
-// while its member is healthy.
+// session to other members for the retries, never back to one already
+// tried, and the session stays home while its member is healthy.
 func TestAffinityRetryGoesToTheNextMember(t *testing.T) {
 	h, _, log := poolHandler(t, true)
-	h.Upstream.cfg.Retries = 1
+	h.Upstream.cfg.Retries = 2
 	send := func() int {
 		t.Helper()
 		w := httptest.NewRecorder()
@@ -180,9 +180,10 @@ func TestAffinityRetryGoesToTheNextMember(t *testing.T) {
 		t.Fatalf("status %d", code)
 	}
 	home := log.take()[0]
-	// The simulator answers the next request 503: retried on another key.
+	// The simulator answers the next two requests 503: each retry goes to
+	// a key not tried yet.
 	base := strings.TrimSuffix(h.Upstream.pool.members[0].url, "/chat/completions")
-	freq, err := http.NewRequestWithContext(t.Context(), http.MethodPost, base+"/_sim/faults", strings.NewReader(`{"status":503,"count":1}`))
+	freq, err := http.NewRequestWithContext(t.Context(), http.MethodPost, base+"/_sim/faults", strings.NewReader(`{"status":503,"count":2}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,8 +196,8 @@ func TestAffinityRetryGoesToTheNextMember(t *testing.T) {
 		t.Fatalf("status %d after a retry", code)
 	}
 	keys := log.take()
-	if len(keys) != 2 || keys[0] != home || keys[1] == home {
-		t.Fatalf("attempts went to %v, want %s then another key", keys, home)
+	if len(keys) != 3 || keys[0] != home || keys[1] == home || keys[2] == home || keys[2] == keys[1] {
+		t.Fatalf("attempts went to %v, want %s then two other keys", keys, home)
 	}
 	if send(); log.take()[0] != home {
 		t.Errorf("the session left %s although its member is healthy", home)

@@ -47,13 +47,13 @@ func TestRendezvousStable(t *testing.T) {
 	rev := []Member{ms[3], ms[2], ms[1], ms[0]}
 	q := newPool(rev, 3, time.Second, clk.now)
 	for _, s := range sessions(2000) {
-		m := p.pickFor(s, nil)
+		m := p.pickFor(s, 0, nil)
 		for range 3 {
-			if p.pickFor(s, nil) != m {
+			if p.pickFor(s, 0, nil) != m {
 				t.Fatalf("session %x moved between picks", s)
 			}
 		}
-		if got, want := q.pickFor(s, nil).auth[0], m.auth[0]; got != want {
+		if got, want := q.pickFor(s, 0, nil).auth[0], m.auth[0]; got != want {
 			t.Fatalf("session %x: replicas disagree", s)
 		}
 	}
@@ -65,7 +65,7 @@ func TestRendezvousWeights(t *testing.T) {
 	const n = 100000
 	counts := make([]int, 4)
 	for _, s := range sessions(n) {
-		counts[keyOf(p, p.pickFor(s, nil))]++
+		counts[keyOf(p, p.pickFor(s, 0, nil))]++
 	}
 	for i, c := range counts {
 		want := float64(i+1) / 10
@@ -91,7 +91,7 @@ func TestRendezvousUniform(t *testing.T) {
 	const n = 40000
 	counts := make([]int, 4)
 	for _, s := range sessions(n) {
-		m := p.pickFor(s, nil)
+		m := p.pickFor(s, 0, nil)
 		if m != nextBest(p, s, nil) {
 			t.Fatalf("session %x: the hash order and the scores disagree", s)
 		}
@@ -110,13 +110,13 @@ func TestRendezvousEjectionMovesOnlyThatMembersSessions(t *testing.T) {
 	ss := sessions(20000)
 	before := make([]*poolMember, len(ss))
 	for i, s := range ss {
-		before[i] = p.pickFor(s, nil)
+		before[i] = p.pickFor(s, 0, nil)
 	}
 	out := p.members[2]
 	p.report(out, false) // EjectAfter 1: out
 	moved := make([]int, 4)
 	for i, s := range ss {
-		m := p.pickFor(s, nil)
+		m := p.pickFor(s, 0, nil)
 		switch {
 		case m == out:
 			t.Fatal("picked the ejected member")
@@ -139,7 +139,7 @@ func TestRendezvousEjectionMovesOnlyThatMembersSessions(t *testing.T) {
 	}
 	clk.t = clk.t.Add(11 * time.Second)
 	for i, s := range ss {
-		if p.pickFor(s, nil) != before[i] {
+		if p.pickFor(s, 0, nil) != before[i] {
 			t.Fatalf("session %x did not come back after the cooldown", s)
 		}
 	}
@@ -164,20 +164,34 @@ func TestRendezvousRetryAndAllEjected(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(0, 0)}
 	p := newPool(fourMembers(), 1, 10*time.Second, clk.now)
 	for _, s := range sessions(500) {
-		first := p.pickFor(s, nil)
-		if retry := p.pickFor(s, first); retry == first || retry != nextBest(p, s, first) {
+		first := p.pickFor(s, 0, nil)
+		if retry := p.pickFor(s, first.triedBit(), first); retry == first || retry != nextBest(p, s, first) {
 			t.Fatalf("session %x: retry went to %d, want its next-highest member", s, keyOf(p, retry))
+		}
+	}
+	// A second retry goes to the third member, not back to the first.
+	for _, s := range sessions(500) {
+		first := p.pickFor(s, 0, nil)
+		second := p.pickFor(s, first.triedBit(), first)
+		third := p.pickFor(s, first.triedBit()|second.triedBit(), second)
+		if third == first || third == second {
+			t.Fatalf("session %x: the second retry went back to a member already tried", s)
+		}
+		// Every member tried: anything but the last one.
+		all := uint64(1<<len(p.members) - 1)
+		if m := p.pickFor(s, all, third); m == third {
+			t.Fatalf("session %x: every member tried, and the retry went to the one that just failed", s)
 		}
 	}
 	for i, m := range p.members {
 		clk.t = time.Unix(int64(i), 0)
 		p.report(m, false)
 	}
-	if m := p.pickFor(42, nil); m != p.members[0] {
+	if m := p.pickFor(42, 0, nil); m != p.members[0] {
 		t.Errorf("all ejected: picked %d, want the member that returns first (0)", keyOf(p, m))
 	}
 	single := newPool([]Member{{BaseURL: "only"}}, 1, time.Second, clk.now)
-	if single.pickFor(1, single.members[0]) != single.members[0] {
+	if single.pickFor(1, 1, single.members[0]) != single.members[0] {
 		t.Error("a one-member pool must retry on its only member")
 	}
 }
@@ -259,16 +273,16 @@ func BenchmarkPick(b *testing.B) {
 	})
 	b.Run("affinity-weighted", func(b *testing.B) {
 		p := newPool(fourMembers(), 3, time.Second, clk.now)
-		cpuPerOp(b, func() { _ = p.pickFor(sessionOf("key-id", h, req), nil) })
+		cpuPerOp(b, func() { _ = p.pickFor(sessionOf("key-id", h, req), 0, nil) })
 	})
 	b.Run("affinity", func(b *testing.B) {
 		p := newPool(equal, 3, time.Second, clk.now)
-		cpuPerOp(b, func() { _ = p.pickFor(sessionOf("key-id", h, req), nil) })
+		cpuPerOp(b, func() { _ = p.pickFor(sessionOf("key-id", h, req), 0, nil) })
 	})
 	b.Run("affinity-header", func(b *testing.B) {
 		p := newPool(equal, 3, time.Second, clk.now)
 		hh := http.Header{SessionHeader: {"conversation-0123456789"}}
-		cpuPerOp(b, func() { _ = p.pickFor(sessionOf("key-id", hh, req), nil) })
+		cpuPerOp(b, func() { _ = p.pickFor(sessionOf("key-id", hh, req), 0, nil) })
 	})
 }
 

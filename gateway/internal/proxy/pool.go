@@ -39,6 +39,7 @@ type poolMember struct {
 	// id is the member's rendezvous identity: a hash of its base URL and
 	// key, the same on every replica whatever the order of the list.
 	id            uint64
+	index         int      // position in the pool, for pickFor's tried mask
 	auth          []string // the Authorization header's value; nil without a key
 	weight, cur   int
 	failures      int
@@ -58,7 +59,7 @@ func newPool(ms []Member, ejectAfter int, cooldown time.Duration, now func() tim
 			auth = []string{"Bearer " + m.APIKey}
 		}
 		p.members = append(p.members, &poolMember{
-			url: m.BaseURL + "/chat/completions", auth: auth, weight: w,
+			url: m.BaseURL + "/chat/completions", auth: auth, weight: w, index: len(p.members),
 			id: mix64(xxhash.Sum64String(m.BaseURL + "\x00" + m.APIKey)),
 		})
 	}
@@ -100,37 +101,55 @@ func (p *pool) pick(avoid *poolMember) *poolMember {
 // hashing (highest random weight): member m scores weight/-ln(u), u a hash
 // of the session and m's id mapped into (0,1), and the healthy member with
 // the highest score wins. A member wins a share of sessions proportional to
-// its weight; when one is ejected (or is avoid, which just failed), only
-// its sessions move, each to its next-highest member, and they come back
-// when it does. When every member is out, the one that comes back soonest
-// is used, as pick does.
-func (p *pool) pickFor(session uint64, avoid *poolMember) *poolMember {
+// its weight; when one is ejected only its sessions move, each to its
+// next-highest member, and they come back when it does.
+//
+// tried has bit i set for each member i (of the first 64) this request
+// already tried, and last is the one tried just before: a retry goes to
+// the best healthy member not yet tried, else to the best other than last
+// (as pick avoids it). When every member is out, the one that comes back
+// soonest is used, as pick does.
+func (p *pool) pickFor(session, tried uint64, last *poolMember) *poolMember {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()
-	var best, soonest *poolMember
-	bestScore, bestHash := 0.0, uint64(0)
-	for _, m := range p.members {
-		if now.Before(m.ejectedUntil) || (m == avoid && len(p.members) > 1) {
+	var fresh, other, soonest *poolMember
+	freshScore, otherScore := 0.0, 0.0
+	for i, m := range p.members {
+		if now.Before(m.ejectedUntil) || (m == last && len(p.members) > 1) {
 			if soonest == nil || m.ejectedUntil.Before(soonest.ejectedUntil) {
 				soonest = m
 			}
 			continue
 		}
+		var s float64
 		if p.uniform {
-			if x := rendezvousHash(session, m.id); best == nil || x > bestHash {
-				best, bestHash = m, x
-			}
-			continue
+			s = float64(rendezvousHash(session, m.id)) // same order, no logarithm
+		} else {
+			s = rendezvousScore(session, m.id, m.weight)
 		}
-		if s := rendezvousScore(session, m.id, m.weight); best == nil || s > bestScore {
-			best, bestScore = m, s
+		if other == nil || s > otherScore {
+			other, otherScore = m, s
+		}
+		if (i >= 64 || tried&(1<<i) == 0) && (fresh == nil || s > freshScore) {
+			fresh, freshScore = m, s
 		}
 	}
-	if best == nil {
-		return soonest
+	switch {
+	case fresh != nil:
+		return fresh
+	case other != nil:
+		return other
 	}
-	return best
+	return soonest
+}
+
+// triedBit is m's bit in pickFor's tried mask (0 past the 64th member).
+func (m *poolMember) triedBit() uint64 {
+	if m == nil || m.index >= 64 {
+		return 0
+	}
+	return 1 << m.index
 }
 
 // rendezvousScore is member's score for session: weight / -ln(u), with u

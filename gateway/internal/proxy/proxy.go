@@ -174,7 +174,7 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) error
 	defer cancel(nil)
 
 	var session uint64
-	if h.Upstream.cfg.Affinity {
+	if h.Upstream.cfg.Affinity && len(h.Upstream.pool.members) > 1 { // members never change
 		session = sessionOf(in.Key.ID, r.Header, req)
 	}
 	resp, fail := h.attempt(ctx, req.body, session)
@@ -223,15 +223,17 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) error
 // another pool member. Nothing has reached the client yet, so a retry is
 // invisible to it; a retryable failure means the upstream did no billable
 // work (connection refused, 429, 5xx). With affinity the first attempt goes
-// to session's member and a retry to its next-highest one.
+// to session's member and each retry to its next-highest one not tried yet.
 func (h *Handler) attempt(ctx context.Context, body []byte, session uint64) (*http.Response, *attemptError) {
 	backoff := 50 * time.Millisecond
 	var fail *attemptError
 	var last *poolMember
+	var tried uint64
 	for i := 0; ; i++ {
 		var m *poolMember
 		if h.Upstream.cfg.Affinity {
-			m = h.Upstream.pool.pickFor(session, last)
+			m = h.Upstream.pool.pickFor(session, tried, last)
+			tried |= m.triedBit()
 		} else {
 			m = h.Upstream.pool.pick(last)
 		}
