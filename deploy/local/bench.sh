@@ -32,6 +32,14 @@
 #                               `make run TOPOLOGY=cluster` (NATS x3 with R3 streams,
 #                               Redis Cluster 3+3, ClickHouse 2 shards x 2 replicas), on
 #                               free ports; still one gateway, meter and admin
+#   BENCH_CACHE                 1 (default): after the load generator, measure cache-aware
+#                               routing: a second simulator with 4 upstream keys (a prompt
+#                               cache each), two more gateways with a 4-member pool of it,
+#                               one UPSTREAM_AFFINITY=true, one false (round robin), and
+#                               .bin/cachebench through both; 0: skip it; only: skip the
+#                               load generator and run just this phase
+#   BENCH_CACHE_CONVERSATIONS   conversations of the cache phase (default 200)
+#   BENCH_CACHE_TURNS           turns per conversation (default 5)
 #
 # A benchmark, not a test: it fails only when the stack cannot start or nothing
 # answers; the targets in the table say PASS or MISS.
@@ -48,6 +56,9 @@ STREAM_CONCURRENCY=${BENCH_STREAM_CONCURRENCY:-16}
 ROUNDS=${BENCH_ROUNDS:-5}
 REFERENCE=${BENCH_REFERENCE:-1}
 TOPOLOGY=${BENCH_TOPOLOGY:-single}
+CACHE=${BENCH_CACHE:-1}
+CACHE_CONVERSATIONS=${BENCH_CACHE_CONVERSATIONS:-200}
+CACHE_TURNS=${BENCH_CACHE_TURNS:-5}
 ADMIN_TOKEN=qyai-bench-admin-token
 SIM_KEY=sk-sim-bench
 SERVICE_STOP_TIMEOUT=30
@@ -64,14 +75,18 @@ main() {
 	done
 	[[ $REFERENCE == 0 || $REFERENCE == 1 ]] || die "BENCH_REFERENCE=$REFERENCE: want 0 or 1"
 	[[ $TOPOLOGY == single || $TOPOLOGY == cluster ]] || die "BENCH_TOPOLOGY=$TOPOLOGY: want single or cluster"
+	[[ $CACHE == 0 || $CACHE == 1 || $CACHE == only ]] || die "BENCH_CACHE=$CACHE: want 0, 1 or only"
+	for v in CACHE_CONVERSATIONS CACHE_TURNS; do
+		[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v=${!v}: want a positive integer"
+	done
 
 	"$QYAI_LOCAL_DIR/install.sh"
-	local pkgs=(./gateway/cmd/gateway ./meter/cmd/meter ./admin/cmd/admin ./deploy/cmd/upstream-sim ./deploy/cmd/loadgen)
+	local pkgs=(./gateway/cmd/gateway ./meter/cmd/meter ./admin/cmd/admin ./deploy/cmd/upstream-sim ./deploy/cmd/loadgen ./deploy/cmd/cachebench)
 	if ((REFERENCE)); then
 		pkgs+=(./deploy/cmd/refproxy)
-		log "building gateway, meter, admin, upstream-sim, loadgen, refproxy into .bin/"
+		log "building gateway, meter, admin, upstream-sim, loadgen, cachebench, refproxy into .bin/"
 	else
-		log "building gateway, meter, admin, upstream-sim, loadgen into .bin/"
+		log "building gateway, meter, admin, upstream-sim, loadgen, cachebench into .bin/"
 	fi
 	(cd "$ROOT" && go build -o "$BIN/" "${pkgs[@]}")
 
@@ -85,9 +100,11 @@ main() {
 
 	start_servers
 	start_services
+	if [[ $CACHE != 0 ]]; then start_cache_services; fi
 	local key
 	key=$(create_key)
-	run_loadgen "$key"
+	if [[ $CACHE != only ]]; then run_loadgen "$key"; fi
+	if [[ $CACHE != 0 ]]; then run_cachebench "$key"; fi
 }
 
 # start_servers starts Redis, NATS and ClickHouse on free ports, in parallel, single
@@ -144,6 +161,50 @@ start_services() {
 	wait_service meter "http://$meter_addr/healthz"
 	wait_service admin "$ADMIN_URL/readyz"
 	wait_service gateway "$GATEWAY_URL/readyz"
+}
+
+# start_cache_services starts what the cache phase measures: a simulator with
+# four upstream keys, each an account with its own prompt cache, and two
+# gateways whose pool is those four keys, one routing with affinity, one by
+# round robin (UPSTREAM_AFFINITY=false). They share Redis, NATS and the meter
+# with the main gateway.
+start_cache_services() {
+	local sim_addr keys urls name affinity addr
+	sim_addr=127.0.0.1:$(free_port)
+	POOL_SIM_URL=http://$sim_addr
+	keys=sk-sim-pool-1,sk-sim-pool-2,sk-sim-pool-3,sk-sim-pool-4
+	urls=$POOL_SIM_URL,$POOL_SIM_URL,$POOL_SIM_URL,$POOL_SIM_URL
+	spawn_service upstream-sim-pool env SIM_ADDR="$sim_addr" SIM_API_KEY="$keys" LOG_LEVEL=warn "$BIN/upstream-sim"
+	local common=(
+		REDIS_ADDR="$REDIS_ADDR" NATS_URL="$NATS_URL" KEY_PEPPER=qyai-bench-pepper LOG_LEVEL=warn "${CLUSTER_ENV[@]}"
+	)
+	local affinity_addr rr_addr
+	affinity_addr=127.0.0.1:$(free_port)
+	rr_addr=127.0.0.1:$(free_port)
+	CACHE_AFFINITY_URL=http://$affinity_addr
+	CACHE_RR_URL=http://$rr_addr
+	for name in affinity round-robin; do
+		affinity=true addr=$affinity_addr
+		if [[ $name == round-robin ]]; then affinity=false addr=$rr_addr; fi
+		spawn_service "gateway-$name" env "${common[@]}" GATEWAY_ADDR="$addr" GATEWAY_METRICS_ADDR="127.0.0.1:$(free_port)" \
+			GATEWAY_INSTANCE="bench-$name" ADMIN_URL="$ADMIN_URL" UPSTREAM_BASE_URL="$urls" UPSTREAM_API_KEY="$keys" \
+			UPSTREAM_AFFINITY="$affinity" SPOOL_DIR="$tmp/spool-$name" "$BIN/gateway"
+	done
+	wait_service upstream-sim-pool "$POOL_SIM_URL/_sim/healthz"
+	wait_service gateway-affinity "$CACHE_AFFINITY_URL/readyz"
+	wait_service gateway-round-robin "$CACHE_RR_URL/readyz"
+}
+
+# run_cachebench <key>: the cache phase's table, affinity first.
+run_cachebench() {
+	local key=$1 command
+	command="BENCH_CACHE=only BENCH_CACHE_CONVERSATIONS=$CACHE_CONVERSATIONS BENCH_CACHE_TURNS=$CACHE_TURNS make bench"
+	log "running cachebench: $CACHE_CONVERSATIONS conversations x $CACHE_TURNS turns, affinity then round robin"
+	"$BIN/cachebench" -targets "affinity=$CACHE_AFFINITY_URL,round-robin=$CACHE_RR_URL" \
+		-key "$key" -sim "$POOL_SIM_URL" -conversations "$CACHE_CONVERSATIONS" -turns "$CACHE_TURNS" -command "$command" &
+	loadgen_pid=$!
+	wait "$loadgen_pid"
+	loadgen_pid=""
 }
 
 # spawn_service <name> <cmd...>: start a service detached, its output in

@@ -29,7 +29,8 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	s.stats.inFlight.Add(1)
 	defer s.stats.inFlight.Add(-1)
 
-	if e := s.authenticate(r); e != nil {
+	account, e := s.authenticate(r)
+	if e != nil {
 		s.writeError(w, e)
 		return
 	}
@@ -69,7 +70,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	a := s.newAnswer(req, k, thinking)
+	a := s.newAnswer(req, k, thinking, account)
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.LogAttrs(ctx, slog.LevelDebug, "simulated answer",
 			slog.String("id", a.id), slog.String("model", a.model), slog.Bool("stream", req.Stream),
@@ -85,8 +86,8 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 }
 
 // newAnswer plans the answer to req and computes its usage, which consults
-// and updates the prompt cache.
-func (s *Server) newAnswer(req *chatRequest, k knobs, thinking bool) *answer {
+// and updates the prompt cache of account.
+func (s *Server) newAnswer(req *chatRequest, k knobs, thinking bool, account string) *answer {
 	seq := strconv.FormatUint(s.seq.Add(1), 10)
 	a := &answer{
 		id:       "chatcmpl-" + s.instance + "-" + seq,
@@ -124,7 +125,7 @@ func (s *Server) newAnswer(req *chatRequest, k knobs, thinking bool) *answer {
 		a.open = jsonAnswerOpen
 	}
 
-	prompt, hit := s.promptUsage(req)
+	prompt, hit := s.promptUsage(req, account)
 	a.usage = usage{prompt: prompt, hit: hit, miss: prompt - hit, completion: n, reasoning: a.reasoning}
 	return a
 }

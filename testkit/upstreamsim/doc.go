@@ -15,8 +15,10 @@
 //	POST   /_sim/faults                               set the global fault (see below)
 //	DELETE /_sim/faults                               clear it
 //
-// When Config.APIKey is set the chat and model endpoints require
-// "Authorization: Bearer <APIKey>"; the /_sim/ control API never does.
+// When Config.APIKey or Config.APIKeys is set the chat and model endpoints
+// require "Authorization: Bearer <key>" with one of those keys; the /_sim/
+// control API never does. Each key is an upstream account of its own, as
+// behind a pool of several DeepSeek keys: it has its own prompt cache.
 //
 // # Behaviour
 //
@@ -81,14 +83,16 @@
 // # Prompt cache
 //
 // The simulator imitates DeepSeek's prefix cache at the granularity of whole
-// messages. The prompt is the tools block followed by the messages; the cached
-// units are its prefixes ending at each message, keyed by the model, the tools
-// and those messages. prompt_cache_hit_tokens is the token count of the longest
+// messages, per account: the bearer key the request presented (any key, or
+// none, when no key is configured). The prompt is the tools block followed by
+// the messages; the cached units are its prefixes ending at each message,
+// keyed by the account, the model, the tools and those messages, so a prefix
+// one key sent never makes a hit for another key. prompt_cache_hit_tokens is the token count of the longest
 // such prefix seen before (tools included), or 0; prompt_cache_miss_tokens is
 // the rest, so hit + miss == prompt_tokens always. Every prefix of a request is
 // remembered when its usage is computed. The cache holds at most
-// Config.CacheEntries prefixes (oldest dropped first, roughly) and is shared by
-// concurrent requests. The cache is consulted exactly when the simulator starts
+// Config.CacheEntries prefixes over all accounts (oldest dropped first,
+// roughly) and is shared by concurrent requests. The cache is consulted exactly when the simulator starts
 // an answer (after any delay), never for errors or hangs.
 //
 // # Knobs

@@ -45,6 +45,11 @@ type Config struct {
 	// APIKey, when not empty, is the key every chat and model request must
 	// present as "Authorization: Bearer <APIKey>".
 	APIKey string
+	// APIKeys are more keys accepted besides APIKey: one per upstream
+	// account of a pool in front of one simulator. Each key presented,
+	// whichever of them, has a prompt cache of its own, as a DeepSeek
+	// account does (see the package comment).
+	APIKeys []string
 	// DefaultTokens is the completion tokens of an answer when no knob says
 	// otherwise (capped by max_tokens). Zero or less means DefaultCompletionTokens.
 	DefaultTokens int
@@ -70,7 +75,7 @@ type Config struct {
 
 // Server is the simulator. It implements http.Handler; create it with New.
 type Server struct {
-	apiKey         string
+	keys           map[string]bool // accepted bearer keys; empty: no auth
 	defaultTokens  int
 	thinkByDefault bool
 	maxBody        int64
@@ -94,7 +99,7 @@ type Server struct {
 // New returns a simulator configured by cfg.
 func New(cfg Config) *Server {
 	s := &Server{
-		apiKey:         cfg.APIKey,
+		keys:           map[string]bool{},
 		defaultTokens:  cfg.DefaultTokens,
 		thinkByDefault: cfg.ThinkingByDefault,
 		maxBody:        cfg.MaxBodyBytes,
@@ -103,6 +108,11 @@ func New(cfg Config) *Server {
 		now:            cfg.Now,
 		answerWords:    strings.Fields(answerText),
 		thinkWords:     strings.Fields(thinkText),
+	}
+	for _, k := range append([]string{cfg.APIKey}, cfg.APIKeys...) {
+		if k != "" {
+			s.keys[k] = true
+		}
 	}
 	if s.defaultTokens <= 0 {
 		s.defaultTokens = DefaultCompletionTokens
@@ -211,7 +221,7 @@ func stopping(ctx context.Context) <-chan struct{} {
 }
 
 func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
-	if e := s.authenticate(r); e != nil {
+	if _, e := s.authenticate(r); e != nil {
 		s.writeErrorBody(w, e)
 		return
 	}
@@ -233,20 +243,22 @@ func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// authenticate checks the bearer key; nil means the request may proceed.
-func (s *Server) authenticate(r *http.Request) *apiError {
-	if s.apiKey == "" {
-		return nil
+// authenticate checks the bearer key; a nil error means the request may
+// proceed. account is the bearer key presented (empty without one), whose
+// prompt cache the request uses: without auth configured every distinct
+// key is still an account of its own.
+func (s *Server) authenticate(r *http.Request) (account string, _ *apiError) {
+	key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if len(s.keys) == 0 {
+		return key, nil
 	}
-	h := r.Header.Get("Authorization")
-	key, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok {
-		return errAuthFormat()
+		return "", errAuthFormat()
 	}
-	if key != s.apiKey {
-		return errAuthKey(key)
+	if !s.keys[key] {
+		return "", errAuthKey(key)
 	}
-	return nil
+	return key, nil
 }
 
 // getBuf and putBuf lend pooled buffers.

@@ -71,13 +71,16 @@ func toolTokens(t *tool) int {
 	return ToolOverheadTokens + countWords(t.Function.Name) + countWords(t.Function.Description)
 }
 
-// promptUsage computes prompt tokens and the cache hit of req, and remembers
-// its prefixes. Prefix keys chain the model, the tools and each message.
-func (s *Server) promptUsage(req *chatRequest) (prompt, hit int) {
+// promptUsage computes prompt tokens and the cache hit of req in the cache
+// of account, and remembers its prefixes there. Prefix keys chain the
+// account, the model, the tools and each message: one bounded cache holds
+// every account's prefixes, and an account never hits another's.
+func (s *Server) promptUsage(req *chatRequest, account string) (prompt, hit int) {
 	c := s.cache
 	var h maphash.Hash
 	if c.enabled() {
 		h.SetSeed(c.seed)
+		writeField(&h, 'K', account)
 		writeField(&h, 'M', req.Model)
 	}
 	for i := range req.Tools {

@@ -2,7 +2,9 @@
 // upstreamsim, the default upstream of `make run`, tests and benchmarks.
 //
 // Flags take their defaults from the environment: -addr from SIM_ADDR
-// (127.0.0.1:8090), -api-key from SIM_API_KEY (none: no auth), -default-tokens
+// (127.0.0.1:8090), -api-key from SIM_API_KEY (none: no auth; a comma-separated
+// list accepts each of its keys, each an account with a prompt cache of its
+// own, as a pool of DeepSeek keys has), -default-tokens
 // from SIM_DEFAULT_TOKENS (20), -log-level from LOG_LEVEL (info).
 package main
 
@@ -16,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/qyai/qyai/testkit/upstreamsim"
@@ -45,7 +48,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	fs := flag.NewFlagSet("upstream-sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", env("SIM_ADDR", "127.0.0.1:8090"), "listen address (env SIM_ADDR)")
-	apiKey := fs.String("api-key", env("SIM_API_KEY", ""), "bearer key to require; empty: none (env SIM_API_KEY)")
+	apiKey := fs.String("api-key", env("SIM_API_KEY", ""), "bearer key to require, or comma-separated keys, each an account with its own prompt cache; empty: none (env SIM_API_KEY)")
 	tokens := fs.Int("default-tokens", defTokens, "completion tokens when a request does not say (env SIM_DEFAULT_TOKENS)")
 	level := fs.String("log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
 	if err := fs.Parse(args); err != nil {
@@ -61,8 +64,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	sim := upstreamsim.New(upstreamsim.Config{APIKey: *apiKey, DefaultTokens: *tokens, Logger: log})
-	log.Info("upstream simulator listening", "addr", ln.Addr().String(), "auth", *apiKey != "")
+	var keys []string
+	for k := range strings.SplitSeq(*apiKey, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			keys = append(keys, k)
+		}
+	}
+	sim := upstreamsim.New(upstreamsim.Config{APIKeys: keys, DefaultTokens: *tokens, Logger: log})
+	log.Info("upstream simulator listening", "addr", ln.Addr().String(), "auth", len(keys) > 0, "keys", len(keys))
 	if err := sim.Serve(ctx, ln); err != nil {
 		return err
 	}

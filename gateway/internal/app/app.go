@@ -156,6 +156,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			Retries:          cfg.Upstream.Retries,
 			EjectAfter:       cfg.Upstream.EjectAfter,
 			Cooldown:         cfg.Upstream.Cooldown,
+			Affinity:         cfg.Upstream.Affinity,
 		}),
 		Pub:      pub,
 		Metrics:  tel,

@@ -96,6 +96,10 @@ type Upstream struct {
 	EjectAfter int           // UPSTREAM_EJECT_AFTER
 	Cooldown   time.Duration // UPSTREAM_COOLDOWN
 	Retries    int           // UPSTREAM_RETRIES
+	// Affinity keeps each conversation on one member (cache-aware
+	// routing); false is the operator's escape hatch back to weighted
+	// round robin.
+	Affinity bool // UPSTREAM_AFFINITY
 	// ConnectTimeout bounds dialing; FirstByteTimeout the wait for response
 	// headers; IdleTimeout the gap between two stream chunks.
 	ConnectTimeout   time.Duration // UPSTREAM_CONNECT_TIMEOUT
@@ -147,6 +151,7 @@ func Load(getenv func(string) string) (Config, error) {
 			EjectAfter:       r.Int("UPSTREAM_EJECT_AFTER", 3),
 			Cooldown:         r.Duration("UPSTREAM_COOLDOWN", 10*time.Second),
 			Retries:          r.Int("UPSTREAM_RETRIES", 2),
+			Affinity:         r.Bool("UPSTREAM_AFFINITY", true),
 			ConnectTimeout:   r.Duration("UPSTREAM_CONNECT_TIMEOUT", 5*time.Second),
 			FirstByteTimeout: r.Duration("UPSTREAM_FIRST_BYTE_TIMEOUT", 120*time.Second),
 			IdleTimeout:      r.Duration("UPSTREAM_IDLE_TIMEOUT", 60*time.Second),

@@ -30,6 +30,17 @@ func TestLoad(t *testing.T) {
 				t.Errorf("unexpected defaults: %+v", c)
 			}
 		}},
+		{name: "affinity on by default", check: func(t *testing.T, c Config) {
+			if !c.Upstream.Affinity {
+				t.Error("UPSTREAM_AFFINITY should default to true")
+			}
+		}},
+		{name: "affinity off", env: map[string]string{"UPSTREAM_AFFINITY": "false"}, check: func(t *testing.T, c Config) {
+			if c.Upstream.Affinity {
+				t.Error("UPSTREAM_AFFINITY=false left affinity on")
+			}
+		}},
+		{name: "affinity not a boolean", env: map[string]string{"UPSTREAM_AFFINITY": "sometimes"}, wantErr: []string{`UPSTREAM_AFFINITY: "sometimes" is not a boolean`}},
 		{name: "metrics listener default", check: func(t *testing.T, c Config) {
 			if c.MetricsAddr != "127.0.0.1:9464" {
 				t.Errorf("metrics addr %q, want 127.0.0.1:9464", c.MetricsAddr)

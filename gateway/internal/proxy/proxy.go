@@ -173,7 +173,11 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) error
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 
-	resp, fail := h.attempt(ctx, req.body)
+	var session uint64
+	if h.Upstream.cfg.Affinity && len(h.Upstream.pool.members) > 1 { // members never change
+		session = sessionOf(in.Key.ID, r.Header, req)
+	}
+	resp, fail := h.attempt(ctx, req.body, session)
 	reached = fail == nil || fail.reached
 	if fail != nil {
 		if fail.reached {
@@ -218,13 +222,21 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) error
 // attempt sends the request, retrying retryable failures with backoff on
 // another pool member. Nothing has reached the client yet, so a retry is
 // invisible to it; a retryable failure means the upstream did no billable
-// work (connection refused, 429, 5xx).
-func (h *Handler) attempt(ctx context.Context, body []byte) (*http.Response, *attemptError) {
+// work (connection refused, 429, 5xx). With affinity the first attempt goes
+// to session's member and each retry to its next-highest one not tried yet.
+func (h *Handler) attempt(ctx context.Context, body []byte, session uint64) (*http.Response, *attemptError) {
 	backoff := 50 * time.Millisecond
 	var fail *attemptError
 	var last *poolMember
+	var tried uint64
 	for i := 0; ; i++ {
-		m := h.Upstream.pool.pick(last)
+		var m *poolMember
+		if h.Upstream.cfg.Affinity {
+			m = h.Upstream.pool.pickFor(session, tried, last)
+			tried |= m.triedBit()
+		} else {
+			m = h.Upstream.pool.pick(last)
+		}
 		last = m
 		var resp *http.Response
 		resp, fail = h.Upstream.send(ctx, m, body)

@@ -21,6 +21,13 @@ type chatRequest struct {
 	body         []byte // what goes upstream
 	// promptBytes sizes the prompt, for estimates when upstream never reports.
 	promptBytes int
+	// sessionKey is the client's own name of the conversation as sent (the
+	// raw, still escaped JSON string of prompt_cache_key, else of user),
+	// nil when neither is a non-empty string. opening is the conversation's
+	// opening: the messages up to its first user message included. Both
+	// point into the body: routing hashes them without another parse.
+	sessionKey []byte
+	opening    []message
 }
 
 // Roles the upstream accepts in messages.
@@ -215,6 +222,13 @@ func prepare(body []byte, cat *catalog.Catalog) (*chatRequest, error) {
 		}
 	}
 	req.promptBytes = len(rawMsgs)
+	req.opening = openingOf(msgs)
+	for _, f := range []string{"prompt_cache_key", "user"} {
+		if raw, _ := top.get(f); len(raw) > 2 && raw[0] == '"' {
+			req.sessionKey = raw[1 : len(raw)-1]
+			break
+		}
+	}
 
 	if err := checkNumber(top, "temperature", 0, 2); err != nil {
 		return nil, err

@@ -28,6 +28,11 @@ type UpstreamConfig struct {
 	// EjectAfter consecutive failures take a member out for Cooldown.
 	EjectAfter int
 	Cooldown   time.Duration
+	// Affinity routes each conversation to one member by weighted
+	// rendezvous hashing of its session (see sessionOf), so that its turns
+	// meet the prompt cache of one upstream account; off, members take
+	// turns by weighted round robin whatever the conversation.
+	Affinity bool
 }
 
 // Upstream sends requests to the provider over pooled keep-alive connections.
