@@ -12,7 +12,10 @@
 # Go HTTP proxy costs on this machine, not a part of the product. It creates an
 # enterprise key whose limits never bind, runs .bin/loadgen (the same workload
 # straight to the simulator, through the reference proxy in the non-stream phases,
-# and through the gateway, phase by phase) and prints its Markdown tables on stdout.
+# and through the gateway, phase by phase) and prints its Markdown tables on stdout,
+# among them the whole system's CPU time per request: the gateway's own and that of
+# every other process of ours (Redis, NATS, meter, ClickHouse, admin; each node when
+# clustered), read from /proc round by round (see package loadgen).
 # Everything it started is stopped on exit, Ctrl-C included, and the temporary
 # directory removed.
 #
@@ -255,6 +258,8 @@ run_loadgen() {
 		reference=(-reference "$REFPROXY_URL" -reference-key "$SIM_KEY" -reference-pid "$ref_pid")
 		targets="direct, reference (non-stream phases), gateway"
 	fi
+	local system=()
+	mapfile -t system < <(system_flags)
 	revision=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 	if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then
 		revision+=" with uncommitted changes"
@@ -269,10 +274,35 @@ run_loadgen() {
 	"$BIN/loadgen" -gateway "$GATEWAY_URL" -key "$key" -direct "$SIM_URL" -direct-key "$SIM_KEY" \
 		-gateway-pid "$gateway_pid" -duration "$DURATION" -concurrency "$CONCURRENCY" -rate "$RATE" \
 		-stream-concurrency "$STREAM_CONCURRENCY" -rounds "$ROUNDS" -command "$command" -revision "$revision" \
-		"${reference[@]}" &
+		"${reference[@]}" "${system[@]}" &
 	loadgen_pid=$!
 	wait "$loadgen_pid"
 	loadgen_pid=""
+}
+
+# system_flags prints the load generator's -system arguments, one per line: the
+# PIDs of every process of ours behind the gateway (each node of a clustered
+# engine; ZooKeeper with the ClickHouse cluster), whose CPU time counts toward the
+# whole system's cost per request. spawn execs in place, so each pidfile names the
+# server itself.
+system_flags() {
+	local name dir pids
+	for name in redis nats clickhouse; do
+		if [[ $TOPOLOGY == cluster ]]; then
+			dir=$tmp/$name-cluster
+			pids=$(cat "$dir"/node*/pid | paste -sd,)
+		else
+			pids=$(<"$tmp/$name/pid")
+		fi
+		[[ -n $pids ]] || die "no PID of $name under $tmp"
+		printf '%s\n' -system "$name=$pids"
+	done
+	if [[ $TOPOLOGY == cluster ]]; then
+		printf '%s\n' -system "zookeeper=$(<"$tmp/clickhouse-cluster/zk/pid")"
+	fi
+	for name in meter admin; do
+		printf '%s\n' -system "$name=$(<"$tmp/pids/$name.pid")"
+	done
 }
 
 # cleanup stops the gateway first (it flushes its usage events while NATS and the

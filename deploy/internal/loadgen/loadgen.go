@@ -61,6 +61,15 @@ type Config struct {
 	ReferenceURL string
 	ReferenceKey string
 	ReferencePID int
+	// System lists the other processes of the stack (Redis, NATS, meter,
+	// ClickHouse, admin), whose CPU time per gateway request is reported
+	// phase by phase, with the gateway's own, as the whole system's cost.
+	// SystemIdle is how long their idle CPU use is measured before the first
+	// phase (subtracted from every round); Settle how long the last round of a
+	// phase waits for the bookkeeping that trails its requests.
+	System     []SystemProc
+	SystemIdle time.Duration
+	Settle     time.Duration
 
 	// Duration is how long each target is measured in each phase.
 	Duration time.Duration
@@ -125,6 +134,12 @@ func (c Config) Validate() error {
 	if c.ReferencePID < 0 {
 		errs = append(errs, fmt.Errorf("reference-pid: %d, want >= 0", c.ReferencePID))
 	}
+	if err := validateSystem(c.System); err != nil {
+		errs = append(errs, err)
+	}
+	if len(c.System) > 0 && (c.SystemIdle <= 0 || c.Settle < 0) {
+		errs = append(errs, fmt.Errorf("system-idle: %v, settle %v: want > 0 and >= 0", c.SystemIdle, c.Settle))
+	}
 	if rounds := max(c.Rounds, 1); c.Duration/time.Duration(rounds) < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("duration: %v in %d round(s), want >= 100ms a round", c.Duration, rounds))
 	}
@@ -156,6 +171,15 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.ReferenceURL, "reference", "", "base URL of a bare reverse proxy to the simulator, measured as a reference in the non-stream phases (empty: none)")
 	fs.StringVar(&c.ReferenceKey, "reference-key", "", "API key sent to the reference proxy (the simulator's)")
 	fs.IntVar(&c.ReferencePID, "reference-pid", 0, "reference proxy PID for CPU and RSS from /proc (0: do not measure)")
+	fs.Func("system", "name=pid[,pid...] of a process of the stack whose CPU counts toward the whole system's (repeat per process: redis, nats, meter, clickhouse, admin)", func(v string) error {
+		p, err := parseSystemProc(v)
+		if err == nil {
+			c.System = append(c.System, p)
+		}
+		return err
+	})
+	fs.DurationVar(&c.SystemIdle, "system-idle", 3*time.Second, "how long the stack's idle CPU use is measured before the phases (with -system)")
+	fs.DurationVar(&c.Settle, "settle", time.Second, "wait after a phase's last gateway slice for the bookkeeping that trails it (with -system)")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measurement per target and phase")
 	fs.IntVar(&c.Rounds, "rounds", 1, "alternating direct/(reference/)gateway slices per phase (noise control)")
 	fs.DurationVar(&c.Warmup, "warmup", 1500*time.Millisecond, "unmeasured warm-up per target and phase")
@@ -239,6 +263,14 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 	}
 
 	rep := &Report{Config: c, Machine: describeMachine(), Started: time.Now()}
+	var sys *systemMeter
+	if len(c.System) > 0 {
+		sys = &systemMeter{procs: c.System}
+		if err := sys.measureIdle(ctx, c.SystemIdle); err != nil {
+			return nil, fmt.Errorf("measure the idle stack: %w", err)
+		}
+		rep.SystemIdle = sys.idle
+	}
 	slice := c.Duration / time.Duration(c.Rounds)
 	for i, p := range phases {
 		targets := []*target{direct, gateway}
@@ -253,9 +285,22 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 				if round == 0 && c.Warmup > 0 {
 					p.run(ctx, t, c.Warmup)
 				}
+				var snap snapshot
+				if sys != nil && t == gateway {
+					var err error
+					if snap, err = takeSnapshot(c.System); err != nil {
+						return nil, err
+					}
+					if sr, ok := sys.close(snap); ok {
+						p.system = append(p.system, sr)
+					}
+				}
 				r, err := measure(ctx, p, t, slice)
 				if err != nil {
 					return nil, fmt.Errorf("measure %s, %s: %w", p.title, t.name, err)
+				}
+				if sys != nil && t == gateway {
+					sys.open = &openWindow{start: snap, reqs: r.ok + r.failed, gateway: r.cpu}
 				}
 				switch t {
 				case direct:
@@ -265,6 +310,18 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 				default:
 					p.gateway = p.gateway.combine(r)
 				}
+			}
+		}
+		if sys != nil {
+			if err := sleep(ctx, c.Settle); err != nil {
+				return nil, fmt.Errorf("benchmark interrupted: %w", err)
+			}
+			snap, err := takeSnapshot(c.System)
+			if err != nil {
+				return nil, err
+			}
+			if sr, ok := sys.close(snap); ok {
+				p.system = append(p.system, sr)
 			}
 		}
 		// Progress lines: best effort, the returned report is what counts.

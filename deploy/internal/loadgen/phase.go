@@ -47,6 +47,8 @@ type phase struct {
 	// reference is the bare reverse proxy's result; nil when it was not
 	// measured (no Config.ReferenceURL, or the stream phase).
 	reference *result
+	// system is the whole system's cost round by round (Config.System).
+	system []systemRound
 }
 
 // result is what one measurement saw.

@@ -13,6 +13,7 @@ import (
 // Targets the gateway is held to; the report marks each PASS or MISS.
 const (
 	targetCPUPerRequest  = 200 * time.Microsecond // gateway CPU per non-stream request
+	targetSystemCPU      = 200 * time.Microsecond // whole system's CPU per non-stream request
 	targetThroughputFrac = 1.0 / 3                // non-stream gateway/direct req/s
 	targetAddedP99       = 2 * time.Millisecond   // p99 added in the open loop
 
@@ -29,6 +30,9 @@ type Report struct {
 	Started time.Time
 	Elapsed time.Duration
 	Phases  []*phase
+	// SystemIdle is, per Config.System process, the CPU it used per second
+	// with no load, measured before the phases.
+	SystemIdle []time.Duration
 }
 
 func (rep *Report) phase(k phaseKind) *phase {
@@ -109,6 +113,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		}
 	}
 	writeErrors(&b, rep.Phases)
+	writeSystem(&b, rep)
 	writeReference(&b, rep.Phases)
 
 	b.WriteString("\n| Target | Measured | Verdict |\n|---|--:|:-:|\n")
@@ -119,6 +124,11 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 				ms(targetCPUPerRequest), msPrec(v, 3), verdict(v <= targetCPUPerRequest))
 		} else {
 			fmt.Fprintf(&b, "| Gateway CPU per non-stream request ≤ %s ms | not measured (no -gateway-pid) | — |\n", ms(targetCPUPerRequest))
+		}
+		if len(p.system) > 0 {
+			v := summarise(p.system, len(c.System)).whole
+			fmt.Fprintf(&b, "| Whole-system CPU per non-stream request ≤ %s ms (closed loop, median of %d rounds) | %s ms | %s |\n",
+				ms(targetSystemCPU), len(p.system), msPrec(v, 3), verdict(v <= targetSystemCPU))
 		}
 		r := ratio(p)
 		fmt.Fprintf(&b, "| Non-stream throughput through the gateway ≥ 1/3 of direct | %.2f | %s |\n",
@@ -155,6 +165,47 @@ func row(b *bytes.Buffer, title string, d, g *result, dl, gl []time.Duration, di
 	}
 	fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 		title, rate, ms(d50), ms(g50), signedMs(g50-d50), ms(d99), ms(g99), signedMs(g99-d99), errs, cpu, rss)
+}
+
+// writeSystem prints the whole system's table: per phase, the CPU time per
+// gateway request of every process of ours and their sum, the medians of the
+// rounds; nothing when Config.System was empty.
+func writeSystem(b *bytes.Buffer, rep *Report) {
+	procs := rep.Config.System
+	if len(procs) == 0 {
+		return
+	}
+	var idle []string
+	for i, p := range procs {
+		idle = append(idle, fmt.Sprintf("%s %s", p.Name, msPrec(rep.SystemIdle[i], 1)))
+	}
+	b.WriteString("\nWhole system, same run: CPU time (user + system) per gateway request of every process of ours, " +
+		"the median of the rounds. A round runs from the start of its gateway slice to the start of the next one " +
+		"(the last: a settle time after it), so that the bookkeeping that trails the requests counts; each process's " +
+		"idle use, measured before the phases (ms of CPU per second: " + strings.Join(idle, ", ") + "), is subtracted. " +
+		"Whole system = the gateway plus all of them (the median of the rounds' sums). " +
+		"Bare proxy: the reference's own CPU per request, for scale. In ms.\n\n")
+	b.WriteString("| Phase | Gateway |")
+	for _, p := range procs {
+		fmt.Fprintf(b, " %s |", p.Name)
+	}
+	b.WriteString(" **Whole system** | Bare proxy |\n|---|--:|")
+	b.WriteString(strings.Repeat("--:|", len(procs)+2) + "\n")
+	for _, p := range rep.Phases {
+		if len(p.system) == 0 {
+			continue
+		}
+		s := summarise(p.system, len(procs))
+		fmt.Fprintf(b, "| %s | %s |", p.title, msPrec(s.gateway, 3))
+		for _, v := range s.procs {
+			fmt.Fprintf(b, " %s |", msPrec(v, 3))
+		}
+		ref := "—"
+		if p.reference != nil && p.reference.hasProc {
+			ref = msPrec(p.reference.cpuPerRequest(), 3)
+		}
+		fmt.Fprintf(b, " **%s** | %s |\n", msPrec(s.whole, 3), ref)
+	}
 }
 
 // writeReference prints the reference proxy's table, one row per phase it
