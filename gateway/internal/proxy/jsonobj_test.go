@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/json"
+	"maps"
 	"reflect"
 	"testing"
 )
@@ -33,13 +35,20 @@ func TestObjectRewrite(t *testing.T) {
 	}
 }
 
-// FuzzObject: on any input parseObject never panics, and on a valid JSON
-// object an unchanged encode is the same object.
+// FuzzObject: on any input parseObject and memberSpan never panic; on a
+// valid JSON object an unchanged encode is the same object, and cutting
+// any member's span leaves the same object less that member.
 func FuzzObject(f *testing.F) {
-	for _, s := range []string{`{}`, `{"a":1}`, `{"a":{"b":[1,2,{"c":"]"}]},"d":"\\\""}`, `{"a" : null , "b":true}`, `{"`, `{"a"`, `{"a":`, `[]`} {
+	for _, s := range []string{`{}`, `{"a":1}`, `{"a":{"b":[1,2,{"c":"]"}]},"d":"\\\""}`, `{"a" : null , "b":true}`, `{"`, `{"a"`, `{"a":`, `[]`,
+		`{"usage":null}`, `{ "usage" : {"p":1} , "choices":[] }`, `{"choices":[{"delta":{"content":"\\\"usage\\\":{"}}], "usage": null}`,
+		`{"us\u0061ge":null,"a":"\\"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		_, from, to, _, spanErr := memberSpan(b, "usage")
+		if spanErr == nil && (from < 0 || from > to || to > len(b)) {
+			t.Fatalf("memberSpan of %q: span %d..%d out of range", b, from, to)
+		}
 		o, err := parseObject(b)
 		if err != nil || !json.Valid(b) {
 			return
@@ -53,6 +62,22 @@ func FuzzObject(f *testing.F) {
 		}
 		if !reflect.DeepEqual(want, got) {
 			t.Fatalf("encode changed %q into %s", b, o.encode())
+		}
+		for _, m := range o.members {
+			val, from, to, n, err := memberSpan(b, string(m.key))
+			if err != nil || n != 1 || !bytes.Equal(val, m.val) {
+				t.Fatalf("memberSpan(%q, %q) = %s, %d members, %v", b, m.key, val, n, err)
+			}
+			cut := append(append([]byte{}, b[:from]...), b[to:]...)
+			var less map[string]any
+			if err := json.Unmarshal(cut, &less); err != nil {
+				t.Fatalf("cutting %q from %q gave %q: %v", m.key, b, cut, err)
+			}
+			wantLess := maps.Clone(want)
+			delete(wantLess, string(m.key))
+			if !reflect.DeepEqual(less, wantLess) {
+				t.Fatalf("cutting %q from %q gave %q", m.key, b, cut)
+			}
 		}
 	})
 }

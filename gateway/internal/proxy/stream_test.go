@@ -119,12 +119,59 @@ func TestStreamGolden(t *testing.T) {
 	}
 }
 
-func TestStripUsage(t *testing.T) {
-	in := []byte(`{"id":"x","choices":[{"index":0}],"usage":{"prompt_tokens":7,"completion_tokens_details":{"reasoning_tokens":1}},"z":1}`)
-	got := string(stripUsage(in))
-	want := `data: {"id":"x","choices":[{"index":0}],"z":1}` + "\n"
-	if got != want {
-		t.Errorf("got %q want %q", got, want)
+func TestShowUsage(t *testing.T) {
+	const fin = `"choices":[{"index":0,"delta":{"content":"\"usage\":{}"},"finish_reason":"stop"}]`
+	const use = `{"prompt_tokens":7,"completion_tokens":3,"completion_tokens_details":{"reasoning_tokens":1}}`
+	tests := []struct {
+		name, in    string
+		include     bool
+		want        string // "" with drop
+		drop, meter bool
+	}{
+		{"null_last_hidden", `{"id":"x",` + fin + `,"usage":null}`, false, `{"id":"x",` + fin + `}`, false, false},
+		{"null_first_hidden", `{"usage": null, "id":"x",` + fin + `}`, false, `{"id":"x",` + fin + `}`, false, false},
+		{"null_spaced_hidden", `{"id":"x" , "usage" : null ,` + fin + `}`, false, `{"id":"x" ,` + fin + `}`, false, false},
+		{"null_escaped_key_hidden", `{"id":"x",` + fin + `,"us\u0061ge":null}`, false, `{"id":"x",` + fin + `}`, false, false},
+		{"null_shown", `{"id":"x",` + fin + `,"usage":null}`, true, `{"id":"x",` + fin + `,"usage":null}`, false, false},
+		{"nested_usage_untouched", `{"id":"x","choices":[{"usage":null}]}`, false, `{"id":"x","choices":[{"usage":null}]}`, false, false},
+		{"usage_only_hidden", `{"id":"x","choices":[],"usage":` + use + `}`, false, "", true, true},
+		{"usage_only_first_hidden", `{"usage":` + use + `,"id":"x","choices":[ ]}`, false, "", true, true},
+		{"usage_only_shown", `{"id":"x","choices":[],"usage":` + use + `}`, true, `{"id":"x","choices":[],"usage":` + use + `}`, false, true},
+		{"on_finish_hidden", `{"id":"x",` + fin + `,"usage":` + use + `}`, false, `{"id":"x",` + fin + `}`, false, true},
+		{"on_finish_first_hidden", `{"usage":` + use + `,"id":"x",` + fin + `}`, false, `{"id":"x",` + fin + `}`, false, true},
+		{"on_finish_shown", `{"id":"x",` + fin + `,"usage":` + use + `}`, true,
+			`{"id":"x",` + fin + `,"usage":null}` + "\n\ndata: " + `{"id":"x","choices":[],"usage":` + use + `}`, false, true},
+		{"duplicate_hidden", `{"usage":` + use + `,"id":"x",` + fin + `,"usage":null}`, false, `{"id":"x",` + fin + `}`, false, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			line := []byte("data: " + tc.in + "\n")
+			ev := &usage.Event{}
+			out, drop := showUsage(line, len("data: "), len(tc.in), tc.include, ev)
+			if drop != tc.drop {
+				t.Fatalf("drop = %v, want %v", drop, tc.drop)
+			}
+			if !drop && string(out) != "data: "+tc.want+"\n" {
+				t.Errorf("got  %q\nwant %q", out, "data: "+tc.want+"\n")
+			}
+			if metered := ev.UsageSource == usage.SourceReported; metered != tc.meter || tc.meter && (ev.PromptTokens != 7 || ev.CompletionTokens != 3) {
+				t.Errorf("metered %v (%+v), want %v", metered, ev, tc.meter)
+			}
+		})
+	}
+}
+
+// TestShowUsageNullInPlace: the common chunk ("usage":null, hidden) is
+// rewritten without allocating.
+func TestShowUsageNullInPlace(t *testing.T) {
+	in := []byte(`data: {"id":"x","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}` + "\n")
+	buf := make([]byte, len(in))
+	ev := &usage.Event{}
+	if n := testing.AllocsPerRun(100, func() {
+		copy(buf, in)
+		_, _ = showUsage(buf, len("data: "), len(in)-len("data: \n"), false, ev)
+	}); n != 0 {
+		t.Errorf("%v allocations per chunk, want 0", n)
 	}
 }
 
