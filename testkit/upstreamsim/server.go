@@ -55,6 +55,11 @@ type Config struct {
 	// CacheEntries bounds the prompt cache (prefixes remembered). Zero means
 	// DefaultCacheEntries; negative disables the cache (every token a miss).
 	CacheEntries int
+	// UsageOnFinish puts the usage of every stream that asked for it on the
+	// finish chunk, as DeepSeek's real API does, instead of a last chunk with
+	// "choices":[] (OpenAI's shape). The usage_on_finish knob sets it per
+	// request.
+	UsageOnFinish bool
 	// MaxBodyBytes bounds a request body. Zero or less means DefaultMaxBodyBytes.
 	MaxBodyBytes int64
 	// InstanceID goes into every completion and tool call id, which are
@@ -73,6 +78,7 @@ type Server struct {
 	apiKey         string
 	defaultTokens  int
 	thinkByDefault bool
+	usageOnFinish  bool
 	maxBody        int64
 	instance       string
 	log            *slog.Logger
@@ -97,6 +103,7 @@ func New(cfg Config) *Server {
 		apiKey:         cfg.APIKey,
 		defaultTokens:  cfg.DefaultTokens,
 		thinkByDefault: cfg.ThinkingByDefault,
+		usageOnFinish:  cfg.UsageOnFinish,
 		maxBody:        cfg.MaxBodyBytes,
 		instance:       cfg.InstanceID,
 		log:            cfg.Logger,
