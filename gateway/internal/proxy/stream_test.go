@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"io"
@@ -80,6 +81,16 @@ func TestStreamGolden(t *testing.T) {
 		{"thinking_with_usage", "thinking.upstream", `{"model":"deepseek-reasoner","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 9},
 		{"usage_on_finish_hidden", "usage_on_finish.upstream", `{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 1},
 		{"usage_on_finish_shown", "usage_on_finish.upstream", `{"model":"deepseek-chat","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 1},
+		// DeepSeek's shape: usage on the finish chunk, none on the others.
+		{"deepseek_hidden", "deepseek.upstream", `{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 9},
+		{"deepseek_shown", "deepseek.upstream", `{"model":"deepseek-chat","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 9},
+		// The simulator's (and OpenAI's) shape, recorded from upstream-sim.
+		{"sim_hidden", "sim.upstream", `{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 3},
+		{"sim_shown", "sim.upstream", `{"model":"deepseek-chat","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 3},
+		// A usage-only chunk with usage as its first member, "usage": null
+		// (with a space) first on the others, CRLF line ends.
+		{"usage_only_hidden", "usage_only.upstream", `{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 1},
+		{"usage_only_shown", "usage_only.upstream", `{"model":"deepseek-chat","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 1},
 		{"cut_midway", "cut.upstream", `{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeUpstreamError, usage.SourceEstimated, 2},
 	}
 	for _, tc := range tests {
@@ -107,6 +118,9 @@ func TestStreamGolden(t *testing.T) {
 			if got := w.Body.String(); got != string(want) {
 				t.Errorf("client stream differs from %s:\n got:\n%s\nwant:\n%s", golden, got, want)
 			}
+			if tc.wantOutcome == usage.OutcomeCompleted {
+				checkShape(t, w.Body.Bytes(), strings.Contains(tc.body, `"include_usage":true`))
+			}
 			if len(rec.evs) != 1 {
 				t.Fatalf("%d events, want 1", len(rec.evs))
 			}
@@ -116,6 +130,63 @@ func TestStreamGolden(t *testing.T) {
 					tc.wantOutcome, tc.wantSource, tc.wantCompletion)
 			}
 		})
+	}
+}
+
+// checkShape asserts OpenAI's stream shape on what a client received: with
+// include_usage, the last chunk before [DONE] has "choices":[] and the
+// usage, the one before it a finish_reason, and no other chunk a usage;
+// without, no chunk has a usage member at all.
+func checkShape(t *testing.T, body []byte, include bool) {
+	t.Helper()
+	var chunks []map[string]json.RawMessage
+	done := false
+	for _, line := range strings.Split(strings.ReplaceAll(string(body), "\r\n", "\n"), "\n") {
+		data, ok := strings.CutPrefix(line, "data:")
+		if !ok {
+			continue
+		}
+		data = strings.TrimSpace(data)
+		if data == "[DONE]" {
+			done = true
+			continue
+		}
+		if done {
+			t.Errorf("a chunk after [DONE]: %s", data)
+		}
+		var c map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(data), &c); err != nil {
+			t.Fatalf("chunk is not a JSON object: %s", data)
+		}
+		chunks = append(chunks, c)
+	}
+	if !done || len(chunks) < 2 {
+		t.Fatalf("%d chunks, done %v", len(chunks), done)
+	}
+	hasUsage := func(c map[string]json.RawMessage) bool { u, ok := c["usage"]; return ok && string(u) != "null" }
+	if !include {
+		for i, c := range chunks {
+			if _, ok := c["usage"]; ok {
+				t.Errorf("chunk %d has a usage member the client did not ask for", i)
+			}
+		}
+		return
+	}
+	last, fin := chunks[len(chunks)-1], chunks[len(chunks)-2]
+	var lastChoices []json.RawMessage
+	if json.Unmarshal(last["choices"], &lastChoices) != nil || lastChoices == nil || len(lastChoices) != 0 || !hasUsage(last) {
+		t.Errorf("last chunk: choices %s usage %s, want [] and the usage", last["choices"], last["usage"])
+	}
+	var choices []struct {
+		FinishReason *string `json:"finish_reason"`
+	}
+	if err := json.Unmarshal(fin["choices"], &choices); err != nil || len(choices) != 1 || choices[0].FinishReason == nil {
+		t.Errorf("the chunk before the usage has no finish_reason: %s", fin["choices"])
+	}
+	for i, c := range chunks[:len(chunks)-1] {
+		if hasUsage(c) {
+			t.Errorf("chunk %d has usage before the last", i)
+		}
 	}
 }
 
