@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -70,12 +69,13 @@ func BenchmarkStream(b *testing.B) {
 				req := &chatRequest{stream: true, includeUsage: asked, promptBytes: 40}
 				w := &discardWriter{hdr: http.Header{}}
 				rd := bytes.NewReader(body)
+				ctx := b.Context()
 				b.SetBytes(int64(len(body)))
 				b.ReportAllocs()
 				for b.Loop() {
 					rd.Reset(body)
 					ev := &usage.Event{StartedAt: time.Now()}
-					h.stream(context.Background(), w, r, req, rd, ev)
+					h.stream(ctx, w, r, req, rd, ev)
 					if ev.UsageSource != usage.SourceReported {
 						b.Fatalf("usage not metered: %+v", ev)
 					}
