@@ -246,15 +246,26 @@ func skipSpace(b []byte, i int) int {
 	return i
 }
 
-// skipString returns the index after the string starting at b[i] == '"'.
+// skipString returns the index after the string starting at b[i] == '"',
+// or len(b) when it does not end. It jumps from quote to quote (IndexByte
+// is vectorised; chunks are mostly string bytes): a quote ends the string
+// unless an odd run of backslashes precedes it. A run cannot begin before
+// from, since b[from-1] is the opening quote or an escaped one.
 func skipString(b []byte, i int) int {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1
+	for from := i + 1; from <= len(b); {
+		q := bytes.IndexByte(b[from:], '"')
+		if q < 0 {
+			break
 		}
+		q += from
+		k := q
+		for k > from && b[k-1] == '\\' {
+			k--
+		}
+		if (q-k)%2 == 0 {
+			return q + 1
+		}
+		from = q + 1
 	}
 	return len(b)
 }

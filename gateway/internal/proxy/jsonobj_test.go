@@ -41,10 +41,15 @@ func TestObjectRewrite(t *testing.T) {
 func FuzzObject(f *testing.F) {
 	for _, s := range []string{`{}`, `{"a":1}`, `{"a":{"b":[1,2,{"c":"]"}]},"d":"\\\""}`, `{"a" : null , "b":true}`, `{"`, `{"a"`, `{"a":`, `[]`,
 		`{"usage":null}`, `{ "usage" : {"p":1} , "choices":[] }`, `{"choices":[{"delta":{"content":"\\\"usage\\\":{"}}], "usage": null}`,
-		`{"us\u0061ge":null,"a":"\\"}`} {
+		`{"us\u0061ge":null,"a":"\\"}`, `{"a":"\\\\\"\\"}`, `"\\\\\\"`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		for i := range b {
+			if b[i] == '"' && skipString(b, i) != skipStringByByte(b, i) {
+				t.Fatalf("skipString(%q, %d) = %d, byte by byte %d", b, i, skipString(b, i), skipStringByByte(b, i))
+			}
+		}
 		_, from, to, _, spanErr := memberSpan(b, "usage")
 		if spanErr == nil && (from < 0 || from > to || to > len(b)) {
 			t.Fatalf("memberSpan of %q: span %d..%d out of range", b, from, to)
@@ -73,13 +78,31 @@ func FuzzObject(f *testing.F) {
 			if err := json.Unmarshal(cut, &less); err != nil {
 				t.Fatalf("cutting %q from %q gave %q: %v", m.key, b, cut, err)
 			}
+			var name string // as encoding/json reads it (invalid UTF-8 becomes U+FFFD)
+			if err := json.Unmarshal(appendJSONString(nil, m.key), &name); err != nil {
+				t.Fatal(err)
+			}
 			wantLess := maps.Clone(want)
-			delete(wantLess, string(m.key))
+			delete(wantLess, name)
 			if !reflect.DeepEqual(less, wantLess) {
 				t.Fatalf("cutting %q from %q gave %q", m.key, b, cut)
 			}
 		}
 	})
+}
+
+// skipStringByByte is the plain reading of a JSON string that skipString
+// must agree with: a backslash escapes the next byte, a quote ends it.
+func skipStringByByte(b []byte, i int) int {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return len(b)
 }
 
 // TestUsageParseMatchesEncodingJSON: the reflection-free usage reader
