@@ -234,13 +234,13 @@ func mayHaveUsage(payload []byte) bool {
 
 // showUsage meters the usage member of the chunk line[off:off+n], if any,
 // and returns what the client is shown in its place, in OpenAI's shape
-// whatever the upstream's: with include_usage, every chunk that has
-// choices carries "usage":null and the usage comes last in a chunk of its
-// own with "choices":[] (DeepSeek's usage on the finish chunk is split off
-// into one); without it, no chunk has a usage member at all, and a
-// usage-only chunk is dropped (drop: the whole event). Members other than
-// usage and choices keep their bytes; choices is never re-encoded. A chunk
-// whose usage is null is rewritten in place, without allocating.
+// whatever the upstream's: with include_usage, the usage comes last, in a
+// chunk of its own with "choices":[] (DeepSeek's usage on the finish chunk
+// is split off into one, the finish chunk keeping "usage":null); without
+// it, no chunk has a usage member at all, and a usage-only chunk is
+// dropped (drop: the whole event). Members other than usage and choices
+// keep their bytes; choices is never re-encoded. Cutting a usage member
+// happens in place, without allocating.
 func showUsage(line []byte, off, n int, include bool, ev *usage.Event) (out []byte, drop bool) {
 	payload := line[off : off+n]
 	val, from, to, count, err := memberSpan(payload, "usage")
@@ -259,23 +259,14 @@ func showUsage(line []byte, off, n int, include bool, ev *usage.Event) (out []by
 	if metered {
 		u.apply(ev)
 	}
-	eol := line[len(bytes.TrimRight(line, "\r\n")):]
-	if len(eol) == 0 {
-		eol = []byte("\n") // the last line of a stream cut short
-	}
 	o, err := parseObject(payload)
 	if err != nil {
-		// Repeated usage members: no client parser agrees on which wins,
-		// so the chunk cannot be split; it goes as it came, or without any.
+		// Repeated members: no two client parsers agree on which one wins,
+		// so the chunk is not split; it goes as it came, or without any usage.
 		if include {
 			return line, false
 		}
-		for count > 0 {
-			line = append(line[:off+from], line[off+to:]...)
-			n -= to - from
-			_, from, to, count, _ = memberSpan(line[off:off+n], "usage")
-		}
-		return line, false
+		return cutAll(line, off, n, from, to, count), false
 	}
 	choices, _ := o.get("choices")
 	usageOnly := isEmptyArray(choices) || choices == nil || isNull(choices)
@@ -285,17 +276,32 @@ func showUsage(line []byte, off, n int, include bool, ev *usage.Event) (out []by
 	case !include && usageOnly:
 		return nil, true
 	case !include:
-		o.del("usage")
-		return frame(nil, o.encode(), eol), false
+		return cutAll(line, off, n, from, to, count), false
 	}
 	// DeepSeek's shape: usage on the finish chunk. The client gets the
-	// finish chunk with "usage":null, then the usage chunk.
+	// finish chunk with "usage":null, then a usage chunk made of the same
+	// members with "choices":[].
+	eol := line[len(bytes.TrimRight(line, "\r\n")):]
+	if len(eol) == 0 {
+		eol = []byte("\n") // the last line of a stream cut short
+	}
 	o.set("usage", nullJSON)
 	out = frame(nil, o.encode(), eol)
 	out = append(out, eol...)
 	o.set("choices", emptyArray)
 	o.set("usage", val)
 	return frame(out, o.encode(), eol), false
+}
+
+// cutAll deletes every usage member from the chunk line[off:off+n], in
+// place; the first is at payload[from:to] and there are count of them.
+func cutAll(line []byte, off, n, from, to, count int) []byte {
+	for count > 0 {
+		line = append(line[:off+from], line[off+to:]...)
+		n -= to - from
+		_, from, to, count, _ = memberSpan(line[off:off+n], "usage")
+	}
+	return line
 }
 
 // frame appends the data line of one chunk to out.
