@@ -259,24 +259,21 @@ func showUsage(line []byte, off, n int, include bool, ev *usage.Event) (out []by
 	if metered {
 		u.apply(ev)
 	}
-	o, err := parseObject(payload)
-	if err != nil {
-		// Repeated members: no two client parsers agree on which one wins,
-		// so the chunk is not split; it goes as it came, or without any usage.
-		if include {
-			return line, false
-		}
-		return cutAll(line, off, n, from, to, count), false
-	}
-	choices, _ := o.get("choices")
-	usageOnly := isEmptyArray(choices) || choices == nil || isNull(choices)
+	choices, _, _, _, _ := memberSpan(payload, "choices")
+	usageOnly := choices == nil || isNull(choices) || isEmptyArray(choices)
 	switch {
-	case include && (usageOnly || !metered):
+	case include && (usageOnly || !metered || count > 1):
+		// Repeated usage members are never split: no two client parsers
+		// agree on which one wins.
 		return line, false
 	case !include && usageOnly:
 		return nil, true
 	case !include:
 		return cutAll(line, off, n, from, to, count), false
+	}
+	o, err := parseObject(payload)
+	if err != nil {
+		return line, false // other repeated members: as it came
 	}
 	// DeepSeek's shape: usage on the finish chunk. The client gets the
 	// finish chunk with "usage":null, then a usage chunk made of the same
