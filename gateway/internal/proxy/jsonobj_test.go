@@ -6,6 +6,7 @@ import (
 	"maps"
 	"reflect"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestObjectRewrite(t *testing.T) {
@@ -50,9 +51,13 @@ func FuzzObject(f *testing.F) {
 				t.Fatalf("skipString(%q, %d) = %d, byte by byte %d", b, i, skipString(b, i), skipStringByByte(b, i))
 			}
 		}
-		_, from, to, _, spanErr := memberSpan(b, "usage")
+		val, from, to, n, spanErr := memberSpan(b, "usage")
 		if spanErr == nil && (from < 0 || from > to || to > len(b)) {
 			t.Fatalf("memberSpan of %q: span %d..%d out of range", b, from, to)
+		}
+		// The stream's shortcut is never wrong in the unsafe direction.
+		if found, set := usageHint(b); spanErr == nil && (!found && n > 0 || !set && n > 0 && !isNull(val)) {
+			t.Fatalf("usageHint(%q) = %v, %v but usage is %s", b, found, set, val)
 		}
 		o, err := parseObject(b)
 		if err != nil || !json.Valid(b) {
@@ -69,6 +74,11 @@ func FuzzObject(f *testing.F) {
 			t.Fatalf("encode changed %q into %s", b, o.encode())
 		}
 		for _, m := range o.members {
+			if !utf8.Valid(m.key) {
+				// encoding/json reads such keys as U+FFFD, so two of them
+				// are one to it: no map to compare the cut with.
+				continue
+			}
 			val, from, to, n, err := memberSpan(b, string(m.key))
 			if err != nil || n != 1 || !bytes.Equal(val, m.val) {
 				t.Fatalf("memberSpan(%q, %q) = %s, %d members, %v", b, m.key, val, n, err)
@@ -78,12 +88,8 @@ func FuzzObject(f *testing.F) {
 			if err := json.Unmarshal(cut, &less); err != nil {
 				t.Fatalf("cutting %q from %q gave %q: %v", m.key, b, cut, err)
 			}
-			var name string // as encoding/json reads it (invalid UTF-8 becomes U+FFFD)
-			if err := json.Unmarshal(appendJSONString(nil, m.key), &name); err != nil {
-				t.Fatal(err)
-			}
 			wantLess := maps.Clone(want)
-			delete(wantLess, name)
+			delete(wantLess, string(m.key))
 			if !reflect.DeepEqual(less, wantLess) {
 				t.Fatalf("cutting %q from %q gave %q", m.key, b, cut)
 			}

@@ -110,7 +110,8 @@ func (h *Handler) stream(ctx context.Context, w http.ResponseWriter, r *http.Req
 			if hasDelta(payload) {
 				chunks++
 			}
-			if mayHaveUsage(payload) {
+			// A null usage is left as it is for a client that asked.
+			if found, set := usageHint(payload); set || found && !req.includeUsage {
 				var drop bool
 				off := len(dataPrefix) + len(rest) - len(lead)
 				if line, drop = showUsage(line, off, len(payload), req.includeUsage, ev); drop {
@@ -224,12 +225,35 @@ func hasDelta(payload []byte) bool {
 	return false
 }
 
-// mayHaveUsage reports whether a chunk can have a top-level usage member.
-// Most chunks of a stream whose client did not ask for usage have none,
-// and no JSON text without `"usage"` or an escape (\u0075sage) names one,
-// so those pass without being parsed.
-func mayHaveUsage(payload []byte) bool {
-	return bytes.Contains(payload, usageKey) || bytes.Contains(payload, unicodeEscape)
+// usageHint tells, from the bytes alone, what a chunk's top-level usage
+// member can be, so that most chunks pass without being parsed: found is
+// false when there can be none (no JSON text names one without `"usage"`
+// or an escape such as \u0075sage), set false when it can only be null
+// (every `"usage"` is followed by `: null`). Both are only ever wrong in
+// the safe direction; showUsage decides with the object scanner.
+func usageHint(payload []byte) (found, set bool) {
+	if bytes.Contains(payload, unicodeEscape) {
+		return true, true
+	}
+	for i := 0; ; {
+		j := bytes.Index(payload[i:], usageKey)
+		if j < 0 {
+			return found, false
+		}
+		found = true
+		i += j + len(usageKey)
+		k := skipSpace(payload, i)
+		if k >= len(payload) || payload[k] != ':' {
+			return true, true
+		}
+		k = skipSpace(payload, k+1)
+		if !bytes.HasPrefix(payload[k:], nullJSON) {
+			return true, true
+		}
+		if k += len(nullJSON); k < len(payload) && payload[k] != ',' && payload[k] != '}' && skipSpace(payload, k) == k {
+			return true, true // null0, nullx: not null
+		}
+	}
 }
 
 // showUsage meters the usage member of the chunk line[off:off+n], if any,
