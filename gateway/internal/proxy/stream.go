@@ -284,9 +284,10 @@ func showUsage(line []byte, off, n int, include bool, ev *usage.Event) (out []by
 		u.apply(ev)
 	}
 	choices, _, _, _, _ := memberSpan(payload, "choices")
-	usageOnly := choices == nil || isNull(choices) || isEmptyArray(choices)
+	noChoices := choices == nil || isNull(choices)
+	usageOnly := noChoices || isEmptyArray(choices)
 	switch {
-	case include && (usageOnly || !metered || count > 1):
+	case include && (usageOnly && !noChoices || !metered || count > 1):
 		// Repeated usage members are never split: no two client parsers
 		// agree on which one wins.
 		return line, false
@@ -299,13 +300,18 @@ func showUsage(line []byte, off, n int, include bool, ev *usage.Event) (out []by
 	if err != nil {
 		return line, false // other repeated members: as it came
 	}
-	// DeepSeek's shape: usage on the finish chunk. The client gets the
-	// finish chunk with "usage":null, then a usage chunk made of the same
-	// members with "choices":[].
 	eol := line[len(bytes.TrimRight(line, "\r\n")):]
 	if len(eol) == 0 {
 		eol = []byte("\n") // the last line of a stream cut short
 	}
+	if noChoices {
+		// A usage chunk without choices: SDKs read "choices":[].
+		o.set("choices", emptyArray)
+		return frame(nil, o.encode(), eol), false
+	}
+	// DeepSeek's shape: usage on the finish chunk. The client gets the
+	// finish chunk with "usage":null, then a usage chunk made of the same
+	// members with "choices":[].
 	o.set("usage", nullJSON)
 	out = frame(nil, o.encode(), eol)
 	out = append(out, eol...)

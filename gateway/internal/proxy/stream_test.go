@@ -212,6 +212,8 @@ func TestShowUsage(t *testing.T) {
 		{"on_finish_first_hidden", `{"usage":` + use + `,"id":"x",` + fin + `}`, false, `{"id":"x",` + fin + `}`, false, true},
 		{"on_finish_shown", `{"id":"x",` + fin + `,"usage":` + use + `}`, true,
 			`{"id":"x",` + fin + `,"usage":null}` + "\n\ndata: " + `{"id":"x","choices":[],"usage":` + use + `}`, false, true},
+		{"no_choices_shown", `{"id":"x","usage":` + use + `}`, true, `{"id":"x","usage":` + use + `,"choices":[]}`, false, true},
+		{"no_choices_hidden", `{"id":"x","choices":null,"usage":` + use + `}`, false, "", true, true},
 		{"duplicate_hidden", `{"usage":` + use + `,"id":"x",` + fin + `,"usage":null}`, false, `{"id":"x",` + fin + `}`, false, true},
 	}
 	for _, tc := range tests {
