@@ -82,6 +82,27 @@ func checkStreamShape(t *testing.T, seen []streamChunk, include bool) {
 	}
 }
 
+// waitBilled waits until the billing endpoint reports exactly these token
+// totals for key (the meter writes events within a second or so).
+func (s *stack) waitBilled(t *testing.T, key string, prompt, completion int64) {
+	t.Helper()
+	var bu billingUsage
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if status := getJSON(t, s.gatewayURLs[0]+"/v1/dashboard/billing/usage", key, &bu); status != 200 {
+			t.Fatalf("billing status %d: %+v", status, bu)
+		}
+		if bu.TotalPromptTokens == prompt && bu.TotalCompletionTokens == completion && prompt > 0 && completion > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("billed %d prompt and %d completion tokens, the upstream reported %d and %d",
+				bu.TotalPromptTokens, bu.TotalCompletionTokens, prompt, completion)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // TestConformanceGoSDK drives the gateway with github.com/openai/openai-go/v3.
 func TestConformanceGoSDK(t *testing.T) {
 	s := startStack(t, 1)
@@ -105,6 +126,11 @@ func TestConformanceGoSDK(t *testing.T) {
 	})
 	for _, sc := range streamCases {
 		t.Run(sc.name, func(t *testing.T) {
+			// A key of its own, so that what was metered for this stream can
+			// be read back from the billing endpoint.
+			sk := s.createKey(t, `{"name":"conformance-go-`+sc.name+`","tier":"enterprise"}`)
+			c := openai.NewClient(option.WithBaseURL(base), option.WithAPIKey(sk.Key), option.WithMaxRetries(0))
+			before := s.simStats(t)
 			p := openai.ChatCompletionNewParams{Model: "deepseek-v4-flash", Messages: []openai.ChatCompletionMessageParamUnion{user("Explain recursion." + sc.directive)}}
 			if sc.include {
 				p.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
@@ -134,6 +160,9 @@ func TestConformanceGoSDK(t *testing.T) {
 				t.Error("no content streamed")
 			}
 			checkStreamShape(t, seen, sc.include)
+			// Metered exactly what the upstream reported, whatever the client saw.
+			after := s.simStats(t)
+			s.waitBilled(t, sk.Key, int64(after.PromptTokens-before.PromptTokens), int64(after.CompletionTokens-before.CompletionTokens))
 		})
 	}
 	t.Run("tools", func(t *testing.T) {
