@@ -29,6 +29,80 @@ var wantErrors = map[string]struct {
 	"error_504": {504, "upstream_timeout"},
 }
 
+// streamCases are the streams both SDK suites read: OpenAI's upstream shape
+// (the simulator's default: a usage-only chunk) and DeepSeek's (the
+// simulator's usage_on_finish knob: usage on the finish chunk), each with
+// and without include_usage. The Node script has the same list.
+var streamCases = []struct {
+	name, directive string
+	include         bool
+}{
+	{"stream_no_usage", "", false},
+	{"stream_usage", "", true},
+	{"stream_no_usage_deepseek", " #sim usage_on_finish", false},
+	{"stream_usage_deepseek", " #sim usage_on_finish", true},
+}
+
+// streamChunk is what a client observed of one chunk of a stream.
+type streamChunk struct {
+	Choices     int    `json:"choices"`
+	Finish      string `json:"finish"`       // of the first choice
+	UsageMember bool   `json:"usage_member"` // the chunk has a usage member, even null
+	Usage       bool   `json:"usage"`        // the chunk has the usage
+}
+
+// checkStreamShape asserts OpenAI's stream shape, whatever the upstream's:
+// with include_usage, the last chunk before [DONE] has "choices":[] and the
+// usage, the one before it has finish_reason, and no other has the usage;
+// without it, no chunk has a usage member at all.
+func checkStreamShape(t *testing.T, seen []streamChunk, include bool) {
+	t.Helper()
+	if len(seen) < 2 {
+		t.Fatalf("%d chunks", len(seen))
+	}
+	if !include {
+		for i, c := range seen {
+			if c.UsageMember {
+				t.Errorf("chunk %d of %d has a usage member the client did not ask for", i, len(seen))
+			}
+		}
+		return
+	}
+	last, fin := seen[len(seen)-1], seen[len(seen)-2]
+	if last.Choices != 0 || !last.Usage {
+		t.Errorf("last chunk %+v: want choices [] and the usage", last)
+	}
+	if fin.Choices != 1 || fin.Finish == "" || fin.Usage {
+		t.Errorf("chunk before the usage %+v: want one choice with finish_reason and no usage", fin)
+	}
+	for i, c := range seen[:len(seen)-1] {
+		if c.Usage {
+			t.Errorf("chunk %d of %d has the usage before the last chunk", i, len(seen))
+		}
+	}
+}
+
+// waitBilled waits until the billing endpoint reports exactly these token
+// totals for key (the meter writes events within a second or so).
+func (s *stack) waitBilled(t *testing.T, key string, prompt, completion int64) {
+	t.Helper()
+	var bu billingUsage
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if status := getJSON(t, s.gatewayURLs[0]+"/v1/dashboard/billing/usage", key, &bu); status != 200 {
+			t.Fatalf("billing status %d: %+v", status, bu)
+		}
+		if bu.TotalPromptTokens == prompt && bu.TotalCompletionTokens == completion && prompt > 0 && completion > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("billed %d prompt and %d completion tokens, the upstream reported %d and %d",
+				bu.TotalPromptTokens, bu.TotalCompletionTokens, prompt, completion)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // TestConformanceGoSDK drives the gateway with github.com/openai/openai-go/v3.
 func TestConformanceGoSDK(t *testing.T) {
 	s := startStack(t, 1)
@@ -50,25 +124,34 @@ func TestConformanceGoSDK(t *testing.T) {
 			t.Errorf("completion %+v", r)
 		}
 	})
-	for _, include := range []bool{false, true} {
-		name := map[bool]string{false: "stream_no_usage", true: "stream_usage"}[include]
-		t.Run(name, func(t *testing.T) {
-			p := openai.ChatCompletionNewParams{Model: "deepseek-v4-flash", Messages: []openai.ChatCompletionMessageParamUnion{user("Explain recursion.")}}
-			if include {
+	for _, sc := range streamCases {
+		t.Run(sc.name, func(t *testing.T) {
+			// A key of its own, so that what was metered for this stream can
+			// be read back from the billing endpoint.
+			sk := s.createKey(t, `{"name":"conformance-go-`+sc.name+`","tier":"enterprise"}`)
+			c := openai.NewClient(option.WithBaseURL(base), option.WithAPIKey(sk.Key), option.WithMaxRetries(0))
+			before := s.simStats(t)
+			p := openai.ChatCompletionNewParams{Model: "deepseek-v4-flash", Messages: []openai.ChatCompletionMessageParamUnion{user("Explain recursion." + sc.directive)}}
+			if sc.include {
 				p.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
 			}
 			st := c.Chat.Completions.NewStreaming(ctx, p)
 			var content strings.Builder
-			usageChunks, lastChoices := 0, -1
+			var seen []streamChunk
 			for st.Next() {
 				ch := st.Current()
+				var members map[string]json.RawMessage
+				if err := json.Unmarshal([]byte(ch.RawJSON()), &members); err != nil {
+					t.Fatalf("chunk %q: %v", ch.RawJSON(), err)
+				}
+				u, hasUsage := members["usage"]
+				obs := streamChunk{Choices: len(ch.Choices), UsageMember: hasUsage,
+					Usage: hasUsage && string(u) != "null" && ch.Usage.TotalTokens > 0}
 				if len(ch.Choices) > 0 {
 					content.WriteString(ch.Choices[0].Delta.Content)
+					obs.Finish = ch.Choices[0].FinishReason
 				}
-				if ch.JSON.Usage.Valid() && ch.Usage.TotalTokens > 0 {
-					usageChunks++
-					lastChoices = len(ch.Choices)
-				}
+				seen = append(seen, obs)
 			}
 			if err := st.Err(); err != nil {
 				t.Fatal(err)
@@ -76,12 +159,10 @@ func TestConformanceGoSDK(t *testing.T) {
 			if content.Len() == 0 {
 				t.Error("no content streamed")
 			}
-			if include && (usageChunks != 1 || lastChoices != 0) {
-				t.Errorf("want one usage chunk with choices [], got %d (choices %d)", usageChunks, lastChoices)
-			}
-			if !include && usageChunks != 0 {
-				t.Errorf("usage shown to a client that did not ask (%d chunks)", usageChunks)
-			}
+			checkStreamShape(t, seen, sc.include)
+			// Metered exactly what the upstream reported, whatever the client saw.
+			after := s.simStats(t)
+			s.waitBilled(t, sk.Key, int64(after.PromptTokens-before.PromptTokens), int64(after.CompletionTokens-before.CompletionTokens))
 		})
 	}
 	t.Run("tools", func(t *testing.T) {
@@ -268,11 +349,19 @@ func TestConformanceNodeSDK(t *testing.T) {
 	if r := ok("non_stream"); r["content"] == "" || r["finish_reason"] != "stop" || r["usage"] == nil {
 		t.Errorf("non_stream: %v", r)
 	}
-	if r := ok("stream_no_usage"); r["content"] == "" || r["usage"] != nil {
-		t.Errorf("stream_no_usage: %v", r)
-	}
-	if r := ok("stream_usage"); r["usage"] == nil || r["usage_chunk_choices"] != float64(0) {
-		t.Errorf("stream_usage: %v", r)
+	for _, sc := range streamCases {
+		t.Run(sc.name, func(t *testing.T) {
+			r := ok(sc.name)
+			if r["content"] == "" {
+				t.Errorf("no content streamed: %v", r)
+			}
+			b, _ := json.Marshal(r["chunks"])
+			var seen []streamChunk
+			if err := json.Unmarshal(b, &seen); err != nil {
+				t.Fatalf("chunks %s: %v", b, err)
+			}
+			checkStreamShape(t, seen, sc.include)
+		})
 	}
 	if r := ok("tools"); r["finish_reason"] != "tool_calls" || r["tool"] != "get_weather" || r["final_finish_reason"] != "stop" {
 		t.Errorf("tools: %v", r)

@@ -29,7 +29,11 @@
 // for a tool call, a tool_calls delta naming the function followed by one
 // arguments delta per token), then an empty delta carrying finish_reason, then,
 // only when stream_options.include_usage is true, a chunk with "choices":[] and
-// the usage, then "data: [DONE]". Every event is flushed as it is written.
+// the usage, then "data: [DONE]" (OpenAI's shape; with include_usage every
+// other chunk carries "usage":null). DeepSeek's real API instead puts the usage
+// on the finish chunk and sends no usage-only chunk: the usage_on_finish knob,
+// or Config.UsageOnFinish for every stream, selects that shape. Every event is
+// flushed as it is written.
 //
 // Thinking mode is on when the request has thinking {"type":"enabled"}, or the
 // model is deepseek-reasoner and thinking is not {"type":"disabled"}, or
@@ -117,12 +121,16 @@
 //	chunk_delay_ms=<n>   wait n ms between stream events
 //	keepalive=<n>        send n keep-alives before the answer: ": keep-alive"
 //	                     comments for a stream, empty lines before a JSON body
+//	usage_on_finish      stream with include_usage: usage on the finish chunk
+//	                     (DeepSeek's shape), no "choices":[] chunk;
+//	                     usage_on_finish=false gives OpenAI's shape under
+//	                     Config.UsageOnFinish
 //
 // An unknown key or a bad value is a 400. POST /_sim/faults sets the same knobs
 // for the next count requests, globally, as JSON:
 //
 //	{"status":503,"delay_ms":0,"hang":false,"cut_after":3,"tokens":5,
-//	 "reasoning":2,"chunk_delay_ms":0,"keepalive":0,"count":2}
+//	 "reasoning":2,"chunk_delay_ms":0,"keepalive":0,"usage_on_finish":true,"count":2}
 //
 // count > 0 applies the fault to that many requests, -1 to every request until
 // cleared, 0 clears it. A directive overrides the fault key by key. Only chat

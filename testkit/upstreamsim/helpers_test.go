@@ -203,11 +203,14 @@ func assemble(t *testing.T, evs []sseEvent) streamed {
 			t.Errorf("object %q", c.Object)
 		}
 		if c.Usage != nil {
-			if len(c.Choices) != 0 {
-				t.Errorf("usage chunk has choices: %s", ev.raw)
-			}
 			s.usage = c.Usage
-			continue
+			if len(c.Choices) == 0 {
+				continue
+			}
+			// DeepSeek's shape (usage_on_finish): usage on the finish chunk.
+			if len(c.Choices) != 1 || c.Choices[0].FinishReason == nil {
+				t.Errorf("usage on a chunk that does not finish: %s", ev.raw)
+			}
 		}
 		if len(c.Choices) != 1 {
 			t.Fatalf("chunk has %d choices: %s", len(c.Choices), ev.raw)

@@ -25,6 +25,9 @@ type knobs struct {
 	reasoning  int
 	chunkDelay time.Duration
 	keepalive  int
+	// usageOnFinish puts a stream's usage on its finish chunk, as DeepSeek
+	// does, instead of a chunk of its own with "choices":[], as OpenAI does.
+	usageOnFinish bool
 }
 
 func noKnobs() knobs { return knobs{cutAfter: -1, tokens: -1, reasoning: -1} }
@@ -40,6 +43,9 @@ type Fault struct {
 	Reasoning    *int  `json:"reasoning,omitempty"`
 	ChunkDelayMs *int  `json:"chunk_delay_ms,omitempty"`
 	Keepalive    *int  `json:"keepalive,omitempty"`
+	// UsageOnFinish: the usage of a stream rides on its finish chunk
+	// (DeepSeek's shape) rather than in a last chunk with "choices":[].
+	UsageOnFinish *bool `json:"usage_on_finish,omitempty"`
 	// Count is how many chat requests the fault applies to: -1 every one
 	// until cleared, 0 none (clears the fault). In GET it is what remains.
 	Count int `json:"count"`
@@ -47,14 +53,19 @@ type Fault struct {
 
 // set applies one key=value (value "" for a bare key) to k.
 func (k *knobs) set(key, value string) error {
-	if key == "hang" {
+	if key == "hang" || key == "usage_on_finish" {
+		var on bool
 		switch value {
 		case "", "1", "true":
-			k.hang = true
+			on = true
 		case "0", "false":
-			k.hang = false
 		default:
-			return fmt.Errorf("hang=%q: want hang, hang=true or hang=false", value)
+			return fmt.Errorf("%s=%q: want %s, %s=true or %s=false", key, value, key, key, key)
+		}
+		if key == "hang" {
+			k.hang = on
+		} else {
+			k.usageOnFinish = on
 		}
 		return nil
 	}
@@ -184,12 +195,16 @@ func (v Fault) apply(k *knobs) error {
 	if v.Hang != nil {
 		k.hang = *v.Hang
 	}
+	if v.UsageOnFinish != nil {
+		k.usageOnFinish = *v.UsageOnFinish
+	}
 	return nil
 }
 
 // requestKnobs merges the global fault and the request's directive.
 func (s *Server) requestKnobs(req *chatRequest) (knobs, *apiError) {
 	k := noKnobs()
+	k.usageOnFinish = s.usageOnFinish
 	if f, ok := s.faults.take(); ok {
 		_ = f.apply(&k) // validated when set
 	}

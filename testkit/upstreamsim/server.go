@@ -60,6 +60,11 @@ type Config struct {
 	// CacheEntries bounds the prompt cache (prefixes remembered). Zero means
 	// DefaultCacheEntries; negative disables the cache (every token a miss).
 	CacheEntries int
+	// UsageOnFinish puts the usage of every stream that asked for it on the
+	// finish chunk, as DeepSeek's real API does, instead of a last chunk with
+	// "choices":[] (OpenAI's shape). The usage_on_finish knob sets it per
+	// request.
+	UsageOnFinish bool
 	// MaxBodyBytes bounds a request body. Zero or less means DefaultMaxBodyBytes.
 	MaxBodyBytes int64
 	// InstanceID goes into every completion and tool call id, which are
@@ -78,6 +83,7 @@ type Server struct {
 	keys           map[string]bool // accepted bearer keys; empty: no auth
 	defaultTokens  int
 	thinkByDefault bool
+	usageOnFinish  bool
 	maxBody        int64
 	instance       string
 	log            *slog.Logger
@@ -102,6 +108,7 @@ func New(cfg Config) *Server {
 		keys:           map[string]bool{},
 		defaultTokens:  cfg.DefaultTokens,
 		thinkByDefault: cfg.ThinkingByDefault,
+		usageOnFinish:  cfg.UsageOnFinish,
 		maxBody:        cfg.MaxBodyBytes,
 		instance:       cfg.InstanceID,
 		log:            cfg.Logger,

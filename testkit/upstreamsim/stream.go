@@ -178,10 +178,17 @@ func (s *Server) writeStream(sw *streamWriter, a *answer, k knobs) bool {
 		cut()
 	}
 
-	if !sw.delta(func(b []byte) []byte { return append(b, '{') }, a.finish) {
+	if a.includeUsage && k.usageOnFinish {
+		// DeepSeek's shape: the finish chunk carries the usage.
+		sw.tail = string(appendUsage([]byte(`,"usage":`), a.usage)) + "}\n\n"
+		if !sw.delta(func(b []byte) []byte { return append(b, '{') }, a.finish) {
+			return false
+		}
+		s.stats.reported(a.usage)
+	} else if !sw.delta(func(b []byte) []byte { return append(b, '{') }, a.finish) {
 		return false
 	}
-	if a.includeUsage {
+	if a.includeUsage && !k.usageOnFinish {
 		b := append(sw.buf[:0], sw.head...)
 		b = append(b, `[],"usage":`...)
 		b = appendUsage(b, a.usage)

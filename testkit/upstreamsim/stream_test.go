@@ -138,18 +138,25 @@ func TestStreamMatchesNonStream(t *testing.T) {
 
 func TestStreamIncludeUsage(t *testing.T) {
 	tests := []struct {
-		name    string
-		options string
-		usage   bool
+		name      string
+		options   string
+		directive string
+		cfg       Config
+		usage     bool
+		onFinish  bool // DeepSeek's shape: usage on the finish chunk
 	}{
-		{"absent", ``, false},
-		{"false", `,"stream_options":{"include_usage":false}`, false},
-		{"true", `,"stream_options":{"include_usage":true}`, true},
+		{"absent", ``, ``, Config{}, false, false},
+		{"false", `,"stream_options":{"include_usage":false}`, ``, Config{}, false, false},
+		{"true", `,"stream_options":{"include_usage":true}`, ``, Config{}, true, false},
+		{"on_finish_knob", `,"stream_options":{"include_usage":true}`, ` usage_on_finish`, Config{}, true, true},
+		{"on_finish_config", `,"stream_options":{"include_usage":true}`, ``, Config{UsageOnFinish: true}, true, true},
+		{"on_finish_knob_off", `,"stream_options":{"include_usage":true}`, ` usage_on_finish=false`, Config{UsageOnFinish: true}, true, false},
+		{"on_finish_unasked", ``, ` usage_on_finish`, Config{}, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, base := newSim(t, Config{})
-			status, b := chat(t, base, `{"model":"deepseek-v4-flash","stream":true`+tt.options+`,"messages":[{"role":"user","content":"Hello #sim tokens=3"}]}`)
+			s, base := newSim(t, tt.cfg)
+			status, b := chat(t, base, `{"model":"deepseek-v4-flash","stream":true`+tt.options+`,"messages":[{"role":"user","content":"Hello #sim tokens=3`+tt.directive+`"}]}`)
 			if status != 200 {
 				t.Fatalf("status %d: %s", status, b)
 			}
@@ -159,10 +166,20 @@ func TestStreamIncludeUsage(t *testing.T) {
 				t.Fatalf("usage present %v, want %v (done %v)", got.usage != nil, tt.usage, got.done)
 			}
 			last := evs[len(evs)-2] // before [DONE]
-			if tt.usage {
+			switch {
+			case tt.onFinish:
+				if len(last.chunk.Choices) != 1 || last.chunk.Choices[0].FinishReason == nil || last.chunk.Usage == nil {
+					t.Errorf("last chunk is not the finish chunk with usage: %s", last.raw)
+				}
+				if strings.Count(string(b), `"usage":{`) != 1 {
+					t.Errorf("usage reported other than once: %s", b)
+				}
+			case tt.usage:
 				if len(last.chunk.Choices) != 0 || last.chunk.Usage == nil {
 					t.Errorf("last chunk is not the usage chunk: %s", last.raw)
 				}
+			}
+			if tt.usage {
 				// OpenAI's convention: with include_usage the other chunks carry "usage":null.
 				if !strings.Contains(evs[0].raw, `"usage":null`) {
 					t.Errorf("first chunk lacks usage null: %s", evs[0].raw)
@@ -174,11 +191,15 @@ func TestStreamIncludeUsage(t *testing.T) {
 			if st.Completed != 1 || st.Streams != 1 {
 				t.Errorf("stats %+v", st)
 			}
+			prompt := uint64(7) // words of the message plus its overhead
+			if tt.directive != "" {
+				prompt++ // the knob is a word of the prompt too
+			}
 			if tt.usage {
-				if st.PromptTokens != 7 || st.CompletionTokens != 3 || st.UnreportedRequests != 0 {
+				if st.PromptTokens != prompt || st.CompletionTokens != 3 || st.UnreportedRequests != 0 {
 					t.Errorf("reported stats %+v", st)
 				}
-			} else if st.PromptTokens != 0 || st.UnreportedRequests != 1 || st.UnreportedPromptTokens != 7 || st.UnreportedCompletionTokens != 3 {
+			} else if st.PromptTokens != 0 || st.UnreportedRequests != 1 || st.UnreportedPromptTokens != prompt || st.UnreportedCompletionTokens != 3 {
 				t.Errorf("unreported stats %+v", st)
 			}
 		})

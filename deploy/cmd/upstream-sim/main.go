@@ -4,8 +4,9 @@
 // Flags take their defaults from the environment: -addr from SIM_ADDR
 // (127.0.0.1:8090), -api-key from SIM_API_KEY (none: no auth; a comma-separated
 // list accepts each of its keys, each an account with a prompt cache of its
-// own, as a pool of DeepSeek keys has), -default-tokens
-// from SIM_DEFAULT_TOKENS (20), -log-level from LOG_LEVEL (info).
+// own, as a pool of DeepSeek keys has), -default-tokens from SIM_DEFAULT_TOKENS
+// (20), -usage-on-finish from SIM_USAGE_ON_FINISH (false: OpenAI's stream shape;
+// true: DeepSeek's, usage on the finish chunk), -log-level from LOG_LEVEL (info).
 package main
 
 import (
@@ -45,11 +46,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return fmt.Errorf("SIM_DEFAULT_TOKENS: %w", err)
 	}
+	onFinish, err := strconv.ParseBool(env("SIM_USAGE_ON_FINISH", "false"))
+	if err != nil {
+		return fmt.Errorf("SIM_USAGE_ON_FINISH: %w", err)
+	}
 	fs := flag.NewFlagSet("upstream-sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", env("SIM_ADDR", "127.0.0.1:8090"), "listen address (env SIM_ADDR)")
 	apiKey := fs.String("api-key", env("SIM_API_KEY", ""), "bearer key to require, or comma-separated keys, each an account with its own prompt cache; empty: none (env SIM_API_KEY)")
 	tokens := fs.Int("default-tokens", defTokens, "completion tokens when a request does not say (env SIM_DEFAULT_TOKENS)")
+	usageOnFinish := fs.Bool("usage-on-finish", onFinish, "stream usage on the finish chunk, as DeepSeek sends it (env SIM_USAGE_ON_FINISH)")
 	level := fs.String("log-level", env("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -70,7 +76,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 			keys = append(keys, k)
 		}
 	}
-	sim := upstreamsim.New(upstreamsim.Config{APIKeys: keys, DefaultTokens: *tokens, Logger: log})
+	sim := upstreamsim.New(upstreamsim.Config{APIKeys: keys, DefaultTokens: *tokens, UsageOnFinish: *usageOnFinish, Logger: log})
 	log.Info("upstream simulator listening", "addr", ln.Addr().String(), "auth", len(keys) > 0, "keys", len(keys))
 	if err := sim.Serve(ctx, ln); err != nil {
 		return err

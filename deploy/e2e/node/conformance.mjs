@@ -33,18 +33,31 @@ await record("non_stream", async () => {
   return { content: r.choices[0].message.content, finish_reason: r.choices[0].finish_reason, usage: r.usage };
 });
 
-for (const [name, include] of [["stream_no_usage", false], ["stream_usage", true]]) {
+// The same list as streamCases in conformance_test.go: OpenAI's upstream shape
+// and DeepSeek's (usage on the finish chunk), with and without include_usage.
+const streamCases = [
+  ["stream_no_usage", "", false],
+  ["stream_usage", "", true],
+  ["stream_no_usage_deepseek", " #sim usage_on_finish", false],
+  ["stream_usage_deepseek", " #sim usage_on_finish", true],
+];
+for (const [name, directive, include] of streamCases) {
   await record(name, async () => {
-    const params = { model: "deepseek-v4-flash", messages: [user("Explain recursion in 3 sentences.")], stream: true };
+    const params = { model: "deepseek-v4-flash", messages: [user("Explain recursion in 3 sentences." + directive)], stream: true };
     if (include) params.stream_options = { include_usage: true };
     const stream = await client.chat.completions.create(params);
-    let content = "", chunks = 0, usage = null, usageChunkChoices = null;
+    let content = "";
+    const chunks = [];
     for await (const chunk of stream) {
-      chunks++;
       content += chunk.choices[0]?.delta?.content || "";
-      if (chunk.usage) { usage = chunk.usage; usageChunkChoices = chunk.choices.length; }
+      chunks.push({
+        choices: chunk.choices.length,
+        finish: chunk.choices[0]?.finish_reason ?? "",
+        usage_member: Object.hasOwn(chunk, "usage"),
+        usage: (chunk.usage?.total_tokens ?? 0) > 0,
+      });
     }
-    return { content, chunks, usage, usage_chunk_choices: usageChunkChoices };
+    return { content, chunks };
   });
 }
 

@@ -58,6 +58,14 @@ func parseObject(b []byte) (*object, error) {
 // key, the whole member as in b and its value. It stops at fn's first
 // error. Input that is not an object gives errNotObject, never a panic.
 func eachMember(b []byte, fn func(key, raw, val []byte) error) error {
+	return scanMembers(b, func(key []byte, start, valStart, end int) error {
+		return fn(key, b[start:end], b[valStart:end])
+	})
+}
+
+// scanMembers is eachMember by offsets: the member is b[start:end] and its
+// value b[valStart:end].
+func scanMembers(b []byte, fn func(key []byte, start, valStart, end int) error) error {
 	i := skipSpace(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return errNotObject
@@ -93,7 +101,7 @@ func eachMember(b []byte, fn func(key, raw, val []byte) error) error {
 		if i <= valStart || i > len(b) {
 			return errNotObject
 		}
-		if err := fn(key, b[start:i], b[valStart:i]); err != nil {
+		if err := fn(key, start, valStart, i); err != nil {
 			return err
 		}
 		i = skipSpace(b, i)
@@ -104,6 +112,38 @@ func eachMember(b []byte, fn func(key, raw, val []byte) error) error {
 		return nil
 	}
 	return nil
+}
+
+// memberSpan finds the top-level members named key in the JSON object b.
+// val is the value of the first; deleting b[from:to] removes that member
+// with the comma that joins it to a neighbour, leaving the rest of b byte
+// for byte; n counts the members so named (more than one only in a body
+// that parseObject would refuse). It allocates nothing unless a key is
+// escaped.
+func memberSpan(b []byte, key string) (val []byte, from, to, n int, err error) {
+	prevEnd, pending := -1, false
+	err = scanMembers(b, func(k []byte, start, valStart, end int) error {
+		if pending {
+			to, pending = start, false // the first member: cut up to the next one
+		}
+		if string(k) == key {
+			if n == 0 {
+				val = b[valStart:end]
+				if prevEnd >= 0 {
+					from, to = prevEnd, end
+				} else {
+					from, to, pending = start, end, true
+				}
+			}
+			n++
+		}
+		prevEnd = end
+		return nil
+	})
+	if err != nil {
+		return nil, 0, 0, 0, err
+	}
+	return val, from, to, n, nil
 }
 
 // find returns the index of the member named key, or -1.
@@ -206,15 +246,26 @@ func skipSpace(b []byte, i int) int {
 	return i
 }
 
-// skipString returns the index after the string starting at b[i] == '"'.
+// skipString returns the index after the string starting at b[i] == '"',
+// or len(b) when it does not end. It jumps from quote to quote (IndexByte
+// is vectorised; chunks are mostly string bytes): a quote ends the string
+// unless an odd run of backslashes precedes it. A run cannot begin before
+// from, since b[from-1] is the opening quote or an escaped one.
 func skipString(b []byte, i int) int {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1
+	for from := i + 1; from <= len(b); {
+		q := bytes.IndexByte(b[from:], '"')
+		if q < 0 {
+			break
 		}
+		q += from
+		k := q
+		for k > from && b[k-1] == '\\' {
+			k--
+		}
+		if (q-k)%2 == 0 {
+			return q + 1
+		}
+		from = q + 1
 	}
 	return len(b)
 }

@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/json"
+	"maps"
 	"reflect"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestObjectRewrite(t *testing.T) {
@@ -33,13 +36,29 @@ func TestObjectRewrite(t *testing.T) {
 	}
 }
 
-// FuzzObject: on any input parseObject never panics, and on a valid JSON
-// object an unchanged encode is the same object.
+// FuzzObject: on any input parseObject and memberSpan never panic; on a
+// valid JSON object an unchanged encode is the same object, and cutting
+// any member's span leaves the same object less that member.
 func FuzzObject(f *testing.F) {
-	for _, s := range []string{`{}`, `{"a":1}`, `{"a":{"b":[1,2,{"c":"]"}]},"d":"\\\""}`, `{"a" : null , "b":true}`, `{"`, `{"a"`, `{"a":`, `[]`} {
+	for _, s := range []string{`{}`, `{"a":1}`, `{"a":{"b":[1,2,{"c":"]"}]},"d":"\\\""}`, `{"a" : null , "b":true}`, `{"`, `{"a"`, `{"a":`, `[]`,
+		`{"usage":null}`, `{ "usage" : {"p":1} , "choices":[] }`, `{"choices":[{"delta":{"content":"\\\"usage\\\":{"}}], "usage": null}`,
+		`{"us\u0061ge":null,"a":"\\"}`, `{"a":"\\\\\"\\"}`, `"\\\\\\"`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		for i := range b {
+			if b[i] == '"' && skipString(b, i) != skipStringByByte(b, i) {
+				t.Fatalf("skipString(%q, %d) = %d, byte by byte %d", b, i, skipString(b, i), skipStringByByte(b, i))
+			}
+		}
+		val, from, to, n, spanErr := memberSpan(b, "usage")
+		if spanErr == nil && (from < 0 || from > to || to > len(b)) {
+			t.Fatalf("memberSpan of %q: span %d..%d out of range", b, from, to)
+		}
+		// The stream's shortcut is never wrong in the unsafe direction.
+		if found, set := usageHint(b); spanErr == nil && (!found && n > 0 || !set && n > 0 && !isNull(val)) {
+			t.Fatalf("usageHint(%q) = %v, %v but usage is %s", b, found, set, val)
+		}
 		o, err := parseObject(b)
 		if err != nil || !json.Valid(b) {
 			return
@@ -54,7 +73,42 @@ func FuzzObject(f *testing.F) {
 		if !reflect.DeepEqual(want, got) {
 			t.Fatalf("encode changed %q into %s", b, o.encode())
 		}
+		for _, m := range o.members {
+			if !utf8.Valid(m.key) {
+				// encoding/json reads such keys as U+FFFD, so two of them
+				// are one to it: no map to compare the cut with.
+				continue
+			}
+			val, from, to, n, err := memberSpan(b, string(m.key))
+			if err != nil || n != 1 || !bytes.Equal(val, m.val) {
+				t.Fatalf("memberSpan(%q, %q) = %s, %d members, %v", b, m.key, val, n, err)
+			}
+			cut := append(append([]byte{}, b[:from]...), b[to:]...)
+			var less map[string]any
+			if err := json.Unmarshal(cut, &less); err != nil {
+				t.Fatalf("cutting %q from %q gave %q: %v", m.key, b, cut, err)
+			}
+			wantLess := maps.Clone(want)
+			delete(wantLess, string(m.key))
+			if !reflect.DeepEqual(less, wantLess) {
+				t.Fatalf("cutting %q from %q gave %q", m.key, b, cut)
+			}
+		}
 	})
+}
+
+// skipStringByByte is the plain reading of a JSON string that skipString
+// must agree with: a backslash escapes the next byte, a quote ends it.
+func skipStringByByte(b []byte, i int) int {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return len(b)
 }
 
 // TestUsageParseMatchesEncodingJSON: the reflection-free usage reader

@@ -20,13 +20,14 @@ import (
 var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
 
 var (
-	dataPrefix   = []byte("data:")
-	doneMarker   = []byte("[DONE]")
-	usageMarker  = []byte(`"usage":{`)
-	emptyChoice  = []byte(`"choices":[]`)
-	nullUsage    = []byte(`,"usage":null`)
-	eventEnd     = []byte("\n\n")
-	eventEndCRLF = []byte("\r\n\r\n")
+	dataPrefix    = []byte("data:")
+	doneMarker    = []byte("[DONE]")
+	usageKey      = []byte(`"usage"`)
+	unicodeEscape = []byte(`\u`)
+	nullJSON      = []byte("null")
+	emptyArray    = []byte("[]")
+	eventEnd      = []byte("\n\n")
+	eventEndCRLF  = []byte("\r\n\r\n")
 )
 
 // stream relays an SSE response event by event. Each event is flushed as
@@ -98,34 +99,24 @@ func (h *Handler) stream(ctx context.Context, w http.ResponseWriter, r *http.Req
 				flush()
 			}
 		case bytes.HasPrefix(trimmed, dataPrefix):
-			payload := bytes.TrimSpace(trimmed[len(dataPrefix):])
+			rest := trimmed[len(dataPrefix):]
+			lead := bytes.TrimLeft(rest, " \t")
+			payload := bytes.TrimRight(lead, " \t")
 			if bytes.Equal(payload, doneMarker) {
 				sawDone = true
 				write(line)
 				continue
 			}
-			if bytes.Contains(payload, usageMarker) {
-				var u struct {
-					Usage *upstreamUsage `json:"usage"`
-				}
-				if json.Unmarshal(payload, &u) == nil && u.Usage != nil {
-					u.Usage.apply(ev)
-					if !req.includeUsage {
-						if bytes.Contains(payload, emptyChoice) {
-							skipping = true
-							continue
-						}
-						line = stripUsage(payload)
-					}
-				}
-			} else {
-				if hasDelta(payload) {
-					chunks++
-				}
-				// Asking upstream for usage makes it add "usage":null to
-				// every chunk; a client that did not ask never sees it.
-				if !req.includeUsage && bytes.Contains(line, nullUsage) {
-					line = bytes.Replace(line, nullUsage, nil, 1)
+			if hasDelta(payload) {
+				chunks++
+			}
+			// A null usage is left as it is for a client that asked.
+			if found, set := usageHint(payload); set || found && !req.includeUsage {
+				var drop bool
+				off := len(dataPrefix) + len(rest) - len(lead)
+				if line, drop = showUsage(line, off, len(payload), req.includeUsage, ev); drop {
+					skipping = true
+					continue
 				}
 			}
 			write(line)
@@ -234,29 +225,121 @@ func hasDelta(payload []byte) bool {
 	return false
 }
 
-// stripUsage removes the usage object from a chunk that also carries
-// choices (DeepSeek may attach usage to the finish chunk), in place and
-// without re-encoding: usage holds only numeric fields and nested objects
-// of them (no string values that could contain braces), so the matching
-// brace is found by counting.
-func stripUsage(payload []byte) []byte {
-	line := append([]byte("data: "), payload...)
-	i := bytes.Index(line, []byte(`,"usage":{`))
-	if i < 0 {
-		return append(line, '\n')
+// usageHint tells, from the bytes alone, what a chunk's top-level usage
+// member can be, so that most chunks pass without being parsed: found is
+// false when there can be none (no JSON text names one without `"usage"`
+// or an escape such as \u0075sage), set false when it can only be null
+// (every `"usage"` is followed by `: null`). Both are only ever wrong in
+// the safe direction; showUsage decides with the object scanner.
+func usageHint(payload []byte) (found, set bool) {
+	if bytes.Contains(payload, unicodeEscape) {
+		return true, true
 	}
-	depth := 0
-	for j := i + len(`,"usage":`); j < len(line); j++ {
-		switch line[j] {
-		case '{':
-			depth++
-		case '}':
-			depth--
-			if depth == 0 {
-				line = append(line[:i], line[j+1:]...)
-				return append(line, '\n')
-			}
+	for i := 0; ; {
+		j := bytes.Index(payload[i:], usageKey)
+		if j < 0 {
+			return found, false
+		}
+		found = true
+		i += j + len(usageKey)
+		k := skipSpace(payload, i)
+		if k >= len(payload) || payload[k] != ':' {
+			return true, true
+		}
+		k = skipSpace(payload, k+1)
+		if !bytes.HasPrefix(payload[k:], nullJSON) {
+			return true, true
+		}
+		if k += len(nullJSON); k < len(payload) && payload[k] != ',' && payload[k] != '}' && skipSpace(payload, k) == k {
+			return true, true // null0, nullx: not null
 		}
 	}
-	return append(line, '\n')
+}
+
+// showUsage meters the usage member of the chunk line[off:off+n], if any,
+// and returns what the client is shown in its place, in OpenAI's shape
+// whatever the upstream's: with include_usage, the usage comes last, in a
+// chunk of its own with "choices":[] (DeepSeek's usage on the finish chunk
+// is split off into one, the finish chunk keeping "usage":null); without
+// it, no chunk has a usage member at all, and a usage-only chunk is
+// dropped (drop: the whole event). Members other than usage and choices
+// keep their bytes; choices is never re-encoded. Cutting a usage member
+// happens in place, without allocating.
+func showUsage(line []byte, off, n int, include bool, ev *usage.Event) (out []byte, drop bool) {
+	payload := line[off : off+n]
+	val, from, to, count, err := memberSpan(payload, "usage")
+	switch {
+	case err != nil || count == 0:
+		return line, false // not an object (the client sees what came), or a false alarm
+	case count == 1 && isNull(val):
+		if include {
+			return line, false
+		}
+		return append(line[:off+from], line[off+to:]...), false
+	}
+
+	var u upstreamUsage
+	metered := !isNull(val) && (u.parse(val) || json.Unmarshal(val, &u) == nil)
+	if metered {
+		u.apply(ev)
+	}
+	choices, _, _, _, _ := memberSpan(payload, "choices")
+	noChoices := choices == nil || isNull(choices)
+	usageOnly := noChoices || isEmptyArray(choices)
+	switch {
+	case include && (usageOnly && !noChoices || !metered || count > 1):
+		// Repeated usage members are never split: no two client parsers
+		// agree on which one wins.
+		return line, false
+	case !include && usageOnly:
+		return nil, true
+	case !include:
+		return cutAll(line, off, n, from, to, count), false
+	}
+	o, err := parseObject(payload)
+	if err != nil {
+		return line, false // other repeated members: as it came
+	}
+	eol := line[len(bytes.TrimRight(line, "\r\n")):]
+	if len(eol) == 0 {
+		eol = []byte("\n") // the last line of a stream cut short
+	}
+	if noChoices {
+		// A usage chunk without choices: SDKs read "choices":[].
+		o.set("choices", emptyArray)
+		return frame(nil, o.encode(), eol), false
+	}
+	// DeepSeek's shape: usage on the finish chunk. The client gets the
+	// finish chunk with "usage":null, then a usage chunk made of the same
+	// members with "choices":[].
+	o.set("usage", nullJSON)
+	out = frame(nil, o.encode(), eol)
+	out = append(out, eol...)
+	o.set("choices", emptyArray)
+	o.set("usage", val)
+	return frame(out, o.encode(), eol), false
+}
+
+// cutAll deletes every usage member from the chunk line[off:off+n], in
+// place; the first is at payload[from:to] and there are count of them.
+func cutAll(line []byte, off, n, from, to, count int) []byte {
+	for count > 0 {
+		line = append(line[:off+from], line[off+to:]...)
+		n -= to - from
+		_, from, to, count, _ = memberSpan(line[off:off+n], "usage")
+	}
+	return line
+}
+
+// frame appends the data line of one chunk to out.
+func frame(out, chunk, eol []byte) []byte {
+	out = append(out, "data: "...)
+	out = append(out, chunk...)
+	return append(out, eol...)
+}
+
+// isEmptyArray reports whether a JSON value is [] (spaces allowed).
+func isEmptyArray(v []byte) bool {
+	v = bytes.TrimSpace(v)
+	return len(v) >= 2 && v[0] == '[' && len(bytes.TrimSpace(v[1:len(v)-1])) == 0 && v[len(v)-1] == ']'
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"io"
@@ -80,6 +81,16 @@ func TestStreamGolden(t *testing.T) {
 		{"thinking_with_usage", "thinking.upstream", `{"model":"deepseek-reasoner","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 9},
 		{"usage_on_finish_hidden", "usage_on_finish.upstream", `{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 1},
 		{"usage_on_finish_shown", "usage_on_finish.upstream", `{"model":"deepseek-chat","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 1},
+		// DeepSeek's shape: usage on the finish chunk, none on the others.
+		{"deepseek_hidden", "deepseek.upstream", `{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 9},
+		{"deepseek_shown", "deepseek.upstream", `{"model":"deepseek-chat","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 9},
+		// The simulator's (and OpenAI's) shape, recorded from upstream-sim.
+		{"sim_hidden", "sim.upstream", `{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 3},
+		{"sim_shown", "sim.upstream", `{"model":"deepseek-chat","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 3},
+		// A usage-only chunk with usage as its first member, "usage": null
+		// (with a space) first on the others, CRLF line ends.
+		{"usage_only_hidden", "usage_only.upstream", `{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 1},
+		{"usage_only_shown", "usage_only.upstream", `{"model":"deepseek-chat","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeCompleted, usage.SourceReported, 1},
 		{"cut_midway", "cut.upstream", `{"model":"deepseek-chat","stream":true,"messages":[{"role":"user","content":"q"}]}`, usage.OutcomeUpstreamError, usage.SourceEstimated, 2},
 	}
 	for _, tc := range tests {
@@ -107,6 +118,9 @@ func TestStreamGolden(t *testing.T) {
 			if got := w.Body.String(); got != string(want) {
 				t.Errorf("client stream differs from %s:\n got:\n%s\nwant:\n%s", golden, got, want)
 			}
+			if tc.wantOutcome == usage.OutcomeCompleted {
+				checkShape(t, w.Body.Bytes(), strings.Contains(tc.body, `"include_usage":true`))
+			}
 			if len(rec.evs) != 1 {
 				t.Fatalf("%d events, want 1", len(rec.evs))
 			}
@@ -119,12 +133,118 @@ func TestStreamGolden(t *testing.T) {
 	}
 }
 
-func TestStripUsage(t *testing.T) {
-	in := []byte(`{"id":"x","choices":[{"index":0}],"usage":{"prompt_tokens":7,"completion_tokens_details":{"reasoning_tokens":1}},"z":1}`)
-	got := string(stripUsage(in))
-	want := `data: {"id":"x","choices":[{"index":0}],"z":1}` + "\n"
-	if got != want {
-		t.Errorf("got %q want %q", got, want)
+// checkShape asserts OpenAI's stream shape on what a client received: with
+// include_usage, the last chunk before [DONE] has "choices":[] and the
+// usage, the one before it a finish_reason, and no other chunk a usage;
+// without, no chunk has a usage member at all.
+func checkShape(t *testing.T, body []byte, include bool) {
+	t.Helper()
+	var chunks []map[string]json.RawMessage
+	done := false
+	for _, line := range strings.Split(strings.ReplaceAll(string(body), "\r\n", "\n"), "\n") {
+		data, ok := strings.CutPrefix(line, "data:")
+		if !ok {
+			continue
+		}
+		data = strings.TrimSpace(data)
+		if data == "[DONE]" {
+			done = true
+			continue
+		}
+		if done {
+			t.Errorf("a chunk after [DONE]: %s", data)
+		}
+		var c map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(data), &c); err != nil {
+			t.Fatalf("chunk is not a JSON object: %s", data)
+		}
+		chunks = append(chunks, c)
+	}
+	if !done || len(chunks) < 2 {
+		t.Fatalf("%d chunks, done %v", len(chunks), done)
+	}
+	hasUsage := func(c map[string]json.RawMessage) bool { u, ok := c["usage"]; return ok && string(u) != "null" }
+	if !include {
+		for i, c := range chunks {
+			if _, ok := c["usage"]; ok {
+				t.Errorf("chunk %d has a usage member the client did not ask for", i)
+			}
+		}
+		return
+	}
+	last, fin := chunks[len(chunks)-1], chunks[len(chunks)-2]
+	var lastChoices []json.RawMessage
+	if json.Unmarshal(last["choices"], &lastChoices) != nil || lastChoices == nil || len(lastChoices) != 0 || !hasUsage(last) {
+		t.Errorf("last chunk: choices %s usage %s, want [] and the usage", last["choices"], last["usage"])
+	}
+	var choices []struct {
+		FinishReason *string `json:"finish_reason"`
+	}
+	if err := json.Unmarshal(fin["choices"], &choices); err != nil || len(choices) != 1 || choices[0].FinishReason == nil {
+		t.Errorf("the chunk before the usage has no finish_reason: %s", fin["choices"])
+	}
+	for i, c := range chunks[:len(chunks)-1] {
+		if hasUsage(c) {
+			t.Errorf("chunk %d has usage before the last", i)
+		}
+	}
+}
+
+func TestShowUsage(t *testing.T) {
+	const fin = `"choices":[{"index":0,"delta":{"content":"\"usage\":{}"},"finish_reason":"stop"}]`
+	const use = `{"prompt_tokens":7,"completion_tokens":3,"completion_tokens_details":{"reasoning_tokens":1}}`
+	tests := []struct {
+		name, in    string
+		include     bool
+		want        string // "" with drop
+		drop, meter bool
+	}{
+		{"null_last_hidden", `{"id":"x",` + fin + `,"usage":null}`, false, `{"id":"x",` + fin + `}`, false, false},
+		{"null_first_hidden", `{"usage": null, "id":"x",` + fin + `}`, false, `{"id":"x",` + fin + `}`, false, false},
+		{"null_spaced_hidden", `{"id":"x" , "usage" : null ,` + fin + `}`, false, `{"id":"x" ,` + fin + `}`, false, false},
+		{"null_escaped_key_hidden", `{"id":"x",` + fin + `,"us\u0061ge":null}`, false, `{"id":"x",` + fin + `}`, false, false},
+		{"null_shown", `{"id":"x",` + fin + `,"usage":null}`, true, `{"id":"x",` + fin + `,"usage":null}`, false, false},
+		{"nested_usage_untouched", `{"id":"x","choices":[{"usage":null}]}`, false, `{"id":"x","choices":[{"usage":null}]}`, false, false},
+		{"usage_only_hidden", `{"id":"x","choices":[],"usage":` + use + `}`, false, "", true, true},
+		{"usage_only_first_hidden", `{"usage":` + use + `,"id":"x","choices":[ ]}`, false, "", true, true},
+		{"usage_only_shown", `{"id":"x","choices":[],"usage":` + use + `}`, true, `{"id":"x","choices":[],"usage":` + use + `}`, false, true},
+		{"on_finish_hidden", `{"id":"x",` + fin + `,"usage":` + use + `}`, false, `{"id":"x",` + fin + `}`, false, true},
+		{"on_finish_first_hidden", `{"usage":` + use + `,"id":"x",` + fin + `}`, false, `{"id":"x",` + fin + `}`, false, true},
+		{"on_finish_shown", `{"id":"x",` + fin + `,"usage":` + use + `}`, true,
+			`{"id":"x",` + fin + `,"usage":null}` + "\n\ndata: " + `{"id":"x","choices":[],"usage":` + use + `}`, false, true},
+		{"no_choices_shown", `{"id":"x","usage":` + use + `}`, true, `{"id":"x","usage":` + use + `,"choices":[]}`, false, true},
+		{"no_choices_hidden", `{"id":"x","choices":null,"usage":` + use + `}`, false, "", true, true},
+		{"duplicate_hidden", `{"usage":` + use + `,"id":"x",` + fin + `,"usage":null}`, false, `{"id":"x",` + fin + `}`, false, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			line := []byte("data: " + tc.in + "\n")
+			ev := &usage.Event{}
+			out, drop := showUsage(line, len("data: "), len(tc.in), tc.include, ev)
+			if drop != tc.drop {
+				t.Fatalf("drop = %v, want %v", drop, tc.drop)
+			}
+			if !drop && string(out) != "data: "+tc.want+"\n" {
+				t.Errorf("got  %q\nwant %q", out, "data: "+tc.want+"\n")
+			}
+			if metered := ev.UsageSource == usage.SourceReported; metered != tc.meter || tc.meter && (ev.PromptTokens != 7 || ev.CompletionTokens != 3) {
+				t.Errorf("metered %v (%+v), want %v", metered, ev, tc.meter)
+			}
+		})
+	}
+}
+
+// TestShowUsageNullInPlace: the common chunk ("usage":null, hidden) is
+// rewritten without allocating.
+func TestShowUsageNullInPlace(t *testing.T) {
+	in := []byte(`data: {"id":"x","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}` + "\n")
+	buf := make([]byte, len(in))
+	ev := &usage.Event{}
+	if n := testing.AllocsPerRun(100, func() {
+		copy(buf, in)
+		_, _ = showUsage(buf, len("data: "), len(in)-len("data: \n"), false, ev)
+	}); n != 0 {
+		t.Errorf("%v allocations per chunk, want 0", n)
 	}
 }
 
