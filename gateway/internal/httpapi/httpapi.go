@@ -219,7 +219,7 @@ func (d *Deps) requestContext(c *gin.Context) {
 			ErrorType: res.ErrorType, Duration: duration, TTFT: res.TTFB,
 		}
 		if chat.ErrorType == "" && status >= 400 {
-			chat.ErrorType = strconv.Itoa(status)
+			chat.ErrorType = telemetry.ErrorTypeOther
 		}
 	}
 	if span.IsRecording() {
@@ -458,6 +458,9 @@ func (d *Deps) chat(c *gin.Context) {
 			d.Log.Error("chat failed without an API error", "err", err)
 			ae = apierr.Internal("an unexpected internal error occurred")
 		}
+		if st.res.ErrorType == "" {
+			st.res.ErrorType = ae.Type // error.type of the GenAI metrics and span
+		}
 		render(c, ae)
 	}
 }
@@ -469,6 +472,17 @@ func (d *Deps) chat(c *gin.Context) {
 // refused here before admin is asked.
 func (d *Deps) billingProxy() http.Handler {
 	rp := httputil.NewSingleHostReverseProxy(d.AdminURL)
+	if d.Telemetry != nil {
+		// Admin's span becomes a child of this request's span (the
+		// client's traceparent, copied by the proxy, is replaced).
+		direct := rp.Director
+		rp.Director = func(r *http.Request) {
+			direct(r)
+			r.Header.Del("Traceparent")
+			r.Header.Del("Tracestate")
+			d.Telemetry.Propagator.Inject(r.Context(), propagation.HeaderCarrier(r.Header))
+		}
+	}
 	rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
 		d.Log.Warn("billing proxy to admin failed", "err", err)
 		apierr.Unavailable("The billing service is temporarily unavailable; try again later.").Write(w)

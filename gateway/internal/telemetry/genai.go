@@ -21,6 +21,10 @@ const (
 	// ProviderDeepSeek is gen_ai.provider.name.
 	ProviderDeepSeek = "deepseek"
 
+	// ErrorTypeOther is error.type of a failure without a better name, as
+	// the conventions spell it.
+	ErrorTypeOther = "_OTHER"
+
 	MetricRequestDuration  = "gen_ai.server.request.duration"
 	MetricTimeToFirstToken = "gen_ai.server.time_to_first_token"
 	MetricTimePerOutput    = "gen_ai.server.time_per_output_token"
@@ -93,10 +97,12 @@ type genaiKey struct {
 	requestModel, responseModel, errorType string
 }
 
-// genaiSets are the cached measurement options of one genaiKey: the base
-// set, and the base set with gen_ai.token.type input and output.
+// genaiSets are the cached record options of one genaiKey: the base set,
+// and the base set with gen_ai.token.type input and output. They are kept
+// as slices, passed as they are to Record: a variadic argument built per
+// call would be allocated per request.
 type genaiSets struct {
-	base, input, output metric.MeasurementOption
+	base, input, output []metric.RecordOption
 }
 
 func (t *Telemetry) genaiSet(k genaiKey) *genaiSets {
@@ -117,11 +123,11 @@ func (t *Telemetry) genaiSet(k genaiKey) *genaiSets {
 	if k.errorType != "" {
 		attrs = append(attrs, semconv.ErrorTypeKey.String(k.errorType))
 	}
-	with := func(extra attribute.KeyValue) metric.MeasurementOption {
-		return metric.WithAttributeSet(attribute.NewSet(append(attrs[:len(attrs):len(attrs)], extra)...))
+	with := func(extra ...attribute.KeyValue) []metric.RecordOption {
+		return []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(append(attrs[:len(attrs):len(attrs)], extra...)...))}
 	}
 	s = &genaiSets{
-		base:   metric.WithAttributeSet(attribute.NewSet(attrs...)),
+		base:   with(),
 		input:  with(semconv.GenAITokenTypeInput),
 		output: with(semconv.GenAITokenTypeOutput),
 	}
@@ -136,15 +142,15 @@ func (t *Telemetry) genaiSet(k genaiKey) *genaiSets {
 // ObserveChat records one finished chat request in the GenAI metrics.
 func (t *Telemetry) ObserveChat(ctx context.Context, c Chat) {
 	s := t.genaiSet(genaiKey{requestModel: c.RequestModel, responseModel: c.ResponseModel, errorType: c.ErrorType})
-	t.genai.duration.Record(ctx, c.Duration.Seconds(), s.base)
+	t.genai.duration.Record(ctx, c.Duration.Seconds(), s.base...)
 	if c.ErrorType == "" && c.TTFT > 0 {
-		t.genai.ttft.Record(ctx, c.TTFT.Seconds(), s.base)
+		t.genai.ttft.Record(ctx, c.TTFT.Seconds(), s.base...)
 		if c.OutputTokens > 1 && c.Duration > c.TTFT {
-			t.genai.tpot.Record(ctx, (c.Duration-c.TTFT).Seconds()/float64(c.OutputTokens-1), s.base)
+			t.genai.tpot.Record(ctx, (c.Duration-c.TTFT).Seconds()/float64(c.OutputTokens-1), s.base...)
 		}
 	}
 	if c.InputTokens > 0 || c.OutputTokens > 0 {
-		t.genai.tokenCount.Record(ctx, c.InputTokens, s.input)
-		t.genai.tokenCount.Record(ctx, c.OutputTokens, s.output)
+		t.genai.tokenCount.Record(ctx, c.InputTokens, s.input...)
+		t.genai.tokenCount.Record(ctx, c.OutputTokens, s.output...)
 	}
 }
