@@ -472,17 +472,6 @@ func (d *Deps) chat(c *gin.Context) {
 // refused here before admin is asked.
 func (d *Deps) billingProxy() http.Handler {
 	rp := httputil.NewSingleHostReverseProxy(d.AdminURL)
-	if d.Telemetry != nil {
-		// Admin's span becomes a child of this request's span (the
-		// client's traceparent, copied by the proxy, is replaced).
-		direct := rp.Director
-		rp.Director = func(r *http.Request) {
-			direct(r)
-			r.Header.Del("Traceparent")
-			r.Header.Del("Tracestate")
-			d.Telemetry.Propagator.Inject(r.Context(), propagation.HeaderCarrier(r.Header))
-		}
-	}
 	rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
 		d.Log.Warn("billing proxy to admin failed", "err", err)
 		apierr.Unavailable("The billing service is temporarily unavailable; try again later.").Write(w)
@@ -497,6 +486,14 @@ func (d *Deps) billingProxy() http.Handler {
 		if wait, blocked := d.AuthFailures.Blocked(clientOf(r)); blocked {
 			tooManyFailures(w.Header(), wait).Write(w)
 			return
+		}
+		if d.Telemetry != nil {
+			// Admin's span becomes a child of this request's span: the
+			// client's trace context, which the proxy would copy, is
+			// replaced by the span's.
+			r.Header.Del("Traceparent")
+			r.Header.Del("Tracestate")
+			d.Telemetry.Propagator.Inject(r.Context(), propagation.HeaderCarrier(r.Header))
 		}
 		rp.ServeHTTP(w, r)
 	})

@@ -15,7 +15,7 @@ func TestGenAIMetricsAllocateNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = tel.Shutdown(context.Background()) })
+	t.Cleanup(func() { _ = tel.Shutdown(context.WithoutCancel(t.Context())) })
 	ctx := t.Context()
 	chat := Chat{RequestModel: "deepseek-chat", ResponseModel: "deepseek-v4-flash", InputTokens: 12, OutputTokens: 40,
 		Duration: 900 * time.Millisecond, TTFT: 120 * time.Millisecond}
