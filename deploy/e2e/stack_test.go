@@ -174,6 +174,12 @@ type stack struct {
 
 func startStack(t *testing.T, gateways int) *stack {
 	t.Helper()
+	return startStackEnv(t, gateways, nil)
+}
+
+// startStackEnv is startStack with extra environment for every service.
+func startStackEnv(t *testing.T, gateways int, extra map[string]string) *stack {
+	t.Helper()
 	s := &stack{adminToken: "e2e-admin-token"}
 	s.redis = scripts.Redis(t)
 	s.clickhouse = scripts.ClickHouse(t)
@@ -203,6 +209,9 @@ func startStack(t *testing.T, gateways int) *stack {
 		// Short, so that the 504 case of the conformance suite is quick.
 		"UPSTREAM_FIRST_BYTE_TIMEOUT": "3s",
 		"LOG_LEVEL":                   "info",
+	}
+	for k, v := range extra {
+		s.env[k] = v
 	}
 	s.meter = startProc(t, "meter", s.env)
 	s.admin = startProc(t, "admin", s.env)

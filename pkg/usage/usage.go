@@ -84,6 +84,14 @@ type Event struct {
 
 	Gateway string `json:"gateway"` // instance that served the request
 	TraceID string `json:"trace_id,omitempty"`
+	// TraceParent and TraceState are the W3C trace context of the
+	// gateway's request span, set only when that span is sampled. The
+	// publisher sends them as the message's traceparent and tracestate
+	// headers, live and on replay from the spool (which stores the encoded
+	// event), so that the meter can link its insert span to the request.
+	// They are not stored in ClickHouse.
+	TraceParent string `json:"traceparent,omitempty"`
+	TraceState  string `json:"tracestate,omitempty"`
 }
 
 // ErrInvalid wraps every validation failure of Decode.
@@ -125,6 +133,12 @@ func (e *Event) Marshal() ([]byte, error) {
 	b = appendString(b, `,"gateway":`, e.Gateway)
 	if e.TraceID != "" {
 		b = appendString(b, `,"trace_id":`, e.TraceID)
+	}
+	if e.TraceParent != "" {
+		b = appendString(b, `,"traceparent":`, e.TraceParent)
+	}
+	if e.TraceState != "" {
+		b = appendString(b, `,"tracestate":`, e.TraceState)
 	}
 	return append(b, '}'), nil
 }

@@ -19,6 +19,7 @@ func TestMarshalMatchesEncodingJSON(t *testing.T) {
 		Thinking: true, Stream: true, Status: 200, Outcome: OutcomeCompleted,
 		PromptTokens: 1200, CacheHitTokens: 1000, CacheMissTokens: 200, CompletionTokens: 50, ReasoningTokens: 7,
 		UsageSource: SourceReported, LatencyMs: 1500, TTFTMs: 120, Gateway: "gw-1", TraceID: "4bf92f3577b34da6a3ce929d0e0e4736",
+		TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", TraceState: "vendor=x",
 	}
 	awkward := plain
 	awkward.RequestID = "quote\" back\\slash <tag> & \u2028 é \x01"

@@ -34,6 +34,7 @@ import (
 	"github.com/qyai/qyai/pkg/chschema"
 	"github.com/qyai/qyai/pkg/logging"
 	"github.com/qyai/qyai/pkg/redisretry"
+	"github.com/qyai/qyai/pkg/telemetry"
 	"github.com/qyai/qyai/pkg/tier"
 )
 
@@ -144,7 +145,26 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, ready chan<
 	for _, t := range cfg.AdminTokens {
 		tokens = append(tokens, adminauth.Token{Name: t.Name, Secret: t.Token})
 	}
+	prov, err := telemetry.New(ctx, telemetry.Config{
+		Service: "qyai-admin", Instance: cfg.Addr, TracesEndpoint: cfg.OTLPTraces, MetricsEndpoint: cfg.OTLPMetrics,
+	}, "github.com/qyai/qyai/admin")
+	if err != nil {
+		return fmt.Errorf("set up telemetry: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := prov.Shutdown(sctx); err != nil {
+			log.Warn("shut down telemetry", "err", err)
+		}
+	}()
+	tel, err := httpapi.NewTelemetry(prov.Tracer, prov.Propagator, prov.Meter)
+	if err != nil {
+		return fmt.Errorf("create request metrics: %w", err)
+	}
 	handler := httpapi.New(httpapi.Deps{
+		Telemetry:       tel,
+		Metrics:         prov.Metrics,
 		Keys:            keys.NewService(keyStore, []byte(cfg.KeyPepper), tiers, now),
 		Billing:         billing.NewService(usage, keyStore, now),
 		AdminTokens:     tokens,

@@ -14,6 +14,7 @@ import (
 	"github.com/qyai/qyai/pkg/apikey"
 	"github.com/qyai/qyai/pkg/chschema"
 	"github.com/qyai/qyai/pkg/envconfig"
+	"github.com/qyai/qyai/pkg/telemetry"
 )
 
 // DefaultKeyPepper is the public pepper of a development stack, used only
@@ -28,6 +29,11 @@ const DefaultTokenName = "admin"
 // Config is everything admin needs to start.
 type Config struct {
 	Addr string // ADMIN_ADDR
+	// OTLPTraces and OTLPMetrics, when set, are the OTLP/HTTP URLs traces
+	// and metrics are exported to (pkg/telemetry.Endpoints: the standard
+	// OTEL_EXPORTER_OTLP_* variables). /metrics on ADMIN_ADDR serves the
+	// metrics in the Prometheus format either way.
+	OTLPTraces, OTLPMetrics string
 	// AdminTokens guard /admin/v1; the audit trail records the name of the
 	// token used. Secrets are never logged.
 	AdminTokens []AdminToken // ADMIN_TOKEN, ADMIN_TOKENS, ADMIN_TOKEN_FILE
@@ -128,6 +134,7 @@ func Load(getenv func(string) string) (Config, error) {
 		ShutdownTimeout:    r.Duration("SHUTDOWN_TIMEOUT", 10*time.Second),
 		LogLevel:           strings.ToLower(r.String("LOG_LEVEL", "info")),
 	}
+	c.OTLPTraces, c.OTLPMetrics = telemetry.Endpoints(getenv)
 	// A missing pepper was reported by ReadPepper already: validate the
 	// rest without saying it twice.
 	v := c

@@ -57,8 +57,12 @@ type Deps struct {
 	// means no limit (admin's app always sets one).
 	RegenerateLimit BillingLimiter
 	Ready           []Check
-	Log             *slog.Logger
-	Now             func() time.Time
+	// Telemetry traces requests and records their durations; nil means none.
+	Telemetry *Telemetry
+	// Metrics, when set, is served at GET /metrics.
+	Metrics http.Handler
+	Log     *slog.Logger
+	Now     func() time.Time
 }
 
 // BillingLimiter takes one request of a key's budget for a public
@@ -94,7 +98,13 @@ func New(d Deps) http.Handler {
 
 // routes is the whole route table.
 func (a *api) routes(r *gin.Engine) {
+	if a.Telemetry != nil {
+		r.Use(a.trace)
+	}
 	r.Use(a.recoverAndLog)
+	if a.Metrics != nil {
+		r.GET("/metrics", gin.WrapH(a.Metrics))
+	}
 	r.NoRoute(a.h(a.notFound))
 	r.NoMethod(a.h(a.methodNotAllowed))
 

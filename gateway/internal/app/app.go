@@ -131,7 +131,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	go func() { defer close(pubDone); pub.Run(pubCtx, drainCtx) }()
 	// abandonPub stops the publisher at once: what is queued goes to the spool.
 	abandonPub := func() { stopPub(); stopDrain(); <-pubDone }
-	tel, err := telemetry.New(ctx, telemetry.Config{Service: "qyai-gateway", Instance: cfg.Instance, OTLPEndpoint: cfg.OTLPEndpoint})
+	tel, err := telemetry.New(ctx, telemetry.Config{Service: "qyai-gateway", Instance: cfg.Instance, OTLPTraces: cfg.OTLPTraces, OTLPMetrics: cfg.OTLPMetrics})
 	if err != nil {
 		return err
 	}

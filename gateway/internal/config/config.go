@@ -16,6 +16,7 @@ import (
 	"github.com/qyai/qyai/pkg/envconfig"
 	"github.com/qyai/qyai/pkg/logging"
 	"github.com/qyai/qyai/pkg/natsconn"
+	"github.com/qyai/qyai/pkg/telemetry"
 )
 
 // Config is everything the gateway needs to start.
@@ -85,8 +86,11 @@ type Config struct {
 	// PprofAddr, when set, serves net/http/pprof there (a separate,
 	// loopback-only listener for profiling; off by default).
 	PprofAddr string // PPROF_ADDR
-	// OTLPEndpoint exports traces over OTLP/HTTP, e.g. http://otel-collector:4318.
-	OTLPEndpoint string // OTEL_EXPORTER_OTLP_ENDPOINT
+	// OTLPTraces and OTLPMetrics, when set, are the OTLP/HTTP URLs traces
+	// and metrics are exported to: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and
+	// OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, or OTEL_EXPORTER_OTLP_ENDPOINT
+	// (e.g. http://otel-collector:4318) with /v1/traces and /v1/metrics.
+	OTLPTraces, OTLPMetrics string
 }
 
 // Upstream is the model provider: one or more endpoints.
@@ -168,9 +172,9 @@ func Load(getenv func(string) string) (Config, error) {
 		DrainTimeout:       r.Duration("SHUTDOWN_TIMEOUT", 25*time.Second),
 		LogLevel:           strings.ToLower(r.String("LOG_LEVEL", "info")),
 		PprofAddr:          r.String("PPROF_ADDR", ""),
-		OTLPEndpoint:       r.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", r.String("OTEL_EXPORTER_OTLP_ENDPOINT", "")),
 	}
 	c.Instance = r.String("GATEWAY_INSTANCE", host+"/"+c.Addr)
+	c.OTLPTraces, c.OTLPMetrics = telemetry.Endpoints(getenv)
 	if c.SpoolDir == "" {
 		c.SpoolDir = DefaultSpoolDir(c.Instance, getenv)
 	}

@@ -69,8 +69,25 @@ type reqState struct {
 	trace string         // set when tracing
 	key   *apikey.Record // set by authenticate
 	quota quota.Decision // set by admit
-	model string         // set by chat, for the span and the request metrics
-	ttfb  time.Duration  // set by chat
+	res   proxy.Result   // set by chat, for the span and the request metrics
+	// traceParent and traceState are the span's W3C trace context, set
+	// only when the span is sampled (so never when tracing is off).
+	traceParent, traceState string
+}
+
+// traceCarrier receives the request span's trace context from the
+// propagator, into the request state: no map per request.
+type traceCarrier struct{ st *reqState }
+
+func (c traceCarrier) Get(string) string { return "" }
+func (c traceCarrier) Keys() []string    { return nil }
+func (c traceCarrier) Set(key, value string) {
+	switch key {
+	case "traceparent":
+		c.st.traceParent = value
+	case "tracestate":
+		c.st.traceState = value
+	}
 }
 
 type stateKey struct{}
@@ -186,20 +203,49 @@ func (d *Deps) requestContext(c *gin.Context) {
 	ctx := d.Telemetry.Propagator.Extract(c.Request.Context(), propagation.HeaderCarrier(c.Request.Header))
 	ctx, span := d.Telemetry.Tracer.Start(ctx, c.Request.Method+" "+route, trace.WithSpanKind(trace.SpanKindServer))
 	c.Request = c.Request.WithContext(ctx)
-	st.trace = span.SpanContext().TraceID().String()
+	sc := span.SpanContext()
+	st.trace = sc.TraceID().String()
+	if sc.IsSampled() {
+		d.Telemetry.Propagator.Inject(ctx, traceCarrier{st})
+	}
 	c.Next()
 	status := c.Writer.Status()
-	model := st.model
+	res := &st.res
+	duration := d.Now().Sub(start)
+	var chat telemetry.Chat
+	isChat := route == chatRoute && res.Model != ""
+	if isChat {
+		chat = telemetry.Chat{
+			RequestModel: res.Model, ResponseModel: res.UpstreamModel,
+			InputTokens: res.InputTokens, OutputTokens: res.OutputTokens,
+			ErrorType: res.ErrorType, Duration: duration, TTFT: res.TTFB,
+		}
+		if chat.ErrorType == "" && status >= 400 {
+			chat.ErrorType = telemetry.ErrorTypeOther
+		}
+	}
 	if span.IsRecording() {
 		span.SetAttributes(attribute.Int("http.response.status_code", status), attribute.String("qyai.request_id", id),
-			attribute.String("qyai.model", model))
+			attribute.String("qyai.model", res.Model))
+		if isChat {
+			// The GenAI conventions name a chat span "chat {model}".
+			span.SetName(telemetry.ChatSpanName(res.Model))
+			telemetry.ChatSpanAttributes(span, chat)
+		}
 		if status >= 500 {
 			span.SetStatus(codes.Error, http.StatusText(status))
 		}
 	}
 	span.End()
-	d.Telemetry.ObserveRequest(ctx, route, model, status, d.Now().Sub(start), st.ttfb)
+	d.Telemetry.ObserveRequest(ctx, route, res.Model, status, duration, res.TTFB)
+	if isChat {
+		d.Telemetry.ObserveChat(ctx, chat)
+	}
 }
+
+// chatRoute is the route of chat completions, described in the GenAI
+// conventions.
+const chatRoute = "/v1/chat/completions"
 
 func validRequestID(s string) bool {
 	if len(s) == 0 || len(s) > 128 {
@@ -394,14 +440,16 @@ func (d *Deps) chat(c *gin.Context) {
 	ctx := c.Request.Context()
 	var res proxy.Result
 	err := d.Proxy.Chat(c.Writer, c.Request, proxy.Request{
-		Key:        rec,
-		RequestID:  st.id,
-		TraceID:    st.trace,
-		Start:      st.start,
-		Result:     &res,
-		NotReached: func() { d.Limiter.Release(ctx, rec.ID, dec) },
+		Key:         rec,
+		RequestID:   st.id,
+		TraceID:     st.trace,
+		TraceParent: st.traceParent,
+		TraceState:  st.traceState,
+		Start:       st.start,
+		Result:      &res,
+		NotReached:  func() { d.Limiter.Release(ctx, rec.ID, dec) },
 	})
-	st.model, st.ttfb = res.Model, res.TTFB
+	st.res = res
 	if rec.TPM > 0 && res.Tokens > 0 {
 		// Off the request path: the response is complete.
 		go d.Limiter.AddTokens(context.WithoutCancel(ctx), rec.ID, res.Tokens)
@@ -411,6 +459,9 @@ func (d *Deps) chat(c *gin.Context) {
 		if !errors.As(err, &ae) { // Chat returns only API errors; a bug otherwise
 			d.Log.Error("chat failed without an API error", "err", err)
 			ae = apierr.Internal("an unexpected internal error occurred")
+		}
+		if st.res.ErrorType == "" {
+			st.res.ErrorType = ae.Type // error.type of the GenAI metrics and span
 		}
 		render(c, ae)
 	}
@@ -439,6 +490,14 @@ func (d *Deps) dashboardProxy() http.Handler {
 		if wait, blocked := d.AuthFailures.Blocked(clientOf(r)); blocked {
 			tooManyFailures(w.Header(), wait).Write(w)
 			return
+		}
+		if d.Telemetry != nil {
+			// Admin's span becomes a child of this request's span: the
+			// client's trace context, which the proxy would copy, is
+			// replaced by the span's.
+			r.Header.Del("Traceparent")
+			r.Header.Del("Tracestate")
+			d.Telemetry.Propagator.Inject(r.Context(), propagation.HeaderCarrier(r.Header))
 		}
 		rp.ServeHTTP(w, r)
 	})

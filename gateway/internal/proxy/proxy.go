@@ -90,7 +90,10 @@ type Request struct {
 	Key       *apikey.Record
 	RequestID string
 	TraceID   string
-	Start     time.Time
+	// TraceParent and TraceState are the request span's W3C trace
+	// context, when it is sampled; they travel with the usage event.
+	TraceParent, TraceState string
+	Start                   time.Time
 	// Result, when not nil, receives what the HTTP layer reports in metrics.
 	Result *Result
 	// NotReached is called once when the request ends without reaching the
@@ -105,6 +108,14 @@ type Result struct {
 	TTFB  time.Duration // time to the first byte of the answer; 0 when none
 	// Tokens is prompt + completion tokens used (reported or estimated).
 	Tokens int64
+	// InputTokens and OutputTokens are Tokens' two parts.
+	InputTokens, OutputTokens int64
+	// UpstreamModel is the upstream model the request went to; empty
+	// when it never reached the upstream.
+	UpstreamModel string
+	// ErrorType is the API error type of a request that reached the
+	// upstream and failed, or ended early (the usage event's error_type).
+	ErrorType string
 }
 
 // errIdle cancels an upstream request that went quiet.
@@ -167,6 +178,8 @@ func (h *Handler) Chat(w http.ResponseWriter, r *http.Request, in Request) error
 		Stream:        req.stream,
 		Gateway:       h.Instance,
 		TraceID:       in.TraceID,
+		TraceParent:   in.TraceParent,
+		TraceState:    in.TraceState,
 		UsageSource:   usage.SourceNone,
 	}
 
@@ -384,6 +397,8 @@ func (h *Handler) finish(ev *usage.Event, res *Result) {
 	if res != nil {
 		res.TTFB = time.Duration(ev.TTFTMs) * time.Millisecond
 		res.Tokens = ev.PromptTokens + ev.CompletionTokens
+		res.InputTokens, res.OutputTokens = ev.PromptTokens, ev.CompletionTokens
+		res.UpstreamModel, res.ErrorType = ev.UpstreamModel, ev.ErrorType
 	}
 	ev.FinishedAt = h.Now().UTC()
 	ev.LatencyMs = ev.FinishedAt.Sub(ev.StartedAt).Milliseconds()

@@ -50,10 +50,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qyai/qyai/gateway/internal/publish/spool"
 	"github.com/qyai/qyai/pkg/usage"
+	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
 
 // Defaults for Options' zero fields.
@@ -338,7 +340,7 @@ func (p *Publisher) sendOne(drain context.Context, q queued) {
 	// Dedup layer 1 (pkg/ledger): the event id as Nats-Msg-Id. The stall
 	// wait is short: accepting keeps the pending acks below the ceiling,
 	// so a wait for a slot means the replayer's window is full as well.
-	fut, err := p.js.PublishAsync(p.subject, data, jetstream.WithMsgID(ev.ID), jetstream.WithStallWait(linger))
+	fut, err := p.publishAsync(data, usagejs.TraceHeader(ev.TraceParent, ev.TraceState), jetstream.WithMsgID(ev.ID), jetstream.WithStallWait(linger))
 	if err != nil {
 		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
 			p.stall(err)
@@ -354,6 +356,16 @@ func (p *Publisher) sendOne(drain context.Context, q queued) {
 		p.nInflight.Add(-1)
 		p.spool.Put(spool.Bytes(data))
 	}
+}
+
+// publishAsync publishes one encoded event, with header (the trace
+// context) when it is not nil; without one it allocates no header of its
+// own beyond what PublishAsync does.
+func (p *Publisher) publishAsync(data []byte, header nats.Header, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	if header == nil {
+		return p.js.PublishAsync(p.subject, data, opts...)
+	}
+	return p.js.PublishMsgAsync(&nats.Msg{Subject: p.subject, Data: data, Header: header}, opts...)
 }
 
 // reap awaits acknowledgements in publish order; what fails or waits too

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qyai/qyai/gateway/internal/publish/spool"
+	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
 
 // replayPoll is how often a replayer that waits for NATS checks the
@@ -58,7 +59,8 @@ func (p *Publisher) replay(ctx, drain context.Context, liveDone <-chan struct{})
 				win = append(win, sent{next: e.Next})
 				continue
 			}
-			id := eventID(e.Data)
+			meta := eventMeta(e.Data)
+			id := meta.ID
 			if id == "" {
 				p.dropped.Add(1)
 				p.log.Error("usage event dropped: spooled record has no event id", "bytes", len(e.Data))
@@ -66,7 +68,10 @@ func (p *Publisher) replay(ctx, drain context.Context, liveDone <-chan struct{})
 				continue
 			}
 			// Dedup layer 1 (pkg/ledger): replayed with the original event id.
-			fut, err := p.js.PublishAsync(p.subject, e.Data, jetstream.WithMsgID(id))
+			// The trace context was spooled inside the event: the replayed
+			// message carries the same headers as a live one.
+			fut, err := p.publishAsync(e.Data, usagejs.TraceHeader(meta.TraceParent, meta.TraceState),
+				jetstream.WithMsgID(id))
 			if err != nil {
 				failure = err
 				break
@@ -181,15 +186,21 @@ func (p *Publisher) commit(next spool.Pos, n int) {
 	p.spool.Commit(next, n)
 }
 
-// eventID reads the id of an encoded usage event.
-func eventID(data []byte) string {
-	var ev struct {
-		ID string `json:"id"`
+// spooledMeta is what the replayer reads of an encoded usage event.
+type spooledMeta struct {
+	ID          string `json:"id"`
+	TraceParent string `json:"traceparent"`
+	TraceState  string `json:"tracestate"`
+}
+
+// eventMeta reads the id and trace context of an encoded usage event; the
+// id is empty when data is not one.
+func eventMeta(data []byte) spooledMeta {
+	var m spooledMeta
+	if json.Unmarshal(data, &m) != nil {
+		return spooledMeta{}
 	}
-	if json.Unmarshal(data, &ev) != nil {
-		return ""
-	}
-	return ev.ID
+	return m
 }
 
 func nextBackoff(d time.Duration) time.Duration {

@@ -1,11 +1,15 @@
-// Package telemetry sets up OpenTelemetry for the gateway: traces exported
-// over OTLP/HTTP when an endpoint is configured (the standard OTEL_*
-// environment variables, read by the OpenTelemetry SDK itself), and
-// metrics exposed in the Prometheus format at /metrics (on the internal
-// listener, GATEWAY_METRICS_ADDR).
+// Package telemetry holds the gateway's tracer and instruments, on the
+// providers pkg/telemetry builds: traces exported over OTLP/HTTP when an
+// endpoint is configured, metrics in the Prometheus format at /metrics (on
+// the internal listener, GATEWAY_METRICS_ADDR) and, when configured, pushed
+// over OTLP/HTTP.
 //
 // Without an OTLP endpoint spans are still created unsampled, so every
 // request has a trace id for logs and usage events at almost no cost.
+//
+// Chat requests are described in OpenTelemetry's GenAI semantic
+// conventions (genai.go) besides the qyai_* series, which the chart's
+// dashboards and alerts use.
 package telemetry
 
 import (
@@ -17,26 +21,22 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
-	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/resource"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+
+	otelsetup "github.com/qyai/qyai/pkg/telemetry"
 )
 
 // Config selects exporters.
 type Config struct {
 	Service  string
 	Instance string
-	// OTLPEndpoint, when set, exports traces over OTLP/HTTP (the SDK also
-	// honours OTEL_EXPORTER_OTLP_* and OTEL_TRACES_SAMPLER* on its own).
-	OTLPEndpoint string
+	// OTLPTraces and OTLPMetrics, when set, are the OTLP/HTTP URLs spans
+	// and metrics are exported to (the SDK also honours the other
+	// OTEL_EXPORTER_OTLP_* variables and OTEL_METRIC_EXPORT_INTERVAL).
+	OTLPTraces, OTLPMetrics string
 }
 
 // Telemetry is the gateway's tracer and instruments.
@@ -51,11 +51,13 @@ type Telemetry struct {
 	ttft          metric.Float64Histogram
 	rateLimited   metric.Int64Counter
 	upstreamFails metric.Int64Counter
+	genai         genaiInstruments
 
 	attrMu sync.RWMutex
 	attrs  map[attrKey]metric.MeasurementOption
+	gattrs map[genaiKey]*genaiSets
 
-	shutdown []func(context.Context) error
+	providers *otelsetup.Providers
 }
 
 type attrKey struct {
@@ -65,35 +67,16 @@ type attrKey struct {
 
 // New builds the providers.
 func New(ctx context.Context, cfg Config) (*Telemetry, error) {
-	res := resource.NewSchemaless(
-		attribute.String("service.name", cfg.Service),
-		attribute.String("service.instance.id", cfg.Instance),
-	)
-	t := &Telemetry{Propagator: propagation.TraceContext{}, attrs: map[attrKey]metric.MeasurementOption{}}
-
-	topts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
-	if cfg.OTLPEndpoint != "" {
-		exp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(cfg.OTLPEndpoint))
-		if err != nil {
-			return nil, fmt.Errorf("otlp trace exporter: %w", err)
-		}
-		topts = append(topts, sdktrace.WithBatcher(exp))
-	} else {
-		topts = append(topts, sdktrace.WithSampler(sdktrace.NeverSample()))
-	}
-	tp := sdktrace.NewTracerProvider(topts...)
-	t.shutdown = append(t.shutdown, tp.Shutdown)
-	t.Tracer = tp.Tracer("github.com/qyai/qyai/gateway")
-
-	reg := prometheus.NewRegistry()
-	exp, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
+	p, err := otelsetup.New(ctx, otelsetup.Config{
+		Service: cfg.Service, Instance: cfg.Instance, TracesEndpoint: cfg.OTLPTraces, MetricsEndpoint: cfg.OTLPMetrics,
+	}, "github.com/qyai/qyai/gateway")
 	if err != nil {
-		return nil, fmt.Errorf("prometheus exporter: %w", err)
+		return nil, err
 	}
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithResource(res))
-	t.shutdown = append(t.shutdown, mp.Shutdown)
-	t.Meter = mp.Meter("github.com/qyai/qyai/gateway")
-	t.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	t := &Telemetry{
+		Tracer: p.Tracer, Propagator: p.Propagator, Metrics: p.Metrics, Meter: p.Meter, providers: p,
+		attrs: map[attrKey]metric.MeasurementOption{}, gattrs: map[genaiKey]*genaiSets{},
+	}
 
 	latency := metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 	var errs []error
@@ -111,8 +94,10 @@ func New(ctx context.Context, cfg Config) (*Telemetry, error) {
 	t.upstreamFails, err = t.Meter.Int64Counter("qyai_upstream_credential_failures",
 		metric.WithDescription("Upstream 401/402/403 answers: the gateway's upstream key or balance is broken"))
 	add(err)
+	t.genai, err = newGenAIInstruments(t.Meter)
+	add(err)
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("create instruments: %w", err)
+		return nil, errors.Join(fmt.Errorf("create instruments: %w", err), p.Shutdown(ctx))
 	}
 	return t, nil
 }
@@ -157,10 +142,4 @@ func (t *Telemetry) UpstreamCredentialFailure(status int) {
 }
 
 // Shutdown flushes and stops the providers.
-func (t *Telemetry) Shutdown(ctx context.Context) error {
-	var errs []error
-	for _, f := range t.shutdown {
-		errs = append(errs, f(ctx))
-	}
-	return errors.Join(errs...)
-}
+func (t *Telemetry) Shutdown(ctx context.Context) error { return t.providers.Shutdown(ctx) }

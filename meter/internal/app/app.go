@@ -20,13 +20,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.opentelemetry.io/otel/attribute"
-	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/qyai/qyai/meter/internal/config"
 	"github.com/qyai/qyai/meter/internal/rollup"
@@ -37,6 +31,7 @@ import (
 	"github.com/qyai/qyai/pkg/logging"
 	"github.com/qyai/qyai/pkg/natsconn"
 	"github.com/qyai/qyai/pkg/pricing"
+	"github.com/qyai/qyai/pkg/telemetry"
 	"github.com/qyai/qyai/pkg/usage"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
@@ -112,19 +107,20 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		return errors.New("meter: Options.Logger is required")
 	}
 
-	reg := prometheus.NewRegistry()
-	exporter, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutScopeInfo())
+	tel, err := telemetry.New(ctx, telemetry.Config{
+		Service: "qyai-meter", Instance: hostname(), TracesEndpoint: cfg.OTLPTraces, MetricsEndpoint: cfg.OTLPMetrics,
+	}, "github.com/qyai/qyai/meter")
 	if err != nil {
-		return fmt.Errorf("create prometheus exporter: %w", err)
+		return fmt.Errorf("set up telemetry: %w", err)
 	}
-	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter),
-		sdkmetric.WithResource(resource.NewSchemaless(attribute.String("service.name", "qyai-meter"))))
 	defer func() {
-		if err := provider.Shutdown(context.WithoutCancel(ctx)); err != nil {
-			log.Warn("shut down metrics provider", "err", err)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(sctx); err != nil {
+			log.Warn("shut down telemetry", "err", err)
 		}
 	}()
-	meter := provider.Meter("github.com/qyai/qyai/meter")
+	meter := tel.Meter
 
 	h := &health{}
 	ln := opts.Listener
@@ -134,7 +130,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		}
 	}
 	srv := &http.Server{
-		Handler:           h.routes(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
+		Handler:           h.routes(tel.Metrics),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	go func() {
@@ -242,6 +238,8 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		MaxWait:      cfg.Batch.MaxAge,
 		AckWait:      cfg.NATS.AckWait,
 		DrainTimeout: cfg.Batch.DrainTimeout,
+		Tracer:       tel.Tracer,
+		Propagator:   tel.Propagator,
 	})
 	if err != nil {
 		return err
@@ -280,6 +278,15 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 	}
 	log.Info("meter stopped")
 	return nil
+}
+
+// hostname names this replica in telemetry (service.instance.id).
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	return h
 }
 
 // registerLag exposes the consumer's backlog, read from JetStream at each

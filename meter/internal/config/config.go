@@ -14,6 +14,7 @@ import (
 	"github.com/qyai/qyai/pkg/envconfig"
 	"github.com/qyai/qyai/pkg/logging"
 	"github.com/qyai/qyai/pkg/natsconn"
+	"github.com/qyai/qyai/pkg/telemetry"
 )
 
 // Config is everything the meter needs to run.
@@ -21,6 +22,10 @@ type Config struct {
 	// Addr is where /healthz, /readyz and /metrics listen (METER_ADDR).
 	Addr     string
 	LogLevel slog.Level
+	// OTLPTraces and OTLPMetrics, when set, are the OTLP/HTTP URLs traces
+	// and metrics are exported to (pkg/telemetry.Endpoints: the standard
+	// OTEL_EXPORTER_OTLP_* variables).
+	OTLPTraces, OTLPMetrics string
 
 	NATS       NATS
 	ClickHouse ClickHouse
@@ -123,6 +128,7 @@ func Load(getenv func(string) string) (Config, error) {
 	c := Default()
 	r := envconfig.New(envconfig.Getenv(getenv))
 	c.Addr = r.String("METER_ADDR", c.Addr)
+	c.OTLPTraces, c.OTLPMetrics = telemetry.Endpoints(getenv)
 	if v := r.String("LOG_LEVEL", ""); v != "" {
 		if l, err := logging.ParseLevel(v); err != nil {
 			r.Errorf("LOG_LEVEL: %w", err)

@@ -35,10 +35,16 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/qyai/qyai/pkg/pricing"
 	"github.com/qyai/qyai/pkg/usage"
+	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
 
 // Headers the sink adds to a dead letter, next to usage.DeadLetterReasonHeader.
@@ -81,12 +87,21 @@ type Config struct {
 	// BackoffMin and BackoffMax bound the delay between insert attempts.
 	// Defaults 100 ms and 5 s.
 	BackoffMin, BackoffMax time.Duration
+	// Tracer, when set, records a span per batch insert ("INSERT
+	// usage_events"), linked to the gateway request spans of the events it
+	// writes, whose trace context Propagator reads from each message's
+	// headers. Nil means no spans.
+	Tracer     trace.Tracer
+	Propagator propagation.TextMapPropagator
 }
 
 func (c Config) withDefaults() (Config, error) {
 	if c.BatchSize < 1 || c.MaxWait <= 0 || c.AckWait <= 0 {
 		return c, fmt.Errorf("sink config: batch size %d, max wait %s and ack wait %s must be positive",
 			c.BatchSize, c.MaxWait, c.AckWait)
+	}
+	if c.Tracer == nil || c.Propagator == nil {
+		c.Tracer, c.Propagator = noop.NewTracerProvider().Tracer(""), propagation.TraceContext{}
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second
@@ -216,6 +231,8 @@ func (s *Sink) Run(ctx context.Context) {
 type batch struct {
 	rows  []Row
 	toAck []jetstream.Msg
+	// links are the sampled gateway spans of the rows' events.
+	links []trace.Link
 	// hard is the batch's drain context (see drainContext).
 	hard         context.Context
 	cancel       context.CancelFunc
@@ -289,6 +306,9 @@ func (s *Sink) prepare(ctx context.Context, msgs []jetstream.Msg) *batch {
 		}
 		seen[e.ID] = true
 		b.rows = append(b.rows, row)
+		if l, ok := s.link(ctx, m); ok {
+			b.links = append(b.links, l)
+		}
 	}
 	for model, n := range unpriced {
 		// Still a real request: stored at cost 0 so that finance sees it.
@@ -306,10 +326,39 @@ func (s *Sink) prepare(ctx context.Context, msgs []jetstream.Msg) *batch {
 }
 
 // commit runs steps 3 and 4 on a prepared batch: insert, then ack.
+// link returns a link to the gateway span whose trace context m carries,
+// if it carries one (the gateway sends it only for sampled spans).
+func (s *Sink) link(ctx context.Context, m jetstream.Msg) (trace.Link, bool) {
+	h := m.Headers()
+	if h.Get(usagejs.TraceParentHeader) == "" {
+		return trace.Link{}, false
+	}
+	sc := trace.SpanContextFromContext(s.cfg.Propagator.Extract(ctx, usagejs.HeaderCarrier(h)))
+	if !sc.IsValid() {
+		return trace.Link{}, false
+	}
+	return trace.Link{SpanContext: sc}, true
+}
+
 func (s *Sink) commit(ctx context.Context, b *batch) {
 	defer b.cancel()
 	defer b.stopProgress()
+	// One span per batch, in a trace of its own: a batch serves many
+	// requests, so it links to their spans rather than joining one trace.
+	_, span := s.cfg.Tracer.Start(b.hard, "INSERT usage_events", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithNewRoot(), trace.WithLinks(b.links...))
+	defer span.End()
+	if span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("db.system.name", "clickhouse"),
+			attribute.String("db.operation.name", "INSERT"),
+			attribute.String("db.collection.name", "usage_events"),
+			attribute.Int("db.operation.batch.size", len(b.rows)),
+			attribute.Int("qyai.batch.messages", len(b.toAck)),
+		)
+	}
 	if !s.write(ctx, b.hard, b.rows) {
+		span.SetStatus(codes.Error, "insert abandoned at shutdown; JetStream redelivers the batch")
 		b.stopProgress()
 		// Shutting down with the store unreachable: hand the batch back so
 		// that another replica takes it now rather than after AckWait.
