@@ -199,16 +199,27 @@ func (s *Service) List(ctx context.Context) ([]apikey.Record, error) {
 // Rotate replaces a key's secret: the old key stops working, the new one is
 // returned. Id, name, limits, status and billing history stay.
 func (s *Service) Rotate(ctx context.Context, actor, id string) (Issued, error) {
-	var key string
-	rec, err := s.change(ctx, actor, id, audit.ActionRotate, func(r *apikey.Record) error {
+	return s.replaceSecret(ctx, actor, id, audit.ActionRotate, func(r *apikey.Record) error {
 		if r.Status == apikey.StatusRevoked {
 			return ErrRevoked
+		}
+		return nil
+	})
+}
+
+// replaceSecret gives key id a new secret in one atomic change, once check
+// accepts the current record, and returns the new key (Rotate, Regenerate).
+func (s *Service) replaceSecret(ctx context.Context, actor, id, action string, check func(*apikey.Record) error) (Issued, error) {
+	var key string
+	rec, err := s.change(ctx, actor, id, action, func(r *apikey.Record) error {
+		if err := check(r); err != nil {
+			return err
 		}
 		k, err := apikey.Generate()
 		if err != nil {
 			return fmt.Errorf("generate key: %w", err)
 		}
-		// Update may call this again after a concurrent write: the key
+		// The store may call this again after a concurrent write: the key
 		// returned is the one of the attempt that committed.
 		key = k
 		r.Hash = apikey.Hash(s.pepper, k)
@@ -241,24 +252,12 @@ func (s *Service) Regenerate(ctx context.Context, presented string) (Issued, err
 		return Issued{}, err
 	}
 	hash := apikey.Hash(s.pepper, presented)
-	var key string
-	rec, err := s.change(ctx, HolderActor(cur.ID), cur.ID, audit.ActionRegenerate, func(r *apikey.Record) error {
+	return s.replaceSecret(ctx, HolderActor(cur.ID), cur.ID, audit.ActionRegenerate, func(r *apikey.Record) error {
 		if r.Hash != hash || !r.Active() {
 			return ErrUnauthenticated
 		}
-		k, err := apikey.Generate()
-		if err != nil {
-			return fmt.Errorf("generate key: %w", err)
-		}
-		key = k // the key of the attempt that committed, as in Rotate
-		r.Hash = apikey.Hash(s.pepper, k)
-		r.KeyPrefix = apikey.DisplayPrefix(k)
 		return nil
 	})
-	if err != nil {
-		return Issued{}, err
-	}
-	return Issued{Record: rec, Key: key}, nil
 }
 
 // Revoke makes a key stop working for good. The record stays, marked
