@@ -84,3 +84,18 @@ export class Flash {
     this.box.textContent = '';
   }
 }
+
+// copySecret copies the new key in the secret dialog (#secret-key) to the
+// clipboard and says so in #secret-copied; where the clipboard API is refused
+// it falls back to the selection.
+export async function copySecret() {
+  const input = $('secret-key');
+  try {
+    await navigator.clipboard.writeText(input.value);
+    $('secret-copied').textContent = 'Copied to the clipboard.';
+  } catch {
+    input.select();
+    const ok = document.execCommand && document.execCommand('copy');
+    $('secret-copied').textContent = ok ? 'Copied to the clipboard.' : 'Select the key and copy it with Ctrl+C.';
+  }
+}

@@ -6,7 +6,7 @@
 
 import { json } from './api.js';
 import { barChart } from './chart.js';
-import { $, show, int, Flash } from './dom.js';
+import { $, show, int, Flash, copySecret } from './dom.js';
 
 const flash = new Flash($('alert'));
 let apiKey = '';
@@ -87,18 +87,6 @@ function showSecret(issued) {
   $('secret-copied').textContent = '';
   $('secret-dialog').showModal();
   $('secret-key').select();
-}
-
-async function copySecret() {
-  const input = $('secret-key');
-  try {
-    await navigator.clipboard.writeText(input.value);
-    $('secret-copied').textContent = 'Copied to the clipboard.';
-  } catch {
-    input.select();
-    const ok = document.execCommand && document.execCommand('copy');
-    $('secret-copied').textContent = ok ? 'Copied to the clipboard.' : 'Select the key and copy it with Ctrl+C.';
-  }
 }
 
 // closeSecret wipes the key from the dialog before closing it; the close

@@ -4,7 +4,7 @@
 
 import { ApiError, json, request } from './api.js';
 import { barChart } from './chart.js';
-import { $, el, show, int, utcDateTime, today, monthStart, daysBetween, Flash } from './dom.js';
+import { $, el, show, int, utcDateTime, today, monthStart, daysBetween, Flash, copySecret } from './dom.js';
 import { fromNano, sumCosts, toNano, usd, shortUsd } from './money.js';
 
 const TOKEN = 'qyai.adminToken';
@@ -221,18 +221,6 @@ function showSecret(title, issued) {
   d.dataset.keyId = issued.id;
   d.showModal();
   $('secret-key').select();
-}
-
-async function copySecret() {
-  const input = $('secret-key');
-  try {
-    await navigator.clipboard.writeText(input.value);
-    $('secret-copied').textContent = 'Copied to the clipboard.';
-  } catch {
-    input.select();
-    const ok = document.execCommand && document.execCommand('copy');
-    $('secret-copied').textContent = ok ? 'Copied to the clipboard.' : 'Select the key and copy it with Ctrl+C.';
-  }
 }
 
 // closeSecret wipes the key before closing, so that it is gone the moment
