@@ -43,6 +43,14 @@
 #                               load generator and run just this phase
 #   BENCH_CACHE_CONVERSATIONS   conversations of the cache phase (default 200)
 #   BENCH_CACHE_TURNS           turns per conversation (default 5)
+#   BENCH_OPEN_STREAMS          after the three phases, hold this many slow streams open on
+#                               the gateway at once (default 8000; 60 chunks, one a second:
+#                               about 75 s), each on its own connection, with a key of its own
+#                               whose billing is then checked exactly, while 20 non-stream
+#                               requests a second probe the gateway; 0: skip it. The gateway
+#                               gets UPSTREAM_MAX_CONNS above that count (one upstream
+#                               connection per HTTP/1.1 stream) and a PPROF_ADDR for its
+#                               goroutine count
 #
 # A benchmark, not a test: it fails only when the stack cannot start or nothing
 # answers; the targets in the table say PASS or MISS.
@@ -62,6 +70,7 @@ TOPOLOGY=${BENCH_TOPOLOGY:-single}
 CACHE=${BENCH_CACHE:-1}
 CACHE_CONVERSATIONS=${BENCH_CACHE_CONVERSATIONS:-200}
 CACHE_TURNS=${BENCH_CACHE_TURNS:-5}
+OPEN_STREAMS=${BENCH_OPEN_STREAMS:-8000}
 ADMIN_TOKEN=qyai-bench-admin-token
 SIM_KEY=sk-sim-bench
 SERVICE_STOP_TIMEOUT=30
@@ -78,6 +87,7 @@ main() {
 	done
 	[[ $REFERENCE == 0 || $REFERENCE == 1 ]] || die "BENCH_REFERENCE=$REFERENCE: want 0 or 1"
 	[[ $TOPOLOGY == single || $TOPOLOGY == cluster ]] || die "BENCH_TOPOLOGY=$TOPOLOGY: want single or cluster"
+	[[ $OPEN_STREAMS =~ ^[0-9]+$ ]] || die "BENCH_OPEN_STREAMS=$OPEN_STREAMS: want a non-negative integer"
 	[[ $CACHE == 0 || $CACHE == 1 || $CACHE == only ]] || die "BENCH_CACHE=$CACHE: want 0, 1 or only"
 	for v in CACHE_CONVERSATIONS CACHE_TURNS; do
 		[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "BENCH_$v=${!v}: want a positive integer"
@@ -155,8 +165,10 @@ start_services() {
 	fi
 	spawn_service meter env "${common[@]}" METER_ADDR="$meter_addr" "$BIN/meter"
 	spawn_service admin env "${common[@]}" ADMIN_ADDR="$admin_addr" ADMIN_TOKEN="$ADMIN_TOKEN" "$BIN/admin"
+	GATEWAY_PPROF_URL=http://127.0.0.1:$(free_port)
 	spawn_service gateway env "${common[@]}" GATEWAY_ADDR="$gateway_addr" GATEWAY_METRICS_ADDR="$gateway_metrics_addr" GATEWAY_INSTANCE=bench \
 		ADMIN_URL="$ADMIN_URL" UPSTREAM_BASE_URL="$SIM_URL" UPSTREAM_API_KEY="$SIM_KEY" \
+		UPSTREAM_MAX_CONNS=$((OPEN_STREAMS > 2048 ? OPEN_STREAMS + 256 : 2048)) PPROF_ADDR="${GATEWAY_PPROF_URL#http://}" \
 		SPOOL_DIR="$tmp/spool" "$BIN/gateway"
 
 	wait_service upstream-sim "$SIM_URL/_sim/healthz"
@@ -258,8 +270,12 @@ run_loadgen() {
 		reference=(-reference "$REFPROXY_URL" -reference-key "$SIM_KEY" -reference-pid "$ref_pid")
 		targets="direct, reference (non-stream phases), gateway"
 	fi
-	local system=()
+	local system=() open=()
 	mapfile -t system < <(system_flags)
+	if ((OPEN_STREAMS > 0)); then
+		open=(-open-streams "$OPEN_STREAMS" -open-streams-key "$(create_key)" -gateway-pprof "$GATEWAY_PPROF_URL")
+		targets+="; then $OPEN_STREAMS open streams"
+	fi
 	revision=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 	if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then
 		revision+=" with uncommitted changes"
@@ -268,13 +284,14 @@ run_loadgen() {
 	if [[ $STREAM_CONCURRENCY != 16 ]]; then command="BENCH_STREAM_CONCURRENCY=$STREAM_CONCURRENCY $command"; fi
 	if ((!REFERENCE)); then command="BENCH_REFERENCE=0 $command"; fi
 	if [[ $TOPOLOGY != single ]]; then command="BENCH_TOPOLOGY=$TOPOLOGY $command"; fi
+	if [[ $OPEN_STREAMS != 8000 ]]; then command="BENCH_OPEN_STREAMS=$OPEN_STREAMS $command"; fi
 	log "running the load generator: 3 phases x ($targets), $DURATION each"
 	# In the background and waited for, so that a signal to this script runs the
 	# cleanup at once instead of after the run; cleanup stops the load generator.
 	"$BIN/loadgen" -gateway "$GATEWAY_URL" -key "$key" -direct "$SIM_URL" -direct-key "$SIM_KEY" \
 		-gateway-pid "$gateway_pid" -duration "$DURATION" -concurrency "$CONCURRENCY" -rate "$RATE" \
 		-stream-concurrency "$STREAM_CONCURRENCY" -rounds "$ROUNDS" -command "$command" -revision "$revision" \
-		"${reference[@]}" "${system[@]}" &
+		"${reference[@]}" "${system[@]}" "${open[@]}" &
 	loadgen_pid=$!
 	wait "$loadgen_pid"
 	loadgen_pid=""

@@ -70,6 +70,9 @@ type Config struct {
 	System     []SystemProc
 	SystemIdle time.Duration
 	Settle     time.Duration
+	// OpenStreams, when its Count > 0, runs the open-streams phase after
+	// the others (it ignores Phases).
+	OpenStreams OpenStreams
 
 	// Duration is how long each target is measured in each phase.
 	Duration time.Duration
@@ -134,6 +137,9 @@ func (c Config) Validate() error {
 	if c.ReferencePID < 0 {
 		errs = append(errs, fmt.Errorf("reference-pid: %d, want >= 0", c.ReferencePID))
 	}
+	if err := c.OpenStreams.validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := validateSystem(c.System); err != nil {
 		errs = append(errs, err)
 	}
@@ -148,7 +154,7 @@ func (c Config) Validate() error {
 	}
 	for _, p := range c.Phases {
 		if !validPhase(p) {
-			errs = append(errs, fmt.Errorf("phases: unknown phase %q (want closed, open or stream)", p))
+			errs = append(errs, fmt.Errorf("phases: unknown phase %q (want closed, open, stream or open-streams)", p))
 		}
 	}
 	if c.RequestTimeout <= 0 {
@@ -180,6 +186,14 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	})
 	fs.DurationVar(&c.SystemIdle, "system-idle", 3*time.Second, "how long the stack's idle CPU use is measured before the phases (with -system)")
 	fs.DurationVar(&c.Settle, "settle", time.Second, "wait after a phase's last gateway slice for the bookkeeping that trails it (with -system)")
+	fs.IntVar(&c.OpenStreams.Count, "open-streams", 0, "open-streams phase: slow streams held open on the gateway at once (0: no such phase)")
+	fs.IntVar(&c.OpenStreams.Ramp, "open-streams-ramp", 1000, "streams opened a second in the open-streams phase")
+	fs.IntVar(&c.OpenStreams.Tokens, "open-streams-tokens", 60, "content chunks per stream of the open-streams phase")
+	fs.DurationVar(&c.OpenStreams.Interval, "open-streams-interval", time.Second, "time between two chunks of an open stream")
+	fs.StringVar(&c.OpenStreams.Key, "open-streams-key", "", "API key of the open-streams phase alone, whose billing is then checked exactly (empty: -key, unchecked)")
+	fs.IntVar(&c.OpenStreams.ProbeRate, "open-streams-probe-rate", 20, "non-stream requests a second while the streams are open")
+	fs.StringVar(&c.OpenStreams.PprofURL, "gateway-pprof", "", "the gateway's pprof base URL (PPROF_ADDR), for its goroutines in the open-streams phase")
+	fs.DurationVar(&c.OpenStreams.Settle, "open-streams-settle", time.Minute, "how long the billing totals of the open-streams phase may take to match")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measurement per target and phase")
 	fs.IntVar(&c.Rounds, "rounds", 1, "alternating direct/(reference/)gateway slices per phase (noise control)")
 	fs.DurationVar(&c.Warmup, "warmup", 1500*time.Millisecond, "unmeasured warm-up per target and phase")
@@ -331,6 +345,13 @@ func Run(ctx context.Context, c Config, progress io.Writer) (*Report, error) {
 		}
 		_, _ = fmt.Fprintf(progress, "phase %d/%d gateway %s: %s\n", i+1, len(phases), p.title, p.gateway.summary())
 		rep.Phases = append(rep.Phases, p)
+	}
+	if c.OpenStreams.Count > 0 {
+		r, err := runOpenStreams(ctx, c, c.GatewayURL, c.GatewayPID, progress)
+		if err != nil {
+			return nil, err
+		}
+		rep.OpenStreams = r
 	}
 	rep.Elapsed = time.Since(rep.Started)
 	for _, p := range rep.Phases {

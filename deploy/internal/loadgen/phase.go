@@ -32,8 +32,13 @@ func (k phaseKind) String() string {
 	return "unknown"
 }
 
+// openStreamsPhase names the open-streams phase in Config.Phases: listed
+// alone, it skips the other three (the phase itself runs when
+// Config.OpenStreams.Count > 0).
+const openStreamsPhase = "open-streams"
+
 func validPhase(name string) bool {
-	return name == phaseClosed.String() || name == phaseOpen.String() || name == phaseStream.String()
+	return name == phaseClosed.String() || name == phaseOpen.String() || name == phaseStream.String() || name == openStreamsPhase
 }
 
 // phase is one workload, measured against every target.

@@ -14,6 +14,9 @@ import (
 const (
 	targetCPUPerRequest  = 200 * time.Microsecond // gateway CPU per non-stream request
 	targetSystemCPU      = 200 * time.Microsecond // whole system's CPU per non-stream request
+
+	targetOpenStreamsRSS      = 800 << 20             // gateway RSS with the open streams
+	targetOpenStreamsProbeP99 = 50 * time.Millisecond // non-stream p99 meanwhile
 	targetThroughputFrac = 1.0 / 3                // non-stream gateway/direct req/s
 	targetAddedP99       = 2 * time.Millisecond   // p99 added in the open loop
 
@@ -33,6 +36,8 @@ type Report struct {
 	// SystemIdle is, per Config.System process, the CPU it used per second
 	// with no load, measured before the phases.
 	SystemIdle []time.Duration
+	// OpenStreams is the open-streams phase; nil when it did not run.
+	OpenStreams *openStreamsResult
 }
 
 func (rep *Report) phase(k phaseKind) *phase {
@@ -114,6 +119,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	}
 	writeErrors(&b, rep.Phases)
 	writeSystem(&b, rep)
+	writeOpenStreams(&b, rep.OpenStreams)
 	writeReference(&b, rep.Phases)
 
 	b.WriteString("\n| Target | Measured | Verdict |\n|---|--:|:-:|\n")
@@ -139,6 +145,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		fmt.Fprintf(&b, "| p99 latency added at %d req/s, open loop ≤ %s ms | %s ms | %s |\n",
 			c.Rate, ms(targetAddedP99), signedMs(added), verdict(added <= targetAddedP99))
 	}
+	openStreamsTargets(&b, rep.OpenStreams)
 	if p := rep.phase(phaseClosed); p != nil && p.reference != nil {
 		cpu := ""
 		if p.reference.hasProc {
