@@ -38,7 +38,7 @@ test: install ## Run every test (unit, integration against real servers incl. th
 	@$(MAKE) --no-print-directory test-images
 	@$(MAKE) --no-print-directory test-chart
 
-bench: ## Benchmark the gateway and a bare reference proxy against the simulator directly, in one run (not a test; ~95 s)
+bench: ## Benchmark the gateway, the whole system and a bare reference proxy against the simulator, then 8,000 open streams and cache routing (not a test; a few minutes)
 	@deploy/local/bench.sh
 
 bench-meter: ## Measure the metering pipeline: events/s publisher -> NATS -> meter -> ClickHouse, and lag (not a test)
