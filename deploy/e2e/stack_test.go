@@ -84,6 +84,7 @@ func startProc(t *testing.T, name string, env map[string]string, args ...string)
 	}
 	cmd := exec.Command(binary(t, name), args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = procAttr()
 	cmd.Env = os.Environ()
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
