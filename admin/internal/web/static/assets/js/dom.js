@@ -99,3 +99,29 @@ export async function copySecret() {
     $('secret-copied').textContent = ok ? 'Copied to the clipboard.' : 'Select the key and copy it with Ctrl+C.';
   }
 }
+
+// confirmDialog asks a yes/no question in the page's #confirm-dialog and
+// resolves to the answer. title and okLabel, when given, replace the
+// dialog's heading (#confirm-title) and its confirm button's label.
+export function confirmDialog(title, text, okLabel) {
+  const d = $('confirm-dialog');
+  if (title !== undefined) $('confirm-title').textContent = title;
+  $('confirm-text').textContent = text;
+  if (okLabel !== undefined) $('confirm-ok').textContent = okLabel;
+  return new Promise((resolve) => {
+    const done = (v) => {
+      $('confirm-ok').removeEventListener('click', yes);
+      $('confirm-cancel').removeEventListener('click', no);
+      d.removeEventListener('cancel', no);
+      if (d.open) d.close();
+      resolve(v);
+    };
+    const yes = () => done(true);
+    const no = () => done(false);
+    $('confirm-ok').addEventListener('click', yes);
+    $('confirm-cancel').addEventListener('click', no);
+    d.addEventListener('cancel', no);
+    d.showModal();
+    $('confirm-cancel').focus();
+  });
+}

@@ -6,7 +6,7 @@
 
 import { json } from './api.js';
 import { barChart } from './chart.js';
-import { $, show, int, Flash, copySecret } from './dom.js';
+import { $, show, int, Flash, copySecret, confirmDialog } from './dom.js';
 
 const flash = new Flash($('alert'));
 let apiKey = '';
@@ -58,7 +58,7 @@ async function refresh() {
 // no longer works) and shows it once.
 async function regenerate() {
   flash.clear();
-  const ok = await confirmDialog(`Your current key (${$('session-key').textContent}) stops working at once on every gateway. `
+  const ok = await confirmDialog(undefined, `Your current key (${$('session-key').textContent}) stops working at once on every gateway. `
     + 'Applications still using it will get 401 until you give them the new key.');
   if (!ok) return;
   $('regenerate').disabled = true;
@@ -94,28 +94,6 @@ function showSecret(issued) {
 function closeSecret() {
   $('secret-key').value = '';
   $('secret-dialog').close();
-}
-
-// confirmDialog asks a yes/no question in a modal; resolves to a boolean.
-function confirmDialog(text) {
-  const d = $('confirm-dialog');
-  $('confirm-text').textContent = text;
-  return new Promise((resolve) => {
-    const done = (v) => {
-      $('confirm-ok').removeEventListener('click', yes);
-      $('confirm-cancel').removeEventListener('click', no);
-      d.removeEventListener('cancel', no);
-      if (d.open) d.close();
-      resolve(v);
-    };
-    const yes = () => done(true);
-    const no = () => done(false);
-    $('confirm-ok').addEventListener('click', yes);
-    $('confirm-cancel').addEventListener('click', no);
-    d.addEventListener('cancel', no);
-    d.showModal();
-    $('confirm-cancel').focus();
-  });
 }
 
 function forget() {

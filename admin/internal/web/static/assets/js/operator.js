@@ -4,7 +4,7 @@
 
 import { ApiError, json, request } from './api.js';
 import { barChart } from './chart.js';
-import { $, el, show, int, utcDateTime, today, monthStart, daysBetween, Flash, copySecret } from './dom.js';
+import { $, el, show, int, utcDateTime, today, monthStart, daysBetween, Flash, copySecret, confirmDialog } from './dom.js';
 import { fromNano, sumCosts, toNano, usd, shortUsd } from './money.js';
 
 const TOKEN = 'qyai.adminToken';
@@ -234,30 +234,6 @@ function closeSecret() {
 function wipeSecret() {
   $('secret-key').value = '';
   delete $('secret-dialog').dataset.keyId;
-}
-
-// confirmDialog asks a yes/no question in a modal; resolves to a boolean.
-function confirmDialog(title, text, okLabel) {
-  const d = $('confirm-dialog');
-  $('confirm-title').textContent = title;
-  $('confirm-text').textContent = text;
-  $('confirm-ok').textContent = okLabel;
-  return new Promise((resolve) => {
-    const done = (v) => {
-      $('confirm-ok').removeEventListener('click', yes);
-      $('confirm-cancel').removeEventListener('click', no);
-      d.removeEventListener('cancel', no);
-      if (d.open) d.close();
-      resolve(v);
-    };
-    const yes = () => done(true);
-    const no = () => done(false);
-    $('confirm-ok').addEventListener('click', yes);
-    $('confirm-cancel').addEventListener('click', no);
-    d.addEventListener('cancel', no);
-    d.showModal();
-    $('confirm-cancel').focus();
-  });
 }
 
 // ---- usage ---------------------------------------------------------------
