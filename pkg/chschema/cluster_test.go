@@ -95,14 +95,22 @@ func TestApplyAllOnCluster(t *testing.T) {
 		t.Errorf("FINAL over the shards: %d events, %d tokens; want %d, %d", n, tokens, events, 10*events)
 	}
 	// Each shard holds some of the events, and both copies of each of them.
+	// The Distributed insert writes each shard's part to one of its replicas;
+	// the node read here may still be fetching the other copy from its peer,
+	// so it is read until replication has caught up (or 30 s have passed).
 	for _, i := range []int{1, 3} {
 		nc, err := chschema.Open(ctx, chschema.Options{Addr: c.Node(i).Addr, Database: "qyai", User: "default"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		var raw, distinct uint64
-		if err := nc.QueryRow(ctx, "SELECT count(), uniqExact(event_id) FROM qyai.usage_events_local").Scan(&raw, &distinct); err != nil {
-			t.Fatal(err)
+		for end := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			if err := nc.QueryRow(ctx, "SELECT count(), uniqExact(event_id) FROM qyai.usage_events_local").Scan(&raw, &distinct); err != nil {
+				t.Fatal(err)
+			}
+			if raw == 2*distinct || time.Now().After(end) {
+				break
+			}
 		}
 		_ = nc.Close()
 		if distinct == 0 || distinct == events || raw != 2*distinct {
