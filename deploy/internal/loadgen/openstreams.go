@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -45,24 +44,24 @@ type OpenStreams struct {
 
 // openStreamsResult is what the open-streams phase saw.
 type openStreamsResult struct {
-	cfg                   OpenStreams
-	opened, completed     int
-	failed                map[string]int
-	peakOpen              int64
-	rssBase, rssPeak      int64
-	goroutinesBase        int
-	goroutinesPeak        int
-	goroutinesMeasured    bool
+	cfg                OpenStreams
+	opened, completed  int
+	failed             map[string]int
+	peakOpen           int64
+	rssBase, rssPeak   int64
+	goroutinesBase     int
+	goroutinesPeak     int
+	goroutinesMeasured bool
 	// probe is the non-stream probe in three parts: while the streams are
 	// being opened (ramp), while all are open (steady: from the end of the
 	// ramp to the first stream's end) and while they end (tail).
 	probeRamp, probeSteady, probeTail *result
 	probe                             *result // the three together
-	prompt, completion    int64 // tokens the gateway reported to the clients
-	billed                *billingUsage
-	billedExact           bool
-	billingErr            string
-	elapsed, openDuration time.Duration
+	prompt, completion                int64   // tokens the gateway reported to the clients
+	billed                            *billingUsage
+	billedExact                       bool
+	billingErr                        string
+	elapsed, openDuration             time.Duration
 }
 
 // billingUsage is the part of GET /v1/dashboard/billing/usage the check reads.
@@ -86,15 +85,11 @@ type usageChunk struct {
 }
 
 func (o OpenStreams) validate() error {
-	var errs []error
-	if o.Count <= 0 {
-		return nil
+	if o.Count > 0 && (o.Ramp <= 0 || o.Tokens <= 0 || o.Interval <= 0 || o.ProbeRate <= 0 || o.Settle <= 0) {
+		return fmt.Errorf("open streams: ramp %d, tokens %d, interval %v, probe rate %d, settle %v: want all > 0",
+			o.Ramp, o.Tokens, o.Interval, o.ProbeRate, o.Settle)
 	}
-	if o.Ramp <= 0 || o.Tokens <= 0 || o.Interval <= 0 || o.ProbeRate <= 0 || o.Settle <= 0 {
-		errs = append(errs, fmt.Errorf("open streams: ramp %d, tokens %d, interval %v, probe rate %d, settle %v: want all > 0",
-			o.Ramp, o.Tokens, o.Interval, o.ProbeRate, o.Settle))
-	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // runOpenStreams opens the streams, holds them to their end while the probe
