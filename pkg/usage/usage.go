@@ -99,12 +99,19 @@ var ErrInvalid = errors.New("invalid usage event")
 
 // Marshal encodes e: the same bytes as json.Marshal(e), written without
 // reflection because the gateway encodes one event per request.
-func (e *Event) Marshal() ([]byte, error) {
+func (e *Event) Marshal() ([]byte, error) { return e.AppendJSON(make([]byte, 0, 640)) }
+
+// AppendJSON appends what Marshal returns to dst; on an error dst comes
+// back unchanged.
+func (e *Event) AppendJSON(dst []byte) ([]byte, error) {
 	if !marshalableTime(e.StartedAt) || !marshalableTime(e.FinishedAt) {
-		return json.Marshal(e) // its error
+		j, err := json.Marshal(e) // its error
+		if err != nil {
+			return dst, err
+		}
+		return append(dst, j...), nil
 	}
-	b := make([]byte, 0, 640)
-	b = append(b, `{"v":`...)
+	b := append(dst, `{"v":`...)
 	b = strconv.AppendInt(b, int64(e.SchemaVersion), 10)
 	b = appendString(b, `,"id":`, e.ID)
 	b = appendString(b, `,"request_id":`, e.RequestID)

@@ -184,35 +184,14 @@ func (h *harness) post(t *testing.T, key, body string) result {
 	return result{resp.StatusCode, resp.Header, string(b)}
 }
 
-// events reads every usage event published so far, waiting for want of them.
+// events reads every usage event published so far, waiting for want of
+// them; a message holds one event or a batch (pkg/usage).
 func (h *harness) events(t *testing.T, want int) []usage.Event {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		s, err := h.js.Stream(t.Context(), usage.StreamName)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := s.Info(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if int(info.State.Msgs) >= want || time.Now().After(deadline) {
-			var out []usage.Event
-			for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-				m, err := s.GetMsg(t.Context(), seq)
-				if err != nil {
-					continue
-				}
-				ev, err := usage.Decode(m.Data)
-				if err != nil {
-					t.Fatalf("bad event: %v", err)
-				}
-				if m.Header.Get(jetstream.MsgIDHeader) != ev.ID {
-					t.Errorf("Nats-Msg-Id %q != event id %q", m.Header.Get(jetstream.MsgIDHeader), ev.ID)
-				}
-				out = append(out, ev)
-			}
+		out := h.streamEvents(t)
+		if len(out) >= want || time.Now().After(deadline) {
 			if len(out) != want {
 				t.Fatalf("got %d usage events, want %d: %+v", len(out), want, out)
 			}
@@ -220,6 +199,46 @@ func (h *harness) events(t *testing.T, want int) []usage.Event {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// streamEvents decodes every event in the stream, checking each message's
+// Nats-Msg-Id: its event id for one event, its usage.BatchID for a batch.
+func (h *harness) streamEvents(t *testing.T) []usage.Event {
+	t.Helper()
+	s, err := h.js.Stream(t.Context(), usage.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []usage.Event
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(t.Context(), seq)
+		if err != nil {
+			continue
+		}
+		raw, err := usage.Split(m.Data)
+		if err != nil {
+			t.Fatalf("bad usage message: %v", err)
+		}
+		evs := make([]usage.Event, len(raw))
+		for i, b := range raw {
+			if evs[i], err = usage.Decode(b); err != nil {
+				t.Fatalf("bad event: %v", err)
+			}
+		}
+		id := evs[0].ID
+		if usage.IsBatch(m.Data) {
+			id = usage.BatchID(evs[0].ID, evs[len(evs)-1].ID, len(evs))
+		}
+		if got := m.Header.Get(jetstream.MsgIDHeader); got != id {
+			t.Errorf("Nats-Msg-Id %q, want %q", got, id)
+		}
+		out = append(out, evs...)
+	}
+	return out
 }
 
 func errorOf(t *testing.T, body string) (typ, param, msg string) {

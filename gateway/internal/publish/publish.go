@@ -9,19 +9,24 @@
 //
 //   - the sender takes events from the queue (waiting up to linger after
 //     the first of a quiet spell, so that they travel together) and
-//     publishes them asynchronously, each with its event id as Nats-Msg-Id, so that
-//     JetStream drops a second copy within its duplicate window. While
-//     JetStream does not take events (see below) it writes them to the
-//     spool instead, and so does it with an event that has already waited
-//     AckWait in the queue.
-//   - the reaper awaits the acknowledgements in publish order. An event
+//     publishes them asynchronously, up to usage.MaxBatch events in one
+//     message (see pkg/usage: a batch is a JSON array of events). A
+//     message of one event has the event id as Nats-Msg-Id, a batch its
+//     usage.BatchID, so that JetStream drops a second copy of either
+//     within its duplicate window. What NATS, this process and the meter
+//     spend is per message, so under load a batch of n events costs about
+//     what one event did. While JetStream does not take events (see below)
+//     the sender writes them to the spool instead, one record each, and so
+//     does it with an event that has already waited AckWait in the queue.
+//   - the reaper awaits the acknowledgements in publish order. A message
 //     whose publish failed, or whose ack has not come within AckWait of
-//     its Publish call, goes to the spool (a late ack then makes the
-//     replayed copy a duplicate, which JetStream drops).
+//     its oldest event's Publish call, goes to the spool as it was sent,
+//     the same bytes (a late ack then makes the replayed copy a duplicate
+//     of the same message id, which JetStream drops).
 //   - the replayer publishes the spool's records in order, oldest segment
-//     first, with their original event ids as Nats-Msg-Id, and commits the
-//     spool's read position only after JetStream acknowledged them. On a
-//     failure it goes back to the committed position and resends (the
+//     first, each under the message id it was first sent with, and commits
+//     the spool's read position only after JetStream acknowledged them. On
+//     a failure it goes back to the committed position and resends (the
 //     duplicates are dropped by JetStream). It starts at once, so a spool
 //     left by an earlier run is replayed on start.
 //
@@ -69,7 +74,7 @@ import (
 // sender does not wait.
 const (
 	linger      = 5 * time.Millisecond
-	lingerBatch = 64
+	lingerBatch = usage.MaxBatch
 )
 
 const (
@@ -99,7 +104,8 @@ type Options struct {
 	Log *slog.Logger
 }
 
-// Stats are the publisher's gauges and counters.
+// Stats are the publisher's gauges and counters, in events (a batch of n
+// counts n).
 type Stats struct {
 	Queued      int64 // events in memory: queue and in flight
 	Published   int64 // acknowledged by JetStream (live and replayed)
@@ -144,11 +150,12 @@ type queued struct {
 	at time.Time
 }
 
+// inflight is a message awaiting its ack: one event or a batch.
 type inflight struct {
-	id   string
 	data []byte
+	n    int // events in it
 	fut  jetstream.PubAckFuture
-	at   time.Time // when Publish took the event
+	at   time.Time // when Publish took its oldest event
 }
 
 // New opens the spool in o.Spool.Dir and returns a publisher. js should be
@@ -181,6 +188,7 @@ func New(js jetstream.JetStream, o Options) (*Publisher, error) {
 		inflight: make(chan inflight, maxInflight),
 		live:     true,
 	}
+	o.Spool.Count = usage.Count
 	if o.Spool.Log == nil {
 		o.Spool.Log = o.Log
 	}
@@ -284,6 +292,7 @@ func (p *Publisher) send(ctx, drain context.Context) {
 	defer close(p.inflight)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	batch := make([]queued, 0, usage.MaxBatch)
 loop:
 	for {
 		select {
@@ -296,51 +305,105 @@ loop:
 					timer.Stop()
 				}
 			}
-			p.sendOne(drain, q)
-			for n := 1; n < maxInflight && p.sendQueued(drain); n++ {
+			batch = p.sendBatch(drain, p.take(batch[:0], q))
+			// Then what else is queued, up to the pending-ack slots, before
+			// looking at ctx again.
+			for n := len(batch); n < maxInflight && len(p.queue) > 0; n += len(batch) {
+				batch = p.sendBatch(drain, p.take(batch[:0], <-p.queue))
 			}
 		case <-ctx.Done():
 			break loop
 		}
 	}
-	for p.sendQueued(drain) {
-	}
+	p.sendQueued(drain, batch)
 	p.mu.Lock()
 	p.live = false
 	p.mu.Unlock()
-	for p.sendQueued(drain) { // what came in since; nothing more can
+	p.sendQueued(drain, batch) // what came in since; nothing more can
+}
+
+// sendQueued sends everything in the queue.
+func (p *Publisher) sendQueued(drain context.Context, batch []queued) {
+	for len(p.queue) > 0 {
+		batch = p.sendBatch(drain, p.take(batch[:0], <-p.queue))
 	}
 }
 
-// sendQueued sends one queued event, if there is one.
-func (p *Publisher) sendQueued(drain context.Context) bool {
-	select {
-	case q := <-p.queue:
-		p.sendOne(drain, q)
-		return true
+// take appends first and then queued events, without waiting, to batch
+// until it holds usage.MaxBatch. Only the sender receives from the queue.
+func (p *Publisher) take(batch []queued, first queued) []queued {
+	batch = append(batch, first)
+	for len(batch) < usage.MaxBatch {
+		select {
+		case q := <-p.queue:
+			batch = append(batch, q)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// sendBatch publishes the events of batch in one message, or spools them,
+// and returns batch for reuse.
+func (p *Publisher) sendBatch(drain context.Context, batch []queued) []queued {
+	live := drain.Err() == nil && p.accepting()
+	now := p.now()
+	// The events go into one buffer as a batch: '[', the events separated
+	// by commas, ']'. A message of one event is the object alone.
+	data := make([]byte, 1, len(batch)*eventBytes)
+	data[0] = '['
+	var first, last *usage.Event
+	n := 0
+	var oldest time.Time
+	for _, q := range batch {
+		// An event that already waited its AckWait in the queue goes to
+		// disk now rather than wait for an ack as well.
+		if !live || now.Sub(q.at) >= p.ackWait {
+			p.spool.Put(q.ev)
+			continue
+		}
+		mark := len(data)
+		if n > 0 {
+			data = append(data, ',')
+		}
+		var err error
+		if data, err = q.ev.AppendJSON(data); err != nil { // cannot happen for this struct; never lose the count silently
+			data = data[:mark]
+			p.dropped.Add(1)
+			p.log.Error("usage event dropped: encode", "event_id", q.ev.ID, "key_id", q.ev.KeyID, "err", err)
+			continue
+		}
+		if n == 0 {
+			first, oldest = q.ev, q.at
+		}
+		last = q.ev
+		n++
+	}
+	clear(batch) // let the events go
+	switch n {
+	case 0:
+		return batch
+	case 1:
+		p.publish(drain, data[1:], 1, first.ID, usagejs.TraceHeader(first.TraceParent, first.TraceState), oldest)
 	default:
-		return false
+		// The events carry their own trace context; a batch has no
+		// message-level one.
+		p.publish(drain, append(data, ']'), n, usage.BatchID(first.ID, last.ID, n), nil, oldest)
 	}
+	return batch
 }
 
-func (p *Publisher) sendOne(drain context.Context, q queued) {
-	ev := q.ev
-	data, err := ev.Marshal()
-	if err != nil { // cannot happen for this struct; never lose the count silently
-		p.dropped.Add(1)
-		p.log.Error("usage event dropped: encode", "event_id", ev.ID, "key_id", ev.KeyID, "err", err)
-		return
-	}
-	// An event that already waited its AckWait in the queue goes to disk
-	// now rather than wait for an ack as well.
-	if drain.Err() != nil || !p.accepting() || p.now().Sub(q.at) >= p.ackWait {
-		p.spool.Put(spool.Bytes(data))
-		return
-	}
-	// Dedup layer 1 (pkg/ledger): the event id as Nats-Msg-Id. The stall
-	// wait is short: accepting keeps the pending acks below the ceiling,
-	// so a wait for a slot means the replayer's window is full as well.
-	fut, err := p.publishAsync(data, usagejs.TraceHeader(ev.TraceParent, ev.TraceState), jetstream.WithMsgID(ev.ID), jetstream.WithStallWait(linger))
+// eventBytes is about what one encoded event takes.
+const eventBytes = 640
+
+// publish sends one message of n events under the message id id, or
+// spools it as it is when that fails.
+func (p *Publisher) publish(drain context.Context, data []byte, n int, id string, header nats.Header, at time.Time) {
+	// Dedup layer 1 (pkg/ledger): the message id. The stall wait is short:
+	// accepting keeps the pending acks below the ceiling, so a wait for a
+	// slot means the replayer's window is full as well.
+	fut, err := p.publishAsync(data, header, jetstream.WithMsgID(id), jetstream.WithStallWait(linger))
 	if err != nil {
 		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
 			p.stall(err)
@@ -349,16 +412,16 @@ func (p *Publisher) sendOne(drain context.Context, q queued) {
 		p.spool.Put(spool.Bytes(data))
 		return
 	}
-	p.nInflight.Add(1)
+	p.nInflight.Add(int64(n))
 	select {
-	case p.inflight <- inflight{id: ev.ID, data: data, fut: fut, at: q.at}:
+	case p.inflight <- inflight{data: data, n: n, fut: fut, at: at}:
 	case <-drain.Done():
-		p.nInflight.Add(-1)
+		p.nInflight.Add(-int64(n))
 		p.spool.Put(spool.Bytes(data))
 	}
 }
 
-// publishAsync publishes one encoded event, with header (the trace
+// publishAsync publishes one message, with header (the trace
 // context) when it is not nil; without one it allocates no header of its
 // own beyond what PublishAsync does.
 func (p *Publisher) publishAsync(data []byte, header nats.Header, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
@@ -390,7 +453,7 @@ func (p *Publisher) reap(drain context.Context) {
 		}
 		if err == nil {
 			p.acked()
-			p.published.Add(1)
+			p.published.Add(int64(f.n))
 		} else {
 			if !errors.Is(err, errDrainDeadline) {
 				p.stall(err)
@@ -398,7 +461,7 @@ func (p *Publisher) reap(drain context.Context) {
 			p.failed(err)
 			p.spool.Put(spool.Bytes(f.data))
 		}
-		p.nInflight.Add(-1)
+		p.nInflight.Add(-int64(f.n))
 	}
 }
 
@@ -416,18 +479,20 @@ func (p *Publisher) failed(err error) {
 }
 
 // logDrop logs an event the spool had to drop: a last record of it.
+// A batch is logged event by event.
 func (p *Publisher) logDrop(rec spool.Record, err error) {
-	var id, keyID string
 	switch r := rec.(type) {
 	case *usage.Event:
-		id, keyID = r.ID, r.KeyID
+		p.log.Error("usage event dropped", "reason", err.Error(), "event_id", r.ID, "key_id", r.KeyID)
 	case spool.Bytes:
-		var ev struct {
-			ID    string `json:"id"`
-			KeyID string `json:"key_id"`
+		evs, _ := usage.Split(r)
+		for _, b := range evs {
+			var ev struct {
+				ID    string `json:"id"`
+				KeyID string `json:"key_id"`
+			}
+			_ = json.Unmarshal(b, &ev)
+			p.log.Error("usage event dropped", "reason", err.Error(), "event_id", ev.ID, "key_id", ev.KeyID)
 		}
-		_ = json.Unmarshal(r, &ev)
-		id, keyID = ev.ID, ev.KeyID
 	}
-	p.log.Error("usage event dropped", "reason", err.Error(), "event_id", id, "key_id", keyID)
 }

@@ -71,9 +71,43 @@ func (e *natsEnv) start(t *testing.T) {
 	eventually(t, "clients reconnect", func() bool { return e.js.Conn().IsConnected() && e.obs.Conn().IsConnected() })
 }
 
-// ids returns the event id of every message in the stream, checking that
-// each carries its event id as Nats-Msg-Id.
+// ids returns the event id of every event in the stream, in order,
+// checking that each message carries the id it must have as Nats-Msg-Id:
+// its event id for one event, its usage.BatchID for a batch.
 func (e *natsEnv) ids(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, m := range e.messages(t) {
+		seq := m.Sequence
+		evs, err := usage.Split(m.Data)
+		if err != nil {
+			t.Fatalf("message %d: %v", seq, err)
+		}
+		var first, last string
+		for _, b := range evs {
+			ev, err := usage.Decode(b)
+			if err != nil {
+				t.Fatalf("message %d: %v", seq, err)
+			}
+			if first == "" {
+				first = ev.ID
+			}
+			last = ev.ID
+			out = append(out, ev.ID)
+		}
+		want := first
+		if usage.IsBatch(m.Data) {
+			want = usage.BatchID(first, last, len(evs))
+		}
+		if got := m.Header.Get(jetstream.MsgIDHeader); got != want {
+			t.Errorf("message %d: Nats-Msg-Id %q, want %q", seq, got, want)
+		}
+	}
+	return out
+}
+
+// messages returns every message in the stream, in stream order.
+func (e *natsEnv) messages(t *testing.T) []*jetstream.RawStreamMsg {
 	t.Helper()
 	s, err := e.obs.Stream(t.Context(), usage.StreamName)
 	if err != nil {
@@ -83,42 +117,32 @@ func (e *natsEnv) ids(t *testing.T) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
+	var out []*jetstream.RawStreamMsg
 	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
 		m, err := s.GetMsg(t.Context(), seq)
 		if err != nil {
 			t.Fatalf("get message %d: %v", seq, err)
 		}
-		ev, err := usage.Decode(m.Data)
-		if err != nil {
-			t.Fatalf("message %d: %v", seq, err)
-		}
-		if got := m.Header.Get(jetstream.MsgIDHeader); got != ev.ID {
-			t.Errorf("message %d: Nats-Msg-Id %q, event id %q", seq, got, ev.ID)
-		}
-		out = append(out, ev.ID)
+		out = append(out, m)
 	}
 	return out
 }
 
+// count is the number of events in the stream (a batch counts its events).
 func (e *natsEnv) count(t *testing.T) int {
 	t.Helper()
-	s, err := e.obs.Stream(t.Context(), usage.StreamName)
-	if err != nil {
-		t.Fatalf("usage stream: %v", err)
+	n := 0
+	for _, m := range e.messages(t) {
+		n += usage.Count(m.Data)
 	}
-	info, err := s.Info(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return int(info.State.Msgs)
+	return n
 }
 
-// wantExactly waits until the stream holds n messages, then checks that
+// wantExactly waits until the stream holds n events, then checks that
 // they are n distinct events, exactly those of want.
 func (e *natsEnv) wantExactly(t *testing.T, want map[string]bool) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("%d messages in the stream", len(want)), func() bool { return e.count(t) >= len(want) })
+	eventually(t, fmt.Sprintf("%d events in the stream", len(want)), func() bool { return e.count(t) >= len(want) })
 	ids := e.ids(t)
 	seen := map[string]bool{}
 	for _, id := range ids {
@@ -131,7 +155,7 @@ func (e *natsEnv) wantExactly(t *testing.T, want map[string]bool) {
 		}
 	}
 	if len(ids) != len(want) || len(seen) != len(want) {
-		t.Fatalf("stream holds %d messages, %d distinct; want exactly %d", len(ids), len(seen), len(want))
+		t.Fatalf("stream holds %d events, %d distinct; want exactly %d", len(ids), len(seen), len(want))
 	}
 }
 
@@ -359,7 +383,17 @@ func TestDrainDeadlineSpoolsWhatIsInFlight(t *testing.T) {
 	ra := startRun(t, a)
 	want := map[string]bool{}
 	publish(a, "hung", 0, 200, want)
-	eventually(t, "events in flight", func() bool { return a.Stats().Queued == 200 && env.js.PublishAsyncPending() == 200 })
+	got := 0 // events the hung subscriber took
+	eventually(t, "events in flight", func() bool {
+		for {
+			m, err := sub.NextMsg(10 * time.Millisecond)
+			if err != nil {
+				break
+			}
+			got += usage.Count(m.Data)
+		}
+		return got == 200 && a.Stats().Queued == 200
+	})
 	ra.stop(t, 0) // the drain deadline passes at once
 	if st := a.Stats(); st.Spooled != 200 || st.SpoolEvents != 200 || st.Dropped != 0 {
 		t.Fatalf("after the drain deadline: %+v; want all 200 spooled", st)

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/qyai/qyai/gateway/internal/publish/spool"
+	"github.com/qyai/qyai/pkg/usage"
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
 
@@ -21,7 +23,7 @@ const replayPoll = 100 * time.Millisecond
 type sent struct {
 	fut  jetstream.PubAckFuture
 	next spool.Pos
-	n    int // records it stands for: 1, or 0 for skipped bytes
+	n    int // events it stands for; 0 for skipped bytes
 }
 
 // replay publishes the spool's records in order and commits them once
@@ -59,24 +61,21 @@ func (p *Publisher) replay(ctx, drain context.Context, liveDone <-chan struct{})
 				win = append(win, sent{next: e.Next})
 				continue
 			}
-			meta := eventMeta(e.Data)
-			id := meta.ID
+			id, header := messageMeta(e.Data)
 			if id == "" {
-				p.dropped.Add(1)
-				p.log.Error("usage event dropped: spooled record has no event id", "bytes", len(e.Data))
-				win = append(win, sent{next: e.Next, n: 1})
+				p.dropped.Add(int64(e.Count))
+				p.log.Error("usage events dropped: spooled record has no event id", "bytes", len(e.Data), "events", e.Count)
+				win = append(win, sent{next: e.Next, n: e.Count})
 				continue
 			}
-			// Dedup layer 1 (pkg/ledger): replayed with the original event id.
-			// The trace context was spooled inside the event: the replayed
-			// message carries the same headers as a live one.
-			fut, err := p.publishAsync(e.Data, usagejs.TraceHeader(meta.TraceParent, meta.TraceState),
-				jetstream.WithMsgID(id))
+			// Dedup layer 1 (pkg/ledger): replayed under the message id it
+			// was first sent with.
+			fut, err := p.publishAsync(e.Data, header, jetstream.WithMsgID(id))
 			if err != nil {
 				failure = err
 				break
 			}
-			win = append(win, sent{fut: fut, next: e.Next, n: 1})
+			win = append(win, sent{fut: fut, next: e.Next, n: e.Count})
 		}
 		// Settle the oldest entries; commit the acknowledged prefix.
 		if failure == nil && len(win) > 0 {
@@ -170,8 +169,8 @@ func (p *Publisher) settle(drain context.Context, win []sent) ([]sent, error) {
 				}
 			}
 			p.acked()
-			p.replayed.Add(1)
-			p.published.Add(1)
+			p.replayed.Add(int64(e.n))
+			p.published.Add(int64(e.n))
 		}
 		last, n = e.next, n+e.n
 	}
@@ -193,14 +192,24 @@ type spooledMeta struct {
 	TraceState  string `json:"tracestate"`
 }
 
-// eventMeta reads the id and trace context of an encoded usage event; the
-// id is empty when data is not one.
-func eventMeta(data []byte) spooledMeta {
+// messageMeta returns the message id and headers a spooled usage message
+// was first sent with: for one event, its event id and its trace context
+// (spooled inside the event, so the replayed message carries the headers
+// of a live one); for a batch, its usage.BatchID and no headers. The id is
+// empty when data is neither.
+func messageMeta(data []byte) (string, nats.Header) {
+	if usage.IsBatch(data) {
+		var evs []spooledMeta
+		if json.Unmarshal(data, &evs) != nil || len(evs) == 0 || evs[0].ID == "" || evs[len(evs)-1].ID == "" {
+			return "", nil
+		}
+		return usage.BatchID(evs[0].ID, evs[len(evs)-1].ID, len(evs)), nil
+	}
 	var m spooledMeta
 	if json.Unmarshal(data, &m) != nil {
-		return spooledMeta{}
+		return "", nil
 	}
-	return m
+	return m.ID, usagejs.TraceHeader(m.TraceParent, m.TraceState)
 }
 
 func nextBackoff(d time.Duration) time.Duration {

@@ -11,14 +11,15 @@ import (
 	usagejs "github.com/qyai/qyai/pkg/usage/jetstream"
 )
 
-// TestTraceContextTravelsAsHeaders: an event's trace context reaches
-// JetStream as the message's traceparent and tracestate headers, whether
-// it was published live or spooled while NATS was down and replayed by a
-// later run; an event without one gets no trace headers.
-func TestTraceContextTravelsAsHeaders(t *testing.T) {
+// TestTraceContextTravelsWithEachEvent: an event's trace context reaches
+// JetStream whether it was published live or spooled while NATS was down
+// and replayed by a later run. A message of one event carries it as its
+// traceparent and tracestate headers (an event without one gets none); a
+// batch carries none, and each of its events keeps its own in its fields.
+func TestTraceContextTravelsWithEachEvent(t *testing.T) {
 	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-	traced := func(prefix string) *usage.Event {
-		ev := event(prefix, 0)
+	traced := func(prefix string, i int) *usage.Event {
+		ev := event(prefix, i)
 		ev.TraceParent, ev.TraceState = tp, "qyai=1"
 		return ev
 	}
@@ -27,15 +28,21 @@ func TestTraceContextTravelsAsHeaders(t *testing.T) {
 
 	live := newPublisher(t, env.js, dir, nil)
 	r := startRun(t, live)
-	live.Publish(traced("live"))
+	live.Publish(traced("live", 0))
+	eventually(t, "live event published", func() bool { return env.count(t) == 1 })
 	live.Publish(event("untraced", 0))
-	eventually(t, "live events published", func() bool { return env.count(t) == 2 })
+	eventually(t, "untraced event published", func() bool { return env.count(t) == 2 })
+	for i := range 3 { // together: most likely one batch
+		live.Publish(traced("together", i))
+	}
+	live.Publish(event("together-untraced", 0))
+	eventually(t, "events published together", func() bool { return env.count(t) == 6 })
 	r.stop(t, 5*time.Second)
 
 	env.stop(t)
 	down := newPublisher(t, env.js, dir, nil)
 	r = startRun(t, down)
-	down.Publish(traced("spooled"))
+	down.Publish(traced("spooled", 0))
 	r.stop(t, 5*time.Second)
 	if st := down.Stats(); st.SpoolEvents != 1 {
 		t.Fatalf("stats %+v, want the event in the spool", st)
@@ -43,31 +50,39 @@ func TestTraceContextTravelsAsHeaders(t *testing.T) {
 	env.start(t)
 	replay := newPublisher(t, env.js, dir, nil)
 	r = startRun(t, replay)
-	eventually(t, "spool replayed", func() bool { return env.count(t) == 3 })
+	eventually(t, "spool replayed", func() bool { return env.count(t) == 7 })
 	r.stop(t, 5*time.Second)
 
-	s, err := env.obs.Stream(t.Context(), usage.StreamName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for seq := uint64(1); seq <= 3; seq++ {
-		m, err := s.GetMsg(t.Context(), seq)
-		if err != nil {
-			t.Fatalf("get message %d: %v", seq, err)
-		}
-		id := m.Header.Get(jetstream.MsgIDHeader)
+	seen := map[string]bool{}
+	for _, m := range env.messages(t) {
 		gotTP, gotTS := m.Header.Get(usagejs.TraceParentHeader), m.Header.Get(usagejs.TraceStateHeader)
-		switch id {
-		case "live-00000", "spooled-00000":
-			if gotTP != tp || gotTS != "qyai=1" {
-				t.Errorf("%s: traceparent %q tracestate %q, want %q and qyai=1", id, gotTP, gotTS, tp)
-			}
-		case "untraced-00000":
-			if gotTP != "" || gotTS != "" {
-				t.Errorf("%s: trace headers %q %q on an event without trace context", id, gotTP, gotTS)
-			}
-		default:
-			t.Errorf("unexpected message %q", id)
+		evs, err := usage.Split(m.Data)
+		if err != nil {
+			t.Fatal(err)
 		}
+		for _, b := range evs {
+			ev, err := usage.Decode(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[ev.ID] = true
+			wantTP, wantTS := "", ""
+			if ev.ID != "untraced-00000" && ev.ID != "together-untraced-00000" {
+				wantTP, wantTS = tp, "qyai=1"
+			}
+			if ev.TraceParent != wantTP || ev.TraceState != wantTS {
+				t.Errorf("%s: event carries traceparent %q tracestate %q, want %q %q", ev.ID, ev.TraceParent, ev.TraceState, wantTP, wantTS)
+			}
+			if usage.IsBatch(m.Data) {
+				wantTP, wantTS = "", ""
+			}
+			if gotTP != wantTP || gotTS != wantTS {
+				t.Errorf("%s (message %d, %s): headers traceparent %q tracestate %q, want %q %q",
+					ev.ID, m.Sequence, m.Header.Get(jetstream.MsgIDHeader), gotTP, gotTS, wantTP, wantTS)
+			}
+		}
+	}
+	if len(seen) != 7 {
+		t.Errorf("stream holds %d distinct events, want 7: %v", len(seen), seen)
 	}
 }

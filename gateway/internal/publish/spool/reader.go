@@ -20,6 +20,9 @@ type Entry struct {
 	// Next is the position after the entry: what to Commit once the entry
 	// was delivered.
 	Next Pos
+	// Count is the items the record holds (Options.Count); 0 for damaged
+	// bytes.
+	Count int
 }
 
 // Reader reads a spool's fsynced records in order, from the committed
@@ -69,7 +72,7 @@ func (r *Reader) Next() (e Entry, ok bool, err error) {
 					r.damaged(start, err)
 					return Entry{Next: r.pos}, true, nil
 				}
-				return Entry{Data: payload, Next: r.pos}, true, nil
+				return Entry{Data: payload, Next: r.pos, Count: r.s.o.Count(payload)}, true, nil
 			}
 			r.buf, r.i = nil, 0 // a partial line: read again from its start
 		}

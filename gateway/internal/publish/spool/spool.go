@@ -124,6 +124,10 @@ type Options struct {
 	// OnDrop, when set, is called (from any goroutine) for every record
 	// that is dropped, with the reason; otherwise drops are logged.
 	OnDrop func(rec Record, err error)
+	// Count, when set, tells how many items an encoded record holds (a
+	// batch of usage events holds several); the counts in Stats and the n
+	// of Commit are in items. Default: every record is one item.
+	Count func(payload []byte) int
 }
 
 func (o Options) withDefaults() Options {
@@ -145,17 +149,21 @@ func (o Options) withDefaults() Options {
 	if o.QueueLen <= 0 {
 		o.QueueLen = DefaultQueueLen
 	}
+	if o.Count == nil {
+		o.Count = func([]byte) int { return 1 }
+	}
 	return o
 }
 
-// Stats are a spool's gauges and counters.
+// Stats are a spool's gauges and counters. Everything but Bytes and
+// Corrupt counts items (see Options.Count).
 type Stats struct {
 	Bytes     int64 // size of the segment files
-	Pending   int64 // records written and not yet committed
-	Appended  int64 // records written since Open
-	Committed int64 // records committed since Open
-	Dropped   int64 // records lost: spool full, queue full, closed, write errors, corrupt
-	Corrupt   int64 // of Dropped: damaged records skipped by a reader
+	Pending   int64 // items written and not yet committed
+	Appended  int64 // items written since Open
+	Committed int64 // items committed since Open
+	Dropped   int64 // items lost: spool full, queue full, closed, write errors, corrupt (a damaged record counts one)
+	Corrupt   int64 // damaged records skipped by a reader
 }
 
 // segment is one segment file. size and sealed are guarded by Spool.mu;
@@ -197,6 +205,7 @@ type Spool struct {
 	nextSeq     uint64
 	batch       []byte
 	ends        []int // end of each record in batch
+	counts      []int // items of each record in batch
 	lastSync    time.Time
 	persisted   Pos
 	lastPersist time.Time
@@ -311,13 +320,11 @@ func (s *Spool) load() error {
 		if !ok {
 			break
 		}
-		if e.Data != nil {
-			n++
-		}
+		n += int64(e.Count)
 	}
 	s.pending.Store(n)
 	if len(s.segs) > 0 {
-		s.log.Info("usage spool: found records from an earlier run; replaying them", "dir", s.o.Dir, "records", n, "bytes", total, "segments", len(s.segs))
+		s.log.Info("usage spool: found records from an earlier run; replaying them", "dir", s.o.Dir, "items", n, "bytes", total, "segments", len(s.segs))
 	}
 	return nil
 }
@@ -338,14 +345,14 @@ func (s *Spool) Append(rec Record) bool {
 	s.amu.RLock()
 	defer s.amu.RUnlock()
 	if s.closed {
-		s.drop(rec, ErrClosed)
+		s.drop(rec, s.countOf(rec), ErrClosed)
 		return false
 	}
 	select {
 	case s.in <- rec:
 		return true
 	default:
-		s.drop(rec, ErrQueueFull)
+		s.drop(rec, s.countOf(rec), ErrQueueFull)
 		return false
 	}
 }
@@ -356,7 +363,7 @@ func (s *Spool) Put(rec Record) bool {
 	s.amu.RLock()
 	defer s.amu.RUnlock()
 	if s.closed {
-		s.drop(rec, ErrClosed)
+		s.drop(rec, s.countOf(rec), ErrClosed)
 		return false
 	}
 	s.in <- rec // the writer drains in until Close, which waits for us
@@ -388,7 +395,7 @@ func (s *Spool) Committed() Pos {
 	return s.committed
 }
 
-// Commit records that the n records before next were delivered. Commits
+// Commit records that the n items before next were delivered. Commits
 // must come in order; the position is made durable within
 // Options.OffsetInterval, and fully committed segments are deleted.
 func (s *Spool) Commit(next Pos, n int) {
@@ -427,8 +434,9 @@ func (s *Spool) Close() error {
 	return nil
 }
 
-func (s *Spool) drop(rec Record, err error) {
-	s.dropped.Add(1)
+// drop counts and reports rec, of n items, as lost.
+func (s *Spool) drop(rec Record, n int, err error) {
+	s.dropped.Add(int64(n))
 	if s.o.OnDrop != nil {
 		s.o.OnDrop(rec, err)
 		return
@@ -517,16 +525,17 @@ func (s *Spool) gather(limit int) {
 func (s *Spool) add(rec Record) {
 	payload, err := rec.Marshal()
 	if err != nil {
-		s.drop(rec, fmt.Errorf("encode record: %w", err))
+		s.drop(rec, 1, fmt.Errorf("encode record: %w", err))
 		return
 	}
+	n := s.o.Count(payload)
 	if len(payload) == 0 || len(payload) > MaxRecordBytes || slices.Contains(payload, '\n') {
-		s.drop(rec, ErrBadRecord)
+		s.drop(rec, n, ErrBadRecord)
 		return
 	}
 	size := int64(len(payload) + frameOverhead)
 	if s.bytes.Load()+int64(len(s.batch))+size > s.o.MaxBytes {
-		s.drop(rec, ErrFull)
+		s.drop(rec, n, ErrFull)
 		return
 	}
 	var cur int64
@@ -539,6 +548,16 @@ func (s *Spool) add(rec Record) {
 	}
 	s.batch = appendFrame(s.batch, payload)
 	s.ends = append(s.ends, len(s.batch))
+	s.counts = append(s.counts, n)
+}
+
+// countOf is the items of a record not yet encoded: the writer encodes
+// it, so only already-encoded Bytes are counted, and anything else is one.
+func (s *Spool) countOf(rec Record) int {
+	if b, ok := rec.(Bytes); ok {
+		return s.o.Count(b)
+	}
+	return 1
 }
 
 // flush writes the batch to the active segment (created when need be)
@@ -593,8 +612,12 @@ func (s *Spool) grow(seg *segment, n, k int) {
 	seg.size += int64(n)
 	s.mu.Unlock()
 	s.bytes.Add(int64(n))
-	s.appended.Add(int64(k))
-	s.pending.Add(int64(k))
+	items := 0
+	for _, c := range s.counts[:k] {
+		items += c
+	}
+	s.appended.Add(int64(items))
+	s.pending.Add(int64(items))
 	s.signalReady()
 }
 
@@ -606,7 +629,7 @@ func (s *Spool) dropBatch(k int, err error) {
 			start = s.ends[i-1]
 		}
 		payload := s.batch[start+9 : s.ends[i]-1]
-		s.drop(Bytes(slices.Clone(payload)), err)
+		s.drop(Bytes(slices.Clone(payload)), s.counts[i], err)
 	}
 }
 
@@ -614,7 +637,7 @@ func (s *Spool) resetBatch() {
 	if cap(s.batch) > 4*s.o.SyncBytes {
 		s.batch = nil
 	}
-	s.batch, s.ends = s.batch[:0], s.ends[:0]
+	s.batch, s.ends, s.counts = s.batch[:0], s.ends[:0], s.counts[:0]
 }
 
 func (s *Spool) create() error {

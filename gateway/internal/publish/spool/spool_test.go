@@ -487,3 +487,62 @@ func span(from, to int) []int {
 	}
 	return out
 }
+
+// TestCountsItemsOfRecords: with Options.Count, a record of several items
+// (a batch of events) counts them all: written, pending across a reopen,
+// in the reader's entries, committed, and dropped.
+func TestCountsItemsOfRecords(t *testing.T) {
+	items := func(p []byte) int { return bytes.Count(p, []byte(`"id"`)) }
+	batch := func(from, n int) Bytes {
+		b := []byte{'['}
+		for i := range n {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, rec(from+i)...)
+		}
+		return append(b, ']')
+	}
+	dir := t.TempDir()
+	s, _ := open(t, Options{Dir: dir, Count: items})
+	s.Put(rec(0))
+	s.Put(batch(1, 5))
+	s.Put(batch(6, 3))
+	s.Flush()
+	if st := s.Stats(); st.Appended != 9 || st.Pending != 9 {
+		t.Fatalf("after 1 + 5 + 3 items: %+v", st)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s2, _ := open(t, Options{Dir: dir, Count: items})
+	if st := s2.Stats(); st.Pending != 9 {
+		t.Fatalf("pending after reopen = %d, want 9", st.Pending)
+	}
+	r := s2.NewReader()
+	defer r.Close()
+	var counts []int
+	var last Pos
+	for range 2 {
+		e, ok, err := r.Next()
+		if !ok || err != nil {
+			t.Fatalf("next: %v %v", ok, err)
+		}
+		counts, last = append(counts, e.Count), e.Next
+	}
+	if counts[0] != 1 || counts[1] != 5 {
+		t.Errorf("entry counts %v, want [1 5]", counts)
+	}
+	s2.Commit(last, 6)
+	if st := s2.Stats(); st.Pending != 3 || st.Committed != 6 {
+		t.Errorf("after committing 6 items: %+v", st)
+	}
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2.Put(batch(9, 4))
+	if st := s2.Stats(); st.Dropped != 4 {
+		t.Errorf("a 4-item record refused after Close counts %d dropped, want 4", st.Dropped)
+	}
+}
