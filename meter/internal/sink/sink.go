@@ -538,10 +538,15 @@ func (s *Sink) publishDeadLetter(ctx context.Context, m jetstream.Msg, data []by
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := s.dlq.PublishMsg(pctx, out, opts...); err != nil {
+	ack, err := s.dlq.PublishMsg(pctx, out, opts...)
+	if err != nil {
 		s.m.deadLetterErrors.Add(ctx, 1)
 		s.log.ErrorContext(ctx, "publish dead letter: message left for redelivery", append(logArgs, "err", err)...)
 		return fmt.Errorf("publish dead letter: %w", err)
+	}
+	if ack.Duplicate {
+		// Published before the message was handed back: already counted.
+		return nil
 	}
 	s.m.deadLettered.Add(ctx, 1)
 	s.log.WarnContext(ctx, "usage dead letter published", logArgs...)
