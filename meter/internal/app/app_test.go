@@ -234,6 +234,9 @@ func TestPoisonMessages(t *testing.T) {
 		`{"v":1,"id":"no-key","started_at":"2026-03-15T10:00:00Z"}`:               "empty key_id",
 		`{"v":99,"id":"future","key_id":"k","started_at":"2026-03-15T10:00:00Z"}`: "schema version 99",
 		string(must(tooLate.Marshal())):                                           "status 99999",
+		// A batch whose array is broken or empty is dead-lettered whole.
+		`[{"v":1,"id":"half"`: "batch:",
+		` [ ] `:               "empty batch",
 	}
 	for p := range poison {
 		if _, err := e.js.Publish(t.Context(), usage.Subject, []byte(p)); err != nil {
@@ -270,6 +273,9 @@ func TestPoisonMessages(t *testing.T) {
 		}
 		if msg.Header.Get("Qyai-Dead-Letter-Subject") != usage.Subject {
 			t.Errorf("dead letter %q: subject header %q", msg.Data, msg.Header.Get("Qyai-Dead-Letter-Subject"))
+		}
+		if i := msg.Header.Get("Qyai-Dead-Letter-Batch-Index"); i != "" {
+			t.Errorf("dead letter %q of a whole message has batch index %q", msg.Data, i)
 		}
 	}
 	waitFor(t, 10*time.Second, "poison terminated, consumer drained", func() (bool, string) {

@@ -109,6 +109,28 @@ func (e *env) publishAs(t *testing.T, ev usage.Event, msgID string) {
 	}
 }
 
+// publishBatch publishes evs as one batch message under its batch id, as
+// a gateway does.
+func (e *env) publishBatch(t *testing.T, evs ...usage.Event) {
+	t.Helper()
+	raws := make([][]byte, len(evs))
+	for i, ev := range evs {
+		raws[i] = must(ev.Marshal())
+	}
+	e.publishEncoded(t, raws, usage.BatchID(evs[0].ID, evs[len(evs)-1].ID, len(evs)))
+}
+
+// publishEncoded publishes the encoded events raws, valid or not, as one
+// batch message with msgID as Nats-Msg-Id, and returns its stream sequence.
+func (e *env) publishEncoded(t *testing.T, raws [][]byte, msgID string) uint64 {
+	t.Helper()
+	ack, err := e.js.Publish(t.Context(), usage.Subject, usage.AppendBatch(nil, raws), jetstream.WithMsgID(msgID))
+	if err != nil {
+		t.Fatalf("publish batch %s: %v", msgID, err)
+	}
+	return ack.Sequence
+}
+
 func (e *env) consumerInfo(t *testing.T) *jetstream.ConsumerInfo {
 	t.Helper()
 	c, err := e.js.Consumer(t.Context(), usage.StreamName, "meter")

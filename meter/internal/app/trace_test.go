@@ -23,8 +23,9 @@ import (
 
 // TestInsertSpanLinksToTheGatewaySpans: the meter exports one
 // "INSERT usage_events" span per batch over OTLP/HTTP, linked to the span
-// each message's traceparent header names; a message without one adds no
-// link.
+// each event names: a single event by its message's traceparent header, an
+// event of a batch by its own traceparent field. An event without either
+// adds no link.
 func TestInsertSpanLinksToTheGatewaySpans(t *testing.T) {
 	var mu sync.Mutex
 	var spans []*tracepb.Span
@@ -84,6 +85,15 @@ func TestInsertSpanLinksToTheGatewaySpans(t *testing.T) {
 			t.Fatalf("publish %s: %v", ev.ID, err)
 		}
 	}
+	// A batch carries no trace header: each event has its own context.
+	batched := makeEvents("traced-batch", 3)
+	batchSpans := []string{"00f067aa0ba902b9", "00f067aa0ba902ba"}
+	for i, span := range batchSpans {
+		batched[i].TraceParent = "00-" + traceID + "-" + span + "-01"
+	}
+	e.publishBatch(t, batched...)
+	evs = append(evs, batched...)
+	gatewaySpans = append(gatewaySpans, batchSpans...)
 	m := startMeter(t, cfg, Options{})
 	m.waitReady(t)
 	e.waitTotals(t, expected(t, evs...), 20*time.Second)
@@ -117,7 +127,11 @@ func TestInsertSpanLinksToTheGatewaySpans(t *testing.T) {
 	if rows != int64(len(evs)) {
 		t.Errorf("insert spans report %d rows, want %d (spans: %d)", rows, len(evs), len(spans))
 	}
-	if len(linked) != len(gatewaySpans) || !linked[gatewaySpans[0]] || !linked[gatewaySpans[1]] {
+	ok := len(linked) == len(gatewaySpans)
+	for _, id := range gatewaySpans {
+		ok = ok && linked[id]
+	}
+	if !ok {
 		t.Errorf("insert spans link to %v, want exactly %v", linked, gatewaySpans)
 	}
 }

@@ -12,11 +12,18 @@
 //     waiting, the next take is MaxWait after this one: events gather in the
 //     stream and arrive in one delivery, instead of being pushed to the
 //     meter one by one (a wake-up of the meter and a write by NATS each).
-//  2. Decode and price each one. A message that cannot be stored (bad JSON,
-//     failed validation, out-of-range values) is published to the dead-letter
-//     subject with the reason and then terminated, so it never blocks the
-//     stream. An unknown model is not a reason: the row is stored with cost 0
-//     and no price version, and a warning is logged.
+//     A message holds one event or a batch of up to usage.MaxBatch of them
+//     (see usage.Split), so a take may bring many more events than messages.
+//  2. Split each message into its events, then decode and price each event.
+//     What cannot be stored (bad JSON, failed validation, out-of-range
+//     values) is published to the dead-letter subject with the reason, so it
+//     never blocks the stream: a single-event message, or a batch whose array
+//     is malformed, as a whole, and the message is terminated; a poison event
+//     of a batch on its own, with its index, and the batch's other events are
+//     stored and the message acked with them. When a dead-letter publish
+//     fails the message contributes no row and is handed back for a later
+//     redelivery. An unknown model is not a reason: the row is stored with
+//     cost 0 and no price version, and a warning is logged.
 //  3. Write all rows with one insert. On failure, retry the same rows with
 //     exponential backoff, forever, while telling JetStream the messages are
 //     in progress so that no other replica gets them meanwhile.
@@ -48,9 +55,12 @@ import (
 )
 
 // Headers the sink adds to a dead letter, next to usage.DeadLetterReasonHeader.
+// DeadLetterBatchIndexHeader is set only on the dead letter of one event of
+// a batch: its 0-based index in the batch's array.
 const (
-	DeadLetterSubjectHeader  = "Qyai-Dead-Letter-Subject"
-	DeadLetterSequenceHeader = "Qyai-Dead-Letter-Stream-Sequence"
+	DeadLetterSubjectHeader    = "Qyai-Dead-Letter-Subject"
+	DeadLetterSequenceHeader   = "Qyai-Dead-Letter-Stream-Sequence"
+	DeadLetterBatchIndexHeader = "Qyai-Dead-Letter-Batch-Index"
 )
 
 // Fetcher is the part of a JetStream pull consumer the sink uses.
@@ -71,7 +81,9 @@ type Writer interface {
 
 // Config tunes a Sink. Zero durations take the defaults named on each field.
 type Config struct {
-	// BatchSize is the most messages per fetch and per insert.
+	// BatchSize is the most messages per fetch, and so per insert. Each
+	// message holds up to usage.MaxBatch events, so an insert may have up
+	// to that many times more rows.
 	BatchSize int
 	// MaxWait is the longest an event waits in the stream for the meter
 	// to take it (when less than a batch is waiting).
@@ -89,8 +101,9 @@ type Config struct {
 	BackoffMin, BackoffMax time.Duration
 	// Tracer, when set, records a span per batch insert ("INSERT
 	// usage_events"), linked to the gateway request spans of the events it
-	// writes, whose trace context Propagator reads from each message's
-	// headers. Nil means no spans.
+	// writes, whose trace context Propagator reads from each event (or, for
+	// a single event without one, from its message's headers). Nil means no
+	// spans.
 	Tracer     trace.Tracer
 	Propagator propagation.TextMapPropagator
 }
@@ -154,7 +167,7 @@ func New(src Fetcher, dlq Publisher, w Writer, prices *pricing.Table, log *slog.
 	s.m.inserted = counter("meter.events.inserted", "Usage events written to ClickHouse (before acking them).")
 	s.m.batches = counter("meter.batches.inserted", "Successful ClickHouse batch inserts.")
 	s.m.insertErrors = counter("meter.insert.errors", "Failed ClickHouse insert attempts (each is retried).")
-	s.m.deadLettered = counter("meter.events.dead_lettered", "Messages moved to the dead-letter stream.")
+	s.m.deadLettered = counter("meter.events.dead_lettered", "Dead letters published: whole messages (a single event, or a batch whose array is malformed) and single events of a batch.")
 	s.m.deadLetterErrors = counter("meter.dead_letter.errors", "Failed dead-letter publishes (the message is redelivered later).")
 	s.m.unpriced = counter("meter.events.unpriced", "Events stored with cost 0 because no price covers their model.")
 	s.m.duplicates = counter("meter.events.duplicates", "Events skipped because the same id was already in the batch.")
@@ -277,9 +290,9 @@ func (s *Sink) fetch() ([]jetstream.Msg, error) {
 	return msgs, nil
 }
 
-// prepare runs step 2 on one fetched batch: decode, price, dead-letter the
-// poison, drop copies of an event within the batch. It acks at once a batch
-// left without rows and returns nil for it.
+// prepare runs step 2 on one fetched batch: split, decode, price,
+// dead-letter the poison, drop copies of an event within the batch. It acks
+// at once a batch left without rows and returns nil for it.
 func (s *Sink) prepare(ctx context.Context, msgs []jetstream.Msg) *batch {
 	hard, cancel := s.drainContext(ctx)
 	b := &batch{hard: hard, cancel: cancel, stopProgress: s.reportProgress(msgs)}
@@ -287,27 +300,29 @@ func (s *Sink) prepare(ctx context.Context, msgs []jetstream.Msg) *batch {
 	b.toAck = make([]jetstream.Msg, 0, len(msgs))
 	seen := make(map[string]bool, len(msgs))
 	unpriced := map[string]int{}
+	var evs []pending
 	for _, m := range msgs {
-		e, err := usage.Decode(m.Data())
-		var row Row
-		if err == nil {
-			row, err = Price(s.prices, e)
-		}
-		if errors.Is(err, ErrUnpriced) {
-			unpriced[PricedModel(e)]++
-		} else if err != nil {
-			s.deadLetter(hard, m, err)
+		var ok bool
+		// A message is merged only once all its dead letters are published:
+		// one handed back for redelivery must leave no row, and no id in
+		// seen, behind.
+		if evs, ok = s.decode(ctx, hard, m, evs[:0]); !ok {
 			continue
 		}
 		b.toAck = append(b.toAck, m)
-		if seen[e.ID] { // dedup layer 2 (pkg/ledger): once per batch
-			s.m.duplicates.Add(hard, 1)
-			continue
-		}
-		seen[e.ID] = true
-		b.rows = append(b.rows, row)
-		if l, ok := s.link(ctx, m); ok {
-			b.links = append(b.links, l)
+		for _, ev := range evs {
+			if ev.row.PriceVersion == "" {
+				unpriced[PricedModel(ev.row.Event)]++
+			}
+			if seen[ev.row.Event.ID] { // dedup layer 2 (pkg/ledger): once per batch
+				s.m.duplicates.Add(hard, 1)
+				continue
+			}
+			seen[ev.row.Event.ID] = true
+			b.rows = append(b.rows, ev.row)
+			if ev.link.SpanContext.IsValid() {
+				b.links = append(b.links, ev.link)
+			}
 		}
 	}
 	for model, n := range unpriced {
@@ -325,21 +340,70 @@ func (s *Sink) prepare(ctx context.Context, msgs []jetstream.Msg) *batch {
 	return b
 }
 
-// commit runs steps 3 and 4 on a prepared batch: insert, then ack.
-// link returns a link to the gateway span whose trace context m carries,
-// if it carries one (the gateway sends it only for sampled spans).
-func (s *Sink) link(ctx context.Context, m jetstream.Msg) (trace.Link, bool) {
-	h := m.Headers()
-	if h.Get(usagejs.TraceParentHeader) == "" {
-		return trace.Link{}, false
-	}
-	sc := trace.SpanContextFromContext(s.cfg.Propagator.Extract(ctx, usagejs.HeaderCarrier(h)))
-	if !sc.IsValid() {
-		return trace.Link{}, false
-	}
-	return trace.Link{SpanContext: sc}, true
+// pending is one event of a message, priced, on its way to the batch.
+type pending struct {
+	row Row
+	// link is the event's sampled gateway span; zero when it has none.
+	link trace.Link
 }
 
+// decode appends to evs the events of m that can be stored and returns
+// them, with false when m contributes nothing to the batch and must not be
+// acked with it: m was dead-lettered whole, or the dead letter of one of its
+// events could not be published and m was handed back for redelivery.
+func (s *Sink) decode(ctx, hard context.Context, m jetstream.Msg, evs []pending) ([]pending, bool) {
+	raws, err := usage.Split(m.Data())
+	if err != nil {
+		s.deadLetter(hard, m, err)
+		return evs, false
+	}
+	batched := usage.IsBatch(m.Data())
+	for i, raw := range raws {
+		e, err := usage.Decode(raw)
+		var row Row
+		if err == nil {
+			row, err = Price(s.prices, e)
+		}
+		switch {
+		case err == nil || errors.Is(err, ErrUnpriced):
+			evs = append(evs, pending{row: row, link: s.link(ctx, m, &e, batched)})
+		case !batched:
+			s.deadLetter(hard, m, err)
+			return evs, false
+		case s.publishDeadLetter(hard, m, raw, i, err) != nil:
+			// The events dead-lettered before this one are published
+			// again on redelivery, under the same message ids, so the
+			// dead-letter stream keeps one copy of each.
+			_ = m.NakWithDelay(s.cfg.BackoffMax)
+			return evs, false
+		}
+	}
+	return evs, true
+}
+
+// link returns a link to the gateway span of e, from the trace context e
+// carries, or, for a single-event message e without one, from the headers of
+// m (older gateways sent it only there). It returns the zero link when there
+// is none: the gateway sends it only for sampled spans. There is one link
+// per sampled event; the tracer's span limits cap how many a span keeps.
+func (s *Sink) link(ctx context.Context, m jetstream.Msg, e *usage.Event, batched bool) trace.Link {
+	var carrier propagation.TextMapCarrier
+	switch {
+	case e.TraceParent != "":
+		carrier = propagation.MapCarrier{usagejs.TraceParentHeader: e.TraceParent, usagejs.TraceStateHeader: e.TraceState}
+	case !batched && m.Headers().Get(usagejs.TraceParentHeader) != "":
+		carrier = usagejs.HeaderCarrier(m.Headers())
+	default:
+		return trace.Link{}
+	}
+	sc := trace.SpanContextFromContext(s.cfg.Propagator.Extract(ctx, carrier))
+	if !sc.IsValid() {
+		return trace.Link{}
+	}
+	return trace.Link{SpanContext: sc}
+}
+
+// commit runs steps 3 and 4 on a prepared batch: insert, then ack.
 func (s *Sink) commit(ctx context.Context, b *batch) {
 	defer b.cancel()
 	defer b.stopProgress()
@@ -424,12 +488,25 @@ func (s *Sink) ack(ctx context.Context, msgs []jetstream.Msg) {
 	}
 }
 
-// deadLetter publishes m to the dead-letter subject with reason, then
-// terminates m. When the publish fails m is left for redelivery: a dead
+// deadLetter publishes all of m to the dead-letter subject with reason,
+// then terminates m. When the publish fails m is left for redelivery: a dead
 // letter is never dropped.
 func (s *Sink) deadLetter(ctx context.Context, m jetstream.Msg, reason error) {
+	if err := s.publishDeadLetter(ctx, m, m.Data(), -1, reason); err != nil {
+		_ = m.NakWithDelay(s.cfg.BackoffMax)
+		return
+	}
+	if err := m.Term(); err != nil {
+		s.log.WarnContext(ctx, "terminate dead-lettered message", "subject", m.Subject(), "err", err)
+	}
+}
+
+// publishDeadLetter publishes data, taken from m, to the dead-letter subject
+// with reason and m's headers, and waits for the stream to store it. data is
+// all of m when index is negative, else m's batch event at index.
+func (s *Sink) publishDeadLetter(ctx context.Context, m jetstream.Msg, data []byte, index int, reason error) error {
 	out := nats.NewMsg(usage.DeadLetterSubject)
-	out.Data = m.Data()
+	out.Data = data
 	for k, v := range m.Headers() {
 		if k != jetstream.MsgIDHeader {
 			out.Header[k] = v
@@ -438,27 +515,42 @@ func (s *Sink) deadLetter(ctx context.Context, m jetstream.Msg, reason error) {
 	// Header values cannot hold line breaks; joined errors have them.
 	out.Header.Set(usage.DeadLetterReasonHeader, strings.ReplaceAll(reason.Error(), "\n", "; "))
 	out.Header.Set(DeadLetterSubjectHeader, m.Subject())
-	var opts []jetstream.PublishOpt
-	var seq uint64
+	logArgs := []any{"reason", reason.Error()}
+	var id string
 	if md, err := m.Metadata(); err == nil {
-		seq = md.Sequence.Stream
-		out.Header.Set(DeadLetterSequenceHeader, strconv.FormatUint(seq, 10))
-		// A redelivered poison message is dead-lettered once.
-		opts = append(opts, jetstream.WithMsgID(md.Stream+"-"+strconv.FormatUint(seq, 10)))
+		seq := strconv.FormatUint(md.Sequence.Stream, 10)
+		out.Header.Set(DeadLetterSequenceHeader, seq)
+		logArgs = append(logArgs, "stream_seq", md.Sequence.Stream)
+		// A redelivered poison message, or poison event, is dead-lettered once.
+		id = md.Stream + "-" + seq
+	}
+	if index >= 0 {
+		i := strconv.Itoa(index)
+		out.Header.Set(DeadLetterBatchIndexHeader, i)
+		logArgs = append(logArgs, "batch_index", index)
+		if id != "" {
+			id += "-" + i
+		}
+	}
+	var opts []jetstream.PublishOpt
+	if id != "" {
+		opts = append(opts, jetstream.WithMsgID(id))
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := s.dlq.PublishMsg(pctx, out, opts...); err != nil {
+	ack, err := s.dlq.PublishMsg(pctx, out, opts...)
+	if err != nil {
 		s.m.deadLetterErrors.Add(ctx, 1)
-		s.log.ErrorContext(ctx, "publish dead letter: message left for redelivery", "stream_seq", seq, "err", err)
-		_ = m.NakWithDelay(s.cfg.BackoffMax)
-		return
+		s.log.ErrorContext(ctx, "publish dead letter: message left for redelivery", append(logArgs, "err", err)...)
+		return fmt.Errorf("publish dead letter: %w", err)
 	}
-	if err := m.Term(); err != nil {
-		s.log.WarnContext(ctx, "terminate dead-lettered message", "stream_seq", seq, "err", err)
+	if ack.Duplicate {
+		// Published before the message was handed back: already counted.
+		return nil
 	}
 	s.m.deadLettered.Add(ctx, 1)
-	s.log.WarnContext(ctx, "usage message dead-lettered", "stream_seq", seq, "reason", reason.Error())
+	s.log.WarnContext(ctx, "usage dead letter published", logArgs...)
+	return nil
 }
 
 // reportProgress tells JetStream every AckWait/3 that msgs are still being
