@@ -209,3 +209,30 @@ func TestBatchDeadLetterFailureRedelivers(t *testing.T) {
 		t.Errorf("meter_events_dead_lettered_total = %v, want %d (a redelivery re-publishes only duplicates)", n, len(reasons))
 	}
 }
+
+// TestBatchesBeyondAnInsert: with METER_BATCH_SIZE below the events of a
+// few batch messages, the meter still takes them (a fetch sized by the
+// events per message of the last one) and writes at most that many rows
+// per insert: every event stored once, in at least events/size inserts.
+func TestBatchesBeyondAnInsert(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.config()
+	cfg.Batch.Size = 50
+	evs := makeEvents("wide", 10*usage.MaxBatch)
+	for i := 0; i < len(evs); i += usage.MaxBatch {
+		e.publishBatch(t, evs[i:i+usage.MaxBatch]...)
+	}
+	m := startMeter(t, cfg, Options{})
+	m.waitReady(t)
+	e.waitTotals(t, expected(t, evs...), 30*time.Second)
+	e.waitUsageEmpty(t)
+	if n := e.rawRows(t); n != uint64(len(evs)) {
+		t.Errorf("raw rows = %d, want %d", n, len(evs))
+	}
+	if got, least := m.metric(t, "meter_batches_inserted_total"), float64((len(evs)+cfg.Batch.Size-1)/cfg.Batch.Size); got < least {
+		t.Errorf("%v inserts for %d events at most %d each; want at least %v", got, len(evs), cfg.Batch.Size, least)
+	}
+	if got := m.metric(t, "meter_events_inserted_total"); got != float64(len(evs)) {
+		t.Errorf("meter_events_inserted_total = %v, want %d", got, len(evs))
+	}
+}

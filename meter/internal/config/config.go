@@ -67,9 +67,7 @@ type ClickHouse struct {
 
 // Batch tunes batching.
 type Batch struct {
-	// Size is the most messages per fetch, and so per ClickHouse insert
-	// (METER_BATCH_SIZE). A message holds one event or a batch of up to
-	// usage.MaxBatch, so an insert may have that many times more rows.
+	// Size is the most events per ClickHouse insert (METER_BATCH_SIZE).
 	Size int
 	// MaxAge is the longest an event waits for its batch to fill
 	// (METER_BATCH_MAX_AGE).

@@ -8,12 +8,13 @@
 // One batch goes through these steps (the next batch's steps 1 and 2 run
 // while this one is in steps 3 and 4):
 //
-//  1. Take up to BatchSize messages waiting in the stream. When fewer were
-//     waiting, the next take is MaxWait after this one: events gather in the
-//     stream and arrive in one delivery, instead of being pushed to the
-//     meter one by one (a wake-up of the meter and a write by NATS each).
+//  1. Take the messages waiting in the stream, up to about BatchSize events.
 //     A message holds one event or a batch of up to usage.MaxBatch of them
-//     (see usage.Split), so a take may bring many more events than messages.
+//     (see usage.Split), so a take asks for BatchSize divided by the events
+//     per message of the last take. When fewer were waiting, the next take
+//     is MaxWait after this one: events gather in the stream and arrive in
+//     one delivery, instead of being pushed to the meter one by one (a
+//     wake-up of the meter and a write by NATS each).
 //  2. Split each message into its events, then decode and price each event.
 //     What cannot be stored (bad JSON, failed validation, out-of-range
 //     values) is published to the dead-letter subject with the reason, so it
@@ -24,9 +25,10 @@
 //     fails the message contributes no row and is handed back for a later
 //     redelivery. An unknown model is not a reason: the row is stored with
 //     cost 0 and no price version, and a warning is logged.
-//  3. Write all rows with one insert. On failure, retry the same rows with
-//     exponential backoff, forever, while telling JetStream the messages are
-//     in progress so that no other replica gets them meanwhile.
+//  3. Write all rows, with one insert per BatchSize rows (one, unless the
+//     take held more events than its estimate). On failure, retry the same
+//     rows with exponential backoff, forever, while telling JetStream the
+//     messages are in progress so that no other replica gets them meanwhile.
 //  4. Ack every message.
 package sink
 
@@ -81,9 +83,8 @@ type Writer interface {
 
 // Config tunes a Sink. Zero durations take the defaults named on each field.
 type Config struct {
-	// BatchSize is the most messages per fetch, and so per insert. Each
-	// message holds up to usage.MaxBatch events, so an insert may have up
-	// to that many times more rows.
+	// BatchSize is the most events per insert, and about the most per
+	// fetch (see step 1).
 	BatchSize int
 	// MaxWait is the longest an event waits in the stream for the meter
 	// to take it (when less than a batch is waiting).
@@ -141,6 +142,9 @@ type Sink struct {
 	log    *slog.Logger
 	cfg    Config
 	m      instruments
+	// perMessage is the events per message of the last fetch (at least 1),
+	// which sizes the next; only Run's goroutine uses it.
+	perMessage int
 }
 
 type instruments struct {
@@ -157,7 +161,7 @@ func New(src Fetcher, dlq Publisher, w Writer, prices *pricing.Table, log *slog.
 	if err != nil {
 		return nil, err
 	}
-	s := &Sink{src: src, dlq: dlq, w: w, prices: prices, log: log, cfg: cfg}
+	s := &Sink{src: src, dlq: dlq, w: w, prices: prices, log: log, cfg: cfg, perMessage: 1}
 	var errs []error
 	counter := func(name, desc string) metric.Int64Counter {
 		c, err := meter.Int64Counter(name, metric.WithDescription(desc))
@@ -217,8 +221,9 @@ func (s *Sink) Run(ctx context.Context) {
 		}
 		// What a fetch brings is stored before Run returns.
 		last = time.Now()
-		msgs, err := s.fetch()
-		drained = err == nil && len(msgs) < s.cfg.BatchSize
+		want := max(1, s.cfg.BatchSize/s.perMessage)
+		msgs, err := s.fetch(want)
+		drained = err == nil && len(msgs) < want
 		if err != nil {
 			s.m.fetchError.Add(context.WithoutCancel(ctx), 1)
 			s.log.WarnContext(ctx, "fetch usage events", "retry_in", delay, "err", err)
@@ -275,8 +280,8 @@ func (s *Sink) drainContext(ctx context.Context) (context.Context, context.Cance
 	}
 }
 
-func (s *Sink) fetch() ([]jetstream.Msg, error) {
-	mb, err := s.src.FetchNoWait(s.cfg.BatchSize)
+func (s *Sink) fetch(n int) ([]jetstream.Msg, error) {
+	mb, err := s.src.FetchNoWait(n)
 	if err != nil {
 		return nil, fmt.Errorf("fetch: %w", err)
 	}
@@ -301,6 +306,7 @@ func (s *Sink) prepare(ctx context.Context, msgs []jetstream.Msg) *batch {
 	seen := make(map[string]bool, len(msgs))
 	unpriced := map[string]int{}
 	var evs []pending
+	events := 0
 	for _, m := range msgs {
 		var ok bool
 		// A message is merged only once all its dead letters are published:
@@ -309,6 +315,7 @@ func (s *Sink) prepare(ctx context.Context, msgs []jetstream.Msg) *batch {
 		if evs, ok = s.decode(ctx, hard, m, evs[:0]); !ok {
 			continue
 		}
+		events += len(evs)
 		b.toAck = append(b.toAck, m)
 		for _, ev := range evs {
 			if ev.row.PriceVersion == "" {
@@ -324,6 +331,9 @@ func (s *Sink) prepare(ctx context.Context, msgs []jetstream.Msg) *batch {
 				b.links = append(b.links, ev.link)
 			}
 		}
+	}
+	if len(b.toAck) > 0 {
+		s.perMessage = min(max(1, (events+len(b.toAck)-1)/len(b.toAck)), usage.MaxBatch)
 	}
 	for model, n := range unpriced {
 		// Still a real request: stored at cost 0 so that finance sees it.
@@ -421,20 +431,31 @@ func (s *Sink) commit(ctx context.Context, b *batch) {
 			attribute.Int("qyai.batch.messages", len(b.toAck)),
 		)
 	}
-	if !s.write(ctx, b.hard, b.rows) {
-		span.SetStatus(codes.Error, "insert abandoned at shutdown; JetStream redelivers the batch")
-		b.stopProgress()
-		// Shutting down with the store unreachable: hand the batch back so
-		// that another replica takes it now rather than after AckWait.
-		for _, m := range b.toAck {
-			_ = m.Nak()
+	// Rows past BatchSize go in further inserts; a crash between two only
+	// means a redelivery, which FINAL collapses.
+	for rows := b.rows; len(rows) > 0; {
+		n := min(len(rows), s.cfg.BatchSize)
+		if !s.write(ctx, b.hard, rows[:n]) {
+			abandon(span, b)
+			return
 		}
-		return
+		s.m.batches.Add(b.hard, 1)
+		rows = rows[n:]
 	}
 	b.stopProgress()
 	s.ack(context.WithoutCancel(ctx), b.toAck)
 	s.m.inserted.Add(b.hard, int64(len(b.rows)))
-	s.m.batches.Add(b.hard, 1)
+}
+
+// abandon hands a batch back at shutdown, with the store unreachable.
+func abandon(span trace.Span, b *batch) {
+	span.SetStatus(codes.Error, "insert abandoned at shutdown; JetStream redelivers the batch")
+	b.stopProgress()
+	// Hand the batch back so that another replica takes it now rather than
+	// after AckWait.
+	for _, m := range b.toAck {
+		_ = m.Nak()
+	}
 }
 
 // write inserts rows, retrying with backoff until it succeeds (true) or hard
