@@ -116,6 +116,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		auth.WithStaleMaxAge(cfg.KeyStaleMaxAge))
 	pub, err := publish.New(js, publish.Options{
 		QueueSize: cfg.PublishQueue,
+		MaxBatch:  cfg.PublishBatch,
 		Spool:     spool.Options{Dir: cfg.SpoolDir, MaxBytes: cfg.SpoolMaxBytes},
 		Log:       log,
 	})

@@ -17,6 +17,7 @@ import (
 	"github.com/qyai/qyai/pkg/logging"
 	"github.com/qyai/qyai/pkg/natsconn"
 	"github.com/qyai/qyai/pkg/telemetry"
+	"github.com/qyai/qyai/pkg/usage"
 )
 
 // Config is everything the gateway needs to start.
@@ -70,6 +71,11 @@ type Config struct {
 	ClientWriteTimeout time.Duration // CLIENT_WRITE_TIMEOUT
 	// PublishQueue is the size of the in-memory usage event queue.
 	PublishQueue int // USAGE_QUEUE_SIZE
+	// PublishBatch is the most usage events in one JetStream message
+	// (1..usage.MaxBatch). 1 sends every event on its own, as gateways
+	// before batching did: for an upgrade while meters that predate
+	// batching still run.
+	PublishBatch int // USAGE_BATCH_MAX
 	// SpoolDir is where usage events wait on disk while NATS cannot take
 	// them; one directory per gateway instance, owned by the gateway's
 	// user and not writable by others (see DefaultSpoolDir).
@@ -166,6 +172,7 @@ func Load(getenv func(string) string) (Config, error) {
 		BodyReadTimeout:    r.Duration("BODY_READ_TIMEOUT", 30*time.Second),
 		ClientWriteTimeout: r.Duration("CLIENT_WRITE_TIMEOUT", 30*time.Second),
 		PublishQueue:       r.Int("USAGE_QUEUE_SIZE", 65536),
+		PublishBatch:       r.Int("USAGE_BATCH_MAX", usage.MaxBatch),
 		SpoolDir:           r.String("SPOOL_DIR", ""),
 		SpoolMaxBytes:      int64(r.Int("SPOOL_MAX_BYTES", 1<<30)),
 		StreamReplicas:     r.Int("STREAM_REPLICAS", 1),
@@ -255,6 +262,9 @@ func (c Config) Validate() error {
 	}
 	if c.BodyReadTimeout <= 0 || c.ClientWriteTimeout <= 0 {
 		add("server", "BODY_READ_TIMEOUT and CLIENT_WRITE_TIMEOUT must be positive")
+	}
+	if c.PublishBatch < 1 || c.PublishBatch > usage.MaxBatch {
+		add("usage", "USAGE_BATCH_MAX %d: want 1..%d", c.PublishBatch, usage.MaxBatch)
 	}
 	if c.PublishQueue < 1 {
 		add("usage", "USAGE_QUEUE_SIZE must be positive")

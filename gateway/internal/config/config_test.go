@@ -160,6 +160,18 @@ func TestLoad(t *testing.T) {
 		}},
 		{name: "auth failure limit invalid", env: map[string]string{"AUTH_FAIL_LIMIT": "-1", "AUTH_FAIL_WINDOW": "0s"},
 			wantErr: []string{"keys: AUTH_FAIL_LIMIT must not be negative", "keys: AUTH_FAIL_WINDOW must be positive"}},
+		{name: "usage batches", check: func(t *testing.T, c Config) {
+			if c.PublishBatch != 64 {
+				t.Errorf("USAGE_BATCH_MAX defaults to %d, want 64", c.PublishBatch)
+			}
+		}},
+		{name: "usage batches off", env: map[string]string{"USAGE_BATCH_MAX": "1"}, check: func(t *testing.T, c Config) {
+			if c.PublishBatch != 1 {
+				t.Errorf("USAGE_BATCH_MAX=1 gave %d", c.PublishBatch)
+			}
+		}},
+		{name: "usage batches out of range", env: map[string]string{"USAGE_BATCH_MAX": "65"}, wantErr: []string{"usage: USAGE_BATCH_MAX 65: want 1..64"}},
+		{name: "usage batches zero", env: map[string]string{"USAGE_BATCH_MAX": "0"}, wantErr: []string{"usage: USAGE_BATCH_MAX 0: want 1..64"}},
 		{name: "bad log level", env: map[string]string{"LOG_LEVEL": "loud"}, wantErr: []string{`server: LOG_LEVEL "loud" is not one of debug, info, warn, error`}},
 		{name: "every problem reported", env: map[string]string{
 			"REDIS_TIMEOUT": "soon", "MAX_BODY_BYTES": "12", "UPSTREAM_BASE_URL": "ftp://x", "STREAM_REPLICAS": "9",

@@ -95,3 +95,19 @@ type lostAck struct{ jetstream.PubAckFuture }
 
 func (lostAck) Ok() <-chan *jetstream.PubAck { return nil }
 func (lostAck) Err() <-chan error            { return nil }
+
+// TestMaxBatchOneSendsEventsAlone: with MaxBatch 1 (USAGE_BATCH_MAX=1, for
+// meters that predate batches) every message is one event under its own id.
+func TestMaxBatchOneSendsEventsAlone(t *testing.T) {
+	env := startNATS(t, true)
+	p := newPublisher(t, env.js, t.TempDir(), func(o *Options) { o.MaxBatch = 1 })
+	startRun(t, p)
+	want := map[string]bool{}
+	publish(p, "alone", 0, 200, want)
+	env.wantExactly(t, want)
+	for _, m := range env.messages(t) {
+		if usage.IsBatch(m.Data) {
+			t.Fatalf("message %d is a batch: %.80s", m.Sequence, m.Data)
+		}
+	}
+}

@@ -97,6 +97,9 @@ type Options struct {
 	// a kill -9 can lose while NATS is slow, partitioned or not acking.
 	// Default 100 ms.
 	AckWait time.Duration
+	// MaxBatch is the most events in one message, 1..usage.MaxBatch.
+	// Default usage.MaxBatch; 1 sends each event on its own.
+	MaxBatch int
 	// ReplayWindow is the number of spooled events in flight at once.
 	// Default 256, at most 2048 (half the pending-ack slots).
 	ReplayWindow int
@@ -125,6 +128,7 @@ type Publisher struct {
 	log     *slog.Logger
 	ackWait time.Duration
 	window  int
+	batch   int // most events per message
 
 	queue    chan queued
 	inflight chan inflight
@@ -171,6 +175,9 @@ func New(js jetstream.JetStream, o Options) (*Publisher, error) {
 	if o.ReplayWindow <= 0 {
 		o.ReplayWindow = DefaultReplayWindow
 	}
+	if o.MaxBatch <= 0 || o.MaxBatch > usage.MaxBatch {
+		o.MaxBatch = usage.MaxBatch
+	}
 	// The live events' share of the pending acks is what the replayer
 	// leaves (see accepting); keep it at least half.
 	o.ReplayWindow = min(o.ReplayWindow, maxInflight/2)
@@ -184,6 +191,7 @@ func New(js jetstream.JetStream, o Options) (*Publisher, error) {
 		log:      o.Log,
 		ackWait:  o.AckWait,
 		window:   o.ReplayWindow,
+		batch:    o.MaxBatch,
 		queue:    make(chan queued, o.QueueSize),
 		inflight: make(chan inflight, maxInflight),
 		live:     true,
@@ -292,7 +300,7 @@ func (p *Publisher) send(ctx, drain context.Context) {
 	defer close(p.inflight)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	batch := make([]queued, 0, usage.MaxBatch)
+	batch := make([]queued, 0, p.batch)
 loop:
 	for {
 		select {
@@ -330,10 +338,10 @@ func (p *Publisher) sendQueued(drain context.Context, batch []queued) {
 }
 
 // take appends first and then queued events, without waiting, to batch
-// until it holds usage.MaxBatch. Only the sender receives from the queue.
+// until it holds p.batch. Only the sender receives from the queue.
 func (p *Publisher) take(batch []queued, first queued) []queued {
 	batch = append(batch, first)
-	for len(batch) < usage.MaxBatch {
+	for len(batch) < p.batch {
 		select {
 		case q := <-p.queue:
 			batch = append(batch, q)
