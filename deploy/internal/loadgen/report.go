@@ -15,10 +15,10 @@ const (
 	targetCPUPerRequest = 200 * time.Microsecond // gateway CPU per non-stream request
 	targetSystemCPU     = 200 * time.Microsecond // whole system's CPU per non-stream request
 
-	targetOpenStreamsRSS      = 800 << 20             // gateway RSS with the open streams
-	targetOpenStreamsProbeP99 = 50 * time.Millisecond // non-stream p99 meanwhile
-	targetThroughputFrac      = 1.0 / 3               // non-stream gateway/direct req/s
-	targetAddedP99            = 2 * time.Millisecond  // p99 added in the open loop
+	targetOpenStreamsRSS      = 800 << 20               // gateway RSS with the open streams
+	targetOpenStreamsProbeP99 = 50 * time.Millisecond   // non-stream p99 meanwhile
+	targetThroughputFrac      = 1.0 / 3                 // non-stream gateway/direct req/s
+	targetAddedP99            = 1500 * time.Microsecond // p99 added in the open loop (issue 15: the median of three runs)
 
 	// noisyLag is the open-loop send lag (p99) above which the machine was
 	// too busy for the tails to mean much. Go's timers alone account for

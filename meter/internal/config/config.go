@@ -108,8 +108,12 @@ func Default() Config {
 			User:     "default",
 		},
 		Batch: Batch{
-			Size:         5000,
-			MaxAge:       500 * time.Millisecond,
+			Size: 5000,
+			// Each insert costs ClickHouse a part in usage_events and one
+			// in usage_inserts, and their merges: at 500 ms it was the
+			// largest CPU burst of the stack, and the p99 tail of requests
+			// on a shared machine followed it (README, Performance).
+			MaxAge:       2 * time.Second,
 			DrainTimeout: 10 * time.Second,
 		},
 		Rollup: Rollup{

@@ -24,7 +24,7 @@ func TestLoadDefaults(t *testing.T) {
 	if c.Addr != "127.0.0.1:8082" || c.NATS.URL != "nats://127.0.0.1:4222" || c.NATS.Consumer != "meter" ||
 		c.NATS.StreamReplicas != 1 || c.ClickHouse.Addr != "127.0.0.1:9000" || c.ClickHouse.Database != "qyai" ||
 		c.ClickHouse.User != "default" || c.ClickHouse.Password != "" || c.Batch.Size != 5000 ||
-		c.Batch.MaxAge != 500*time.Millisecond || c.LogLevel != slog.LevelInfo {
+		c.Batch.MaxAge != 2*time.Second || c.LogLevel != slog.LevelInfo {
 		t.Errorf("defaults = %+v", c)
 	}
 }
