@@ -27,17 +27,54 @@ const MaxBatch = 64
 // ErrEmptyBatch means a usage message is an empty JSON array.
 var ErrEmptyBatch = errors.New("usage message is an empty batch")
 
-// AppendBatch appends the batch of the encoded events evs (each one JSON
-// object, as Event.Marshal writes it) to dst.
-func AppendBatch(dst []byte, evs [][]byte) []byte {
-	dst = append(dst, '[')
-	for i, e := range evs {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		dst = append(dst, e...)
+// Message builds one usage message event by event: the one place that
+// frames a batch and names a message. Its bytes are handed over, so build
+// each message with a Message of its own.
+type Message struct {
+	buf         []byte // '[' and the events so far, separated by commas
+	n           int
+	first, last string
+}
+
+// NewMessage returns an empty message with room for about n events.
+func NewMessage(n int) *Message {
+	m := &Message{buf: make([]byte, 1, 2+n*640)}
+	m.buf[0] = '['
+	return m
+}
+
+// Add appends e; on an error (an event encoding/json refuses) m is as it
+// was.
+func (m *Message) Add(e *Event) error {
+	mark := len(m.buf)
+	if m.n > 0 {
+		m.buf = append(m.buf, ',')
 	}
-	return append(dst, ']')
+	b, err := e.AppendJSON(m.buf)
+	if err != nil {
+		m.buf = m.buf[:mark]
+		return err
+	}
+	m.buf = b
+	if m.n == 0 {
+		m.first = e.ID
+	}
+	m.last = e.ID
+	m.n++
+	return nil
+}
+
+// Len is the number of events added.
+func (m *Message) Len() int { return m.n }
+
+// Bytes returns the message and its Nats-Msg-Id: one event alone, as its
+// object under its event id; more as a batch under BatchID. Call it once,
+// when Len is positive.
+func (m *Message) Bytes() (data []byte, id string) {
+	if m.n == 1 {
+		return m.buf[1:], m.first
+	}
+	return append(m.buf, ']'), BatchID(m.first, m.last, m.n)
 }
 
 // BatchID is the message id of a batch of n events whose first and last

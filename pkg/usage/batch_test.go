@@ -15,6 +15,7 @@ func TestBatchRoundTrip(t *testing.T) {
 	start := time.Date(2026, 12, 3, 1, 2, 3, 0, time.UTC)
 	var enc [][]byte
 	var want []Event
+	m, alone := NewMessage(3), NewMessage(1)
 	for i := range 3 {
 		e := Event{SchemaVersion: SchemaVersion, ID: fmt.Sprintf("ev-%d", i), KeyID: "key_1", StartedAt: start,
 			Model: "deepseek-chat", RequestID: "quote\" <&> \u2028", PromptTokens: int64(10 + i), Outcome: OutcomeCompleted}
@@ -23,8 +24,20 @@ func TestBatchRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		enc, want = append(enc, b), append(want, e)
+		if err := m.Add(&e); err != nil {
+			t.Fatal(err)
+		}
 	}
-	msg := AppendBatch(nil, enc)
+	if err := alone.Add(&want[1]); err != nil {
+		t.Fatal(err)
+	}
+	msg, id := m.Bytes()
+	if m.Len() != 3 || id != BatchID("ev-0", "ev-2", 3) {
+		t.Errorf("batch of %d under id %q, want 3 under %q", m.Len(), id, BatchID("ev-0", "ev-2", 3))
+	}
+	if one, oneID := alone.Bytes(); !bytes.Equal(one, enc[1]) || oneID != "ev-1" {
+		t.Errorf("one event: %s under id %q, want the event alone under its id", one, oneID)
+	}
 	if !IsBatch(msg) || IsBatch(enc[0]) {
 		t.Fatalf("IsBatch: batch %v, one event %v", IsBatch(msg), IsBatch(enc[0]))
 	}

@@ -358,12 +358,8 @@ func (p *Publisher) take(batch []queued, first queued) []queued {
 func (p *Publisher) sendBatch(drain context.Context, batch []queued) []queued {
 	live := drain.Err() == nil && p.accepting()
 	now := p.now()
-	// The events go into one buffer as a batch: '[', the events separated
-	// by commas, ']'. A message of one event is the object alone.
-	data := make([]byte, 1, len(batch)*eventBytes)
-	data[0] = '['
-	var first, last *usage.Event
-	n := 0
+	msg := usage.NewMessage(len(batch))
+	var first *usage.Event
 	var oldest time.Time
 	for _, q := range batch {
 		// An event that already waited its AckWait in the queue goes to
@@ -372,39 +368,29 @@ func (p *Publisher) sendBatch(drain context.Context, batch []queued) []queued {
 			p.spool.Put(q.ev)
 			continue
 		}
-		mark := len(data)
-		if n > 0 {
-			data = append(data, ',')
-		}
-		var err error
-		if data, err = q.ev.AppendJSON(data); err != nil { // cannot happen for this struct; never lose the count silently
-			data = data[:mark]
+		if err := msg.Add(q.ev); err != nil { // cannot happen for this struct; never lose the count silently
 			p.dropped.Add(1)
 			p.log.Error("usage event dropped: encode", "event_id", q.ev.ID, "key_id", q.ev.KeyID, "err", err)
 			continue
 		}
-		if n == 0 {
+		if first == nil {
 			first, oldest = q.ev, q.at
 		}
-		last = q.ev
-		n++
 	}
 	clear(batch) // let the events go
-	switch n {
-	case 0:
+	if msg.Len() == 0 {
 		return batch
-	case 1:
-		p.publish(drain, data[1:], 1, first.ID, usagejs.TraceHeader(first.TraceParent, first.TraceState), oldest)
-	default:
-		// The events carry their own trace context; a batch has no
-		// message-level one.
-		p.publish(drain, append(data, ']'), n, usage.BatchID(first.ID, last.ID, n), nil, oldest)
 	}
+	data, id := msg.Bytes()
+	// A batch's events carry their own trace context; only a message of
+	// one event has a message-level one.
+	var header nats.Header
+	if msg.Len() == 1 {
+		header = usagejs.TraceHeader(first.TraceParent, first.TraceState)
+	}
+	p.publish(drain, data, msg.Len(), id, header, oldest)
 	return batch
 }
-
-// eventBytes is about what one encoded event takes.
-const eventBytes = 640
 
 // publish sends one message of n events under the message id id, or
 // spools it as it is when that fails.

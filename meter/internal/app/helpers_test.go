@@ -2,6 +2,7 @@ package app
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -124,7 +125,8 @@ func (e *env) publishBatch(t *testing.T, evs ...usage.Event) {
 // batch message with msgID as Nats-Msg-Id, and returns its stream sequence.
 func (e *env) publishEncoded(t *testing.T, raws [][]byte, msgID string) uint64 {
 	t.Helper()
-	ack, err := e.js.Publish(t.Context(), usage.Subject, usage.AppendBatch(nil, raws), jetstream.WithMsgID(msgID))
+	batch := append(append([]byte{'['}, bytes.Join(raws, []byte{','})...), ']')
+	ack, err := e.js.Publish(t.Context(), usage.Subject, batch, jetstream.WithMsgID(msgID))
 	if err != nil {
 		t.Fatalf("publish batch %s: %v", msgID, err)
 	}
